@@ -1,0 +1,1 @@
+"""One module per table or figure; each reads results folders only and writes files."""

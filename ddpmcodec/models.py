@@ -1,0 +1,230 @@
+"""Loading, saving and identifying denoisers (diffusers UNet2DModel checkpoints).
+
+A checkpoint is a diffusers folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``
+and optionally ``scheduler_config.json`` (schedule and variance type), either at the top
+level or in a ``unet/`` (and ``scheduler/``) subfolder as in pipeline repos. Weights are
+read only from safetensors; pickled ``.bin`` files are refused.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .diffusion import Diffusion
+from .errors import DDPMCodecError
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "ddpm-cifar10-4k-ch64"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Ho et al.'s CIFAR-10 network in diffusers terms: ch=128, ch_mult (1,2,2,2), two res
+# blocks per level, attention at 16x16, dropout 0.1.
+PAPER_CIFAR10_CONFIG = dict(
+    sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+    block_out_channels=(128, 256, 256, 256),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    dropout=0.1, norm_eps=1e-6, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
+    attention_head_dim=None,
+)
+
+
+def unet_config(name: str = "paper", **overrides) -> dict:
+    """UNet2DModel kwargs: ``paper`` (35.7M), ``small`` (ch=64, the embedded model's
+    shape) or ``tiny`` (a few hundred thousand parameters, for tests)."""
+    cfg = dict(PAPER_CIFAR10_CONFIG)
+    if name == "small":
+        cfg.update(block_out_channels=(64, 128, 128, 128), dropout=0.3)
+    elif name == "tiny":
+        cfg.update(block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8,
+                   down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                   up_block_types=("AttnUpBlock2D", "UpBlock2D"), dropout=0.0)
+    elif name != "paper":
+        raise DDPMCodecError(f"unknown model config {name!r}; choose paper, small or tiny")
+    cfg.update(overrides)
+    return cfg
+
+
+def build_unet(name: str = "paper", **overrides):
+    """A randomly initialised UNet2DModel of the named config."""
+    from diffusers import UNet2DModel
+    return UNet2DModel(**unet_config(name, **overrides))
+
+
+@dataclass
+class LoadedModel:
+    """A network with its diffusion, identity and provenance."""
+
+    unet: torch.nn.Module
+    diffusion: Diffusion  # the full chain the network was trained on
+    fingerprint: str
+    source: str
+    device: torch.device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        cfg = self.unet.config
+        size = cfg.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (cfg.in_channels, h, w)
+
+    def denoiser(self):
+        """(x_t, original timestep indices) -> network output, under no_grad."""
+        unet = self.unet
+
+        def call(x, t):
+            with torch.no_grad():
+                return unet(x, t).sample
+        return call
+
+
+def schedule_from_config(sched: dict | None, out_channels: int, in_channels: int) -> Diffusion:
+    """The full-chain Diffusion described by a diffusers DDPMScheduler config."""
+    sched = sched or {}
+    if sched.get("prediction_type", "epsilon") != "epsilon":
+        raise DDPMCodecError(
+            f"only eps-prediction models are supported, this one predicts {sched['prediction_type']!r}")
+    if sched.get("trained_betas") is not None:
+        raise DDPMCodecError("checkpoints with trained_betas are not supported")
+    name = {"linear": "linear", "squaredcos_cap_v2": "cosine"}.get(sched.get("beta_schedule", "linear"))
+    if name is None:
+        raise DDPMCodecError(f"unsupported beta_schedule {sched.get('beta_schedule')!r}")
+    learned = out_channels == 2 * in_channels
+    default_var = "learned_range" if learned else "fixed_large"
+    var = {"fixed_large": "fixedlarge", "fixed_large_log": "fixedlarge",
+           "fixed_small": "fixedsmall", "fixed_small_log": "fixedsmall",
+           "learned_range": "learned"}.get(sched.get("variance_type") or default_var)
+    if var is None:
+        raise DDPMCodecError(f"unsupported variance_type {sched.get('variance_type')!r}")
+    if learned != (var == "learned"):
+        raise DDPMCodecError(f"variance type {var} does not fit a network with {out_channels} output channels")
+    return Diffusion.from_schedule(name, int(sched.get("num_train_timesteps", 1000)),
+                                   float(sched.get("beta_start", 1e-4)),
+                                   float(sched.get("beta_end", 0.02)), var)
+
+
+def scheduler_config(diffusion: Diffusion) -> dict:
+    """The DDPMScheduler config that :func:`schedule_from_config` reads back."""
+    s = diffusion.schedule
+    return {"_class_name": "DDPMScheduler", "num_train_timesteps": s["num_timesteps"],
+            "beta_schedule": {"linear": "linear", "cosine": "squaredcos_cap_v2"}[s["name"]],
+            "beta_start": s.get("beta_start", 1e-4), "beta_end": s.get("beta_end", 0.02),
+            "variance_type": {"fixedlarge": "fixed_large", "fixedsmall": "fixed_small",
+                              "learned": "learned_range"}[diffusion.variance_type],
+            "prediction_type": "epsilon", "clip_sample": True}
+
+
+def fingerprint(unet: torch.nn.Module, diffusion: Diffusion) -> str:
+    """16 hex digits of SHA-256 over the network config, float32 weights and schedule."""
+    h = hashlib.sha256()
+    cfg = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    h.update(json.dumps(cfg, sort_keys=True, default=list).encode())
+    for name, tensor in sorted(unet.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    h.update(diffusion.betas.numpy().tobytes())
+    h.update(diffusion.variance_type.encode())
+    return h.hexdigest()[:16]
+
+
+def _resolve(ckpt: str | os.PathLike | None) -> Path:
+    """A local folder for a checkpoint argument (None: the embedded default)."""
+    if ckpt is None:
+        return DEFAULT_CHECKPOINT
+    path = Path(ckpt).expanduser()
+    if path.exists():
+        return path
+    text = str(ckpt)
+    if _HUB_ID.match(text):
+        return _download(text)
+    raise DDPMCodecError(f"checkpoint not found: {text}")
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as exc:  # offline, unknown repo, gated: all end the same way for a user
+        raise DDPMCodecError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}). "
+            f"On a machine with internet run `huggingface-cli download {repo_id} --local-dir DIR` "
+            f"and pass --ckpt DIR") from None
+
+
+def _unet_folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise DDPMCodecError(f"not a checkpoint folder: {path}")
+    for folder in (path, path / "unet"):
+        if (folder / "config.json").is_file():
+            if not (folder / WEIGHTS_NAME).is_file():
+                other = "a pickled .bin file (refused: convert it to safetensors)" \
+                    if (folder / "diffusion_pytorch_model.bin").is_file() else "no weights"
+                raise DDPMCodecError(f"{folder} has {other}; expected {WEIGHTS_NAME}")
+            return folder
+    raise DDPMCodecError(f"not a checkpoint folder (no config.json): {path}")
+
+
+def _quiet_diffusers() -> None:
+    """diffusers logs advice (install accelerate, ...) that is noise for our users."""
+    from diffusers.utils import logging as dlogging
+    dlogging.set_verbosity_error()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DDPMCodecError(f"unreadable {path.name} in {path.parent}: {exc}") from None
+
+
+def load_model(ckpt: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+               variance_type: str | None = None) -> LoadedModel:
+    """Load a diffusers UNet2DModel checkpoint (local folder or hub id) in float32, eval mode.
+
+    ``variance_type`` overrides the scheduler config's choice (fixedlarge/fixedsmall).
+    """
+    from diffusers import UNet2DModel
+    path = _resolve(ckpt)
+    folder = _unet_folder(path)
+    config = _read_json(folder / "config.json")
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise DDPMCodecError(f"{folder} holds a {config['_class_name']}, not a UNet2DModel")
+    sched = None
+    for cand in (folder / "scheduler_config.json", path / "scheduler" / "scheduler_config.json"):
+        if cand.is_file():
+            sched = _read_json(cand)
+            break
+    diffusion = schedule_from_config(sched, config.get("out_channels", 3), config.get("in_channels", 3))
+    if variance_type is not None:
+        diffusion = Diffusion(diffusion.betas, variance_type, schedule=diffusion.schedule)
+        schedule_from_config(scheduler_config(diffusion), config.get("out_channels", 3),
+                             config.get("in_channels", 3))  # validates the combination
+    _quiet_diffusers()
+    try:
+        unet = UNet2DModel.from_pretrained(folder, use_safetensors=True,
+                                           low_cpu_mem_usage=False, torch_dtype=torch.float32)
+    except Exception as exc:
+        raise DDPMCodecError(f"could not load the network in {folder}: {exc}") from None
+    unet = unet.eval()
+    fp = fingerprint(unet, diffusion)
+    unet = unet.to(device)
+    source = "embedded:ddpm-cifar10-4k-ch64" if ckpt is None else str(ckpt)
+    return LoadedModel(unet, diffusion, fp, source, torch.device(device))
+
+
+def save_model(unet: torch.nn.Module, diffusion: Diffusion, path: str | os.PathLike,
+               dtype: torch.dtype = torch.float32) -> None:
+    """Write a diffusers checkpoint folder (safetensors weights + scheduler_config.json)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    _quiet_diffusers()
+    to_save = unet if dtype == torch.float32 else copy.deepcopy(unet).to(dtype)
+    to_save.save_pretrained(path, safe_serialization=True)
+    (path / "scheduler_config.json").write_text(json.dumps(scheduler_config(diffusion), indent=2))
