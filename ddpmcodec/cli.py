@@ -93,9 +93,9 @@ def _compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size, devi
     if batch_size < 1:
         raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
     model = load_model(ckpt, resolve_device(device))
+    model.diffusion.with_steps(steps)  # validates --steps before reading data
     images = load_images(data, dataset, split, num_images)
     K = steps or model.diffusion.num_steps
-    model.diffusion.with_steps(steps)  # validates --steps before any work
     out = Path(out) if out else default_out("nll", model.fingerprint, images.spec, K, seed)
     return run_nll(model, images, out, steps, batch_size, seed, overwrite, not quiet), out
 

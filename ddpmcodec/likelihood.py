@@ -40,9 +40,8 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, cdf: str = "exact"):
     """Elementwise log-probability (nats) of 8-bit data x in [-1, 1] under a Gaussian
     discretized to 256 bins of width 2/255; the edge bins take the tails.
 
-    ``cdf="exact"`` uses Phi in float64 (log_ndtr in the tails, the upper-tail form when
-    the whole bin is above the mean, so no cancellation); ``cdf="tanh"`` reproduces the
-    official code's approximation and its 1e-12 floor.
+    ``cdf="exact"`` uses Phi in float64 through log_ndtr, accurate far into the tails;
+    ``cdf="tanh"`` reproduces the official code's approximation and its 1e-12 floor.
     """
     x, mean, log_scale = (t.to(torch.float64) for t in (x, mean, log_scale))
     centered = x - mean
@@ -58,11 +57,13 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, cdf: str = "exact"):
     elif cdf == "exact":
         log_cdf_plus = torch.special.log_ndtr(plus_in)
         log_one_minus_cdf_min = torch.special.log_ndtr(-min_in)
+        # a bin entirely in one tail: log(Phi(b) - Phi(a)) = log Phi(b) + log(-expm1(
+        # log Phi(a) - log Phi(b))), mirrored for the upper tail; no cancellation, no underflow
         upper = min_in > 0
-        delta = torch.where(upper,
-                            torch.special.ndtr(-min_in) - torch.special.ndtr(-plus_in),
-                            torch.special.ndtr(plus_in) - torch.special.ndtr(min_in))
-        log_delta = torch.log(delta.clamp(min=1e-300))
+        hi = torch.where(upper, -min_in, plus_in)
+        lo = torch.where(upper, -plus_in, min_in)
+        log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+        log_delta = log_hi + torch.log(-torch.expm1(log_lo - log_hi))
     else:
         raise ValueError(f"cdf must be 'exact' or 'tanh', got {cdf!r}")
     return torch.where(x < -0.999, log_cdf_plus,
@@ -73,14 +74,17 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
 
 
-def vb_terms_bpd(diffusion: Diffusion, x0, x_t, k, model_out, cdf: str = "exact"):
+def vb_terms_bpd(diffusion: Diffusion, x0, x_t, k, model_out, cdf: str = "exact",
+                 clip: bool = True):
     """Bound term at chain step k for each image, in bits/dim (float64 [B]).
 
     k: long [B]. Where k == 0 the term is the decoder NLL of x0, elsewhere the KL term.
-    Returns dict(vb, pred_x0, eps) with pred_x0 the clipped x0-prediction.
+    Returns dict(vb, pred_x0, eps) with pred_x0 the x0-prediction, clipped to [-1, 1] when
+    ``clip`` (the bound's definition; training objectives use ``clip=False``, as improved
+    DDPM does, so that the clamp does not cut gradients).
     """
     true_mean, true_logvar = diffusion.q_posterior(x0, x_t, k)
-    out = diffusion.p_mean_variance(x_t, k, model_out, clip=True)
+    out = diffusion.p_mean_variance(x_t, k, model_out, clip=clip)
     kl = mean_flat(normal_kl(true_mean, true_logvar, out["mean"], out["log_variance"])) / LN2
     nll = -mean_flat(discretized_gaussian_log_likelihood(
         x0, out["mean"], 0.5 * out["log_variance"], cdf=cdf)) / LN2
