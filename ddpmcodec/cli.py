@@ -53,7 +53,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="discard an existing results folder instead of resuming it")]
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["report_cli"]
 
 
 def resolve_device(device: str) -> str:
@@ -156,12 +156,20 @@ def _register_all() -> None:
         importlib.import_module(f".{name}", __package__).register(app)
 
 
-_register_all()
+
+_invoked: list[str] = []
+
+
+def invoked_command() -> str:
+    """The command line being run, for reports that say how to regenerate them."""
+    import shlex
+    return " ".join(["ddpmcodec", *(shlex.quote(a) for a in _invoked)])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default: sys.argv[1:]) and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _invoked[:] = argv
     try:
         rv = app(args=argv, prog_name="ddpmcodec", standalone_mode=False)
     except DDPMCodecError as exc:
@@ -186,3 +194,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     sys.exit(main())
+
+
+_register_all()  # last: command modules import the option types and helpers above

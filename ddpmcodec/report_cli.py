@@ -1,0 +1,45 @@
+"""`ddpmcodec report`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+# cli imports this module last, once these names exist
+from .cli import (BatchSize, Ckpt, Dataset, DataPath, Device, Json, NumImages, Quiet, Seed,
+                  emit, invoked_command, resolve_device)
+
+TrainData = Annotated[Optional[Path], typer.Option(
+    "--train-data", help="training images for the train column of Table 1 "
+                         "(with --dataset cifar10: the train split)")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="tiny sizes (a pipeline test)")]
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="report folder")]
+
+
+def report(out: OutDir, ckpt: Ckpt = None, dataset: Dataset = None, data: DataPath = None,
+           train_data: TrainData = None, num_images: NumImages = None, quick: QuickOpt = False,
+           batch_size: BatchSize = 64, device: Device = "auto", seed: Seed = 0,
+           as_json: Json = False, quiet: Quiet = False):
+    """The paper's analyses as one report: NLL table (test/train, full and respaced chains),
+    Table 4 and Figure 5 (rate-distortion), Figure 6 (progressive generation), Figure 7
+    (samples sharing a latent), Figure 8 (interpolation). Writes OUT/README.md with the
+    tables inline and the figures linked; finished parts are reused when rerun."""
+    from .data import load_images
+    from .models import load_model
+    from .report import build_report
+    model = load_model(ckpt, resolve_device(device))
+    test = load_images(data, dataset, "test", num_images)
+    train = None
+    if train_data is not None:
+        train = load_images(train_data, None, "train", num_images)
+    elif dataset is not None:
+        train = load_images(None, dataset, "train", num_images)
+    info = build_report(model, test, train, out, quick, seed, batch_size, invoked_command(),
+                        not quiet)
+    emit(info, as_json, [f"report written to {out}/README.md ({info['seconds']:.0f} s)",
+                         *[f"  {f}" for f in info["files"]]])
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(report)
