@@ -24,7 +24,7 @@ from .results import read_results
 @dataclass(frozen=True)
 class ReportSizes:
     nll_full_images: int = 8      # full-chain bound (1000 network calls per image)
-    nll_respaced_images: int = 32
+    nll_respaced_images: int = 16
     respaced_steps: int = 100
     sample_steps: int = 100       # chain used by the sampling figures
     gen_samples: int = 8

@@ -29,7 +29,7 @@ def draw_grid(cells: np.ndarray, path: Path, row_labels=(), col_labels=(), title
             if c == 0 and r < len(row_labels):
                 ax.set_ylabel(str(row_labels[r]), fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=8, wrap=True)
     fig.tight_layout(pad=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)
