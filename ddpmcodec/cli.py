@@ -53,7 +53,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="discard an existing results folder instead of resuming it")]
 
-COMMAND_MODULES: list[str] = ["report_cli"]
+COMMAND_MODULES: list[str] = ["train_cli", "report_cli"]
 
 
 def resolve_device(device: str) -> str:
