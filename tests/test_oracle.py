@@ -25,8 +25,9 @@ from ddpmcodec.likelihood import (LN2, bound_plain_loop, discretized_gaussian_lo
 from ddpmcodec.oracle import DiscretePixels, GaussianPixels
 
 
-@pytest.mark.parametrize("variance_type", ["fixedlarge", "fixedsmall"])
-@pytest.mark.parametrize("steps", [None, 20])
+@pytest.mark.parametrize("variance_type,steps", [
+    ("fixedlarge", 20), ("fixedsmall", 20), ("fixedlarge", None),
+    pytest.param("fixedsmall", None, marks=pytest.mark.slow)])
 def test_expected_kl_terms_match_closed_form_for_gaussian_data(variance_type, steps):
     full = Diffusion.from_schedule("linear", 1000, variance_type=variance_type)
     chain = full.with_steps(steps)
@@ -84,8 +85,9 @@ def _expected_bound_by_quadrature(law: DiscretePixels, chain: Diffusion, full: D
     return total / math.log(2)
 
 
-@pytest.mark.parametrize("variance_type,steps", [("fixedlarge", None), ("fixedsmall", None),
-                                                 ("fixedlarge", 50)])
+@pytest.mark.parametrize("variance_type,steps", [
+    ("fixedlarge", None), ("fixedsmall", 50),
+    pytest.param("fixedsmall", None, marks=pytest.mark.slow)])
 def test_bound_on_discrete_data_matches_quadrature_and_exceeds_exact_nll(variance_type, steps):
     full = Diffusion.from_schedule("linear", 1000, variance_type=variance_type)
     chain = full.with_steps(steps)
