@@ -78,7 +78,8 @@ def build_report(model: LoadedModel, test: ImageSet, train: ImageSet | None, out
                                  sizes.nll_respaced_images)):
             sub = _subset(images, n)
             name = f"nll-{split}-{'full' if steps is None else f'K{steps}'}"
-            run_nll(model, sub, res / name, steps, batch_size, seed, progress=progress)
+            run_nll(model, sub, res / name, steps, batch_size, seed, progress=progress,
+                    engine="fast")
             nll_folders[(split, label)] = res / name
             commands[name] = (f"ddpmcodec nll{ckpt} {_data_args(sub)}"
                               + (f" --steps {steps}" if steps else "") + f" --seed {seed} -o {res / name}")

@@ -32,6 +32,7 @@ def write_json_atomic(path: Path, obj) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for sharing
     os.replace(tmp, path)
 
 
@@ -40,6 +41,7 @@ def save_npz_atomic(path: Path, **arrays) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
     os.close(fd)
     np.savez(tmp, **arrays)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

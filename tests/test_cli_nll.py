@@ -111,3 +111,12 @@ def test_usage_error_exit_code(capsys):
     assert main(["nll", "--no-such-option"]) == 2
     assert main(["--help"]) == 0
     assert "nll" in capsys.readouterr().out
+
+
+def test_rd_curve_refuses_an_estimate_folder(tmp_path, capsys, tiny_ckpt, test_npz):
+    out = tmp_path / "est"
+    run_json(capsys, ["nll", "--ckpt", str(tiny_ckpt), "--data", str(test_npz), "-n", "2",
+                      "--steps", "20", "--device", "cpu", "-o", str(out),
+                      "--estimator", "importance", "--nfe", "4"])
+    assert main(["rd-curve", "--results", str(out)]) == 1
+    assert "estimator full" in capsys.readouterr().err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import DDPMCodecError
 from ..rd import rate_distortion, table4
 from ..results import load_arrays, read_results
 
@@ -11,6 +12,9 @@ def write_rd(results_dir: str | Path, out: str | Path) -> dict:
     """Write rd_curve.csv, table4.csv and figure5.png into ``out``; returns their paths and
     the headline numbers."""
     res = read_results(results_dir)
+    if res.get("kind") != "nll" or res["config"].get("estimator", "full") != "full":
+        raise DDPMCodecError(f"{results_dir}: rd-curve needs every per-step term, i.e. an nll "
+                             f"results folder of --estimator full")
     curve = rate_distortion(load_arrays(results_dir))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
