@@ -1,0 +1,127 @@
+"""Lossless bits-back codec: speed and size against the bound.
+
+    python benchmarks/bench_lossless.py --steps 100 --num-images 16 --batch-size 8
+    python benchmarks/bench_lossless.py --steps 100 --num-images 64 --compare-nll
+
+Encodes the first N test images (../shared/data/cifar10-test-800.npz by default), decodes
+them, checks the round trip, and prints one table row per chain length:
+
+* encode / decode speed in images per second (wall clock, network included);
+* the actual net size in bits/dim (payload minus the one-off initial bits), the bound
+  along the coding path, the sampled negative ELBO of the path, the coder's overhead
+  (actual / sampled ELBO - 1, a nearly noise-free number), and the initial bits;
+* with --compare-nll, the bound that `ddpmcodec nll --steps K` computes for the same
+  images (bound_plain_loop, seed 0), the relative difference actual / nll - 1, and its
+  standard error. The codec's size and the nll estimate are two Monte-Carlo estimates of
+  the same expectation with independent noise; the standard error of their difference is
+  estimated from the per-image differences (sampled -ELBO of the path minus nll).
+
+Timings depend on the machine and its load: say which when you quote them.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-test-800.npz"
+
+
+def nll_bound(model, images: np.ndarray, steps, batch_size: int) -> np.ndarray:
+    """Per-image bound in bits/dim, as `ddpmcodec nll` computes it (seed 0)."""
+    from ddpmcodec.data import to_model_space
+    from ddpmcodec.likelihood import bound_plain_loop
+    diffusion = model.diffusion.with_steps(steps)
+    out = []
+    for a in range(0, len(images), batch_size):
+        x0 = to_model_space(images[a:a + batch_size], model.device)
+        ids = torch.arange(a, a + len(x0))
+        out.append(bound_plain_loop(model.denoiser(), diffusion, x0, ids, seed=0)["total"].numpy())
+    return np.concatenate(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, nargs="+", default=[100], help="chain lengths K (0: full)")
+    ap.add_argument("--num-images", "-n", type=int, default=8)
+    ap.add_argument("--batch-size", "-b", type=int, default=8)
+    ap.add_argument("--ckpt", default=None, help="checkpoint (default: the embedded model)")
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare-nll", action="store_true", help="also compute the nll bound")
+    ap.add_argument("--skip-decode", action="store_true", help="encode only (no round trip)")
+    ap.add_argument("--save", default=None, help="write the rows as JSON lines to this file")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from ddpmcodec.codec.bitsback import BitsBackCodec
+    from ddpmcodec.data import load_images
+    from ddpmcodec.models import load_model
+    model = load_model(args.ckpt, args.device)
+    images = load_images(args.data, num_images=args.num_images).images
+    codec = BitsBackCodec(model)
+    dims = int(np.prod(model.image_shape))
+    print(f"# model {model.fingerprint} ({model.source}), {len(images)} images, batch "
+          f"{args.batch_size}, device {args.device}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}", flush=True)
+    cols = ["K", "enc img/s", "dec img/s", "actual", "path bound", "sampled ELBO", "coder ovh",
+            "initial b/d"]
+    if args.compare_nll:
+        cols += ["nll", "actual/nll-1", "SE", "nll s"]
+    print(" | ".join(cols), flush=True)
+    for K in args.steps:
+        steps = None if K == 0 else K
+        t0 = time.perf_counter()
+        enc = codec.encode(images, steps=steps, batch_size=args.batch_size, seed=args.seed)
+        t_enc = time.perf_counter() - t0
+        t_dec = float("nan")
+        if not args.skip_decode:
+            t0 = time.perf_counter()
+            dec = codec.decode(enc.data)
+            t_dec = time.perf_counter() - t0
+            if not np.array_equal(dec.images, images):
+                print("ROUND TRIP FAILED", file=sys.stderr)
+                return 1
+        s = enc.stats
+        elbo = np.array(s.extra["elbo_bits_per_image"]) / dims
+        row = {"K": s.num_steps, "num_images": len(images), "batch_size": args.batch_size,
+               "encode_images_per_s": len(images) / t_enc, "decode_images_per_s": len(images) / t_dec,
+               "actual_bpd": s.bits_per_dim, "path_bound_bpd": s.bound_bits_per_dim,
+               "elbo_bpd": float(elbo.mean()), "coder_overhead": s.actual_bits / elbo.sum() / dims - 1,
+               "initial_bits_per_dim": s.initial_bits_per_dim, "initial_bits": s.initial_bits,
+               "escapes": s.extra["escapes"]}
+        cells = [f"{s.num_steps}", f"{row['encode_images_per_s']:.3f}",
+                 f"{row['decode_images_per_s']:.3f}", f"{s.bits_per_dim:.5f}",
+                 f"{s.bound_bits_per_dim:.5f}", f"{row['elbo_bpd']:.5f}",
+                 f"{100 * row['coder_overhead']:+.4f}%", f"{s.initial_bits_per_dim:.3f}"]
+        if args.compare_nll:
+            t0 = time.perf_counter()
+            ref = nll_bound(model, images, steps, args.batch_size)
+            t_nll = time.perf_counter() - t0
+            d = elbo - ref
+            se = d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+            rel = s.bits_per_dim / ref.mean() - 1
+            row.update(nll_bpd=float(ref.mean()), rel_diff=rel, rel_se=se / ref.mean(),
+                       per_image_diff_sd=float(d.std(ddof=1)) if len(d) > 1 else None,
+                       nll_seconds=t_nll)
+            cells += [f"{ref.mean():.5f}", f"{100 * rel:+.3f}%", f"{100 * se / ref.mean():.3f}%",
+                      f"{t_nll:.0f}"]
+        print(" | ".join(cells), flush=True)
+        if args.save:
+            import json
+            with open(args.save, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Real compression through the latent chain of a DDPM.
+
+* :mod:`.container` -- the versioned file format shared by every codec;
+* :mod:`.base` -- the one compress/decompress contract (:class:`Codec`, :class:`Encoded`,
+  :class:`Decoded`, :class:`CodecStats`) and the checks every decoder makes;
+* :mod:`.bitsback` -- lossless coding with bits-back ANS in Bit-Swap order.
+"""
+from .base import (Codec, CodecStats, Decoded, Encoded, decode_bytes, get_codec)
+from .container import Header, pack, pixel_checksum, read_header, unpack
+
+__all__ = ["Codec", "CodecStats", "Decoded", "Encoded", "Header", "decode_bytes", "get_codec",
+           "pack", "pixel_checksum", "read_header", "unpack"]

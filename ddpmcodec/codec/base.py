@@ -1,0 +1,307 @@
+"""The one compress/decompress contract of every ddpmcodec codec, and what codecs share.
+
+A codec is bound to a loaded model (:class:`~ddpmcodec.models.LoadedModel`)::
+
+    codec = get_codec("lossless")(model)
+    enc = codec.encode(images, steps=100, batch_size=8, seed=0)   # -> Encoded
+    enc.data          # bytes: a complete container file (container.py)
+    enc.stats         # CodecStats: actual bits, bits/dim, bound, overhead, initial bits
+    dec = codec.decode(enc.data)                                  # -> Decoded
+    dec.images        # uint8 [N, H, W, C], verified against the header's pixel checksum
+
+or, without knowing the mode of a file, ``decode_bytes(model, data)``.
+
+``images`` are uint8 NHWC arrays (as :func:`ddpmcodec.data.load_images` returns them).
+Decoding checks, before any network runs, that the file was made by the same model
+(fingerprint), for the same image shape and full-chain length, on the same device kind,
+and it evaluates the network and the float64 coding math exactly as the encoder did
+(:func:`deterministic`: torch deterministic algorithms, no TF32, the encoder's CPU thread
+count; and the header's batch layout).
+A decoder must finish with :func:`verify_pixels`, so that a wrong image is never returned.
+
+Bits: ``payload_bits`` is the payload's size (8 per byte); ``initial_bits`` is the one-off
+part of it that does not belong to the images (bits-back's initial bits; 0 for codecs
+without); ``actual_bits = payload_bits - initial_bits`` is what the images cost;
+``bound_bits`` is the variational bound (negative ELBO) for the same chain and images, the
+ideal the codec is measured against; ``overhead = actual_bits / bound_bits - 1``.
+All "per dim" numbers divide by N*C*H*W.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import DDPMCodecError
+from . import container
+from .container import Header
+
+# cuBLAS is deterministic only with a fixed workspace; it reads this when CUDA starts.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+# mode -> "module:Class"; imported lazily so that a codec's absence is a clear error.
+CODECS = {
+    "lossless": "ddpmcodec.codec.bitsback:BitsBackCodec",
+    "progressive": "ddpmcodec.codec.progressive:ProgressiveCodec",
+}
+
+
+@dataclass
+class CodecStats:
+    """Sizes and timings of one encode or decode (see the module docstring for the terms).
+
+    ``extra`` holds mode-specific numbers (JSON-able), e.g. per-image bits.
+    """
+
+    mode: str
+    num_images: int
+    dims: int  # C*H*W of one image
+    num_steps: int
+    payload_bits: int
+    header_bits: int
+    initial_bits: float
+    bound_bits: float
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total_dims(self) -> int:
+        return self.num_images * self.dims
+
+    @property
+    def actual_bits(self) -> float:
+        return self.payload_bits - self.initial_bits
+
+    @property
+    def file_bits(self) -> int:
+        return self.payload_bits + self.header_bits
+
+    @property
+    def bits_per_dim(self) -> float:
+        return self.actual_bits / self.total_dims
+
+    @property
+    def bound_bits_per_dim(self) -> float:
+        return self.bound_bits / self.total_dims
+
+    @property
+    def file_bits_per_dim(self) -> float:
+        return self.file_bits / self.total_dims
+
+    @property
+    def initial_bits_per_dim(self) -> float:
+        return self.initial_bits / self.total_dims
+
+    @property
+    def overhead(self) -> float:
+        """actual / bound - 1 (NaN when the bound is unknown or zero)."""
+        if not self.bound_bits or not math.isfinite(self.bound_bits):
+            return float("nan")
+        return self.actual_bits / self.bound_bits - 1.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.num_images / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for name in ("actual_bits", "file_bits", "bits_per_dim", "bound_bits_per_dim",
+                     "file_bits_per_dim", "initial_bits_per_dim", "overhead", "images_per_second"):
+            d[name] = getattr(self, name)
+        return d
+
+
+@dataclass
+class Encoded:
+    data: bytes  # the complete file
+    header: Header
+    stats: CodecStats
+
+
+@dataclass
+class Decoded:
+    images: np.ndarray  # uint8 [N, H, W, C], checksum-verified
+    header: Header
+    stats: CodecStats
+
+
+class Codec(ABC):
+    """Base class: one instance per model. Subclasses set ``mode`` and implement
+    :meth:`encode` and :meth:`decode`; the keyword options beyond the shared ones are
+    mode-specific."""
+
+    mode: ClassVar[str]
+
+    def __init__(self, model):
+        self.model = model
+
+    @abstractmethod
+    def encode(self, images: np.ndarray, *, steps: int | None = None, batch_size: int = 8,
+               seed: int = 0, progress: bool = False, **options) -> Encoded:
+        """Compress uint8 NHWC ``images`` into a container file."""
+
+    @abstractmethod
+    def decode(self, data: bytes, *, progress: bool = False, **options) -> Decoded:
+        """Decompress a container file made by :meth:`encode` with the same model."""
+
+
+def get_codec(mode: str) -> type[Codec]:
+    """The codec class for a mode ("lossless", "progressive")."""
+    if mode not in CODECS:
+        raise DDPMCodecError(f"unknown codec mode {mode!r}; known: {', '.join(CODECS)}")
+    module, cls = CODECS[mode].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise DDPMCodecError(f"the {mode} codec is not available in this ddpmcodec") from None
+
+
+def decode_bytes(model, data: bytes, **options) -> Decoded:
+    """Decode a container file of any mode with ``model``."""
+    header = container.read_header(data)
+    return get_codec(header.mode)(model).decode(data, **options)
+
+
+# -- what every codec checks and shares --------------------------------------------------
+def device_kind(device) -> str:
+    """Where results are reproducible: "cpu:<ISA>", or "cuda:<GPU name>;cpu:<ISA>" (the
+    float64 coding math always runs on the CPU, so its instruction set counts too)."""
+    import torch
+    device = torch.device(device)
+    try:
+        isa = f"cpu:{torch.backends.cpu.get_cpu_capability()}"
+    except AttributeError:  # pragma: no cover - old torch
+        isa = "cpu:unknown"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"cuda:{name[:container.MAX_DEVICE_CHARS - 24]};{isa}"
+    if device.type == "cpu":
+        return isa
+    raise DDPMCodecError(f"codecs run on cpu or cuda devices, not {device.type}")
+
+
+def coding_threads() -> int:
+    """CPU threads to record in a header: float results of the CPU math (and of a CPU
+    network) depend on how torch splits work between threads."""
+    import torch
+    return min(torch.get_num_threads(), container.MAX_THREADS)
+
+
+def decode_device(header: Header):
+    """The torch device a file must be decoded on (its header's device kind)."""
+    import torch
+    kind = header.device_kind
+    if kind.startswith("cpu"):
+        here = device_kind("cpu")
+        if kind != here:
+            raise DDPMCodecError(
+                f"this file was encoded on {kind} and must be decoded on the same kind of "
+                f"device (this CPU is {here}): numerical results differ between them")
+        return torch.device("cpu")
+    if kind.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DDPMCodecError(f"this file was encoded on {kind}; decoding it needs that GPU "
+                                 f"(no CUDA device is available)")
+        here = [device_kind(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+        if kind in here:
+            return torch.device(f"cuda:{here.index(kind)}")
+        raise DDPMCodecError(f"this file was encoded on {kind}; no such device here "
+                             f"({', '.join(here)})")
+    raise DDPMCodecError(f"unknown device kind {kind!r} in the header")
+
+
+def check_compatible(header: Header, model, mode: str | None = None) -> None:
+    """Clear errors, before any work, when ``model`` cannot decode ``header``'s file."""
+    if mode is not None and header.mode != mode:
+        raise DDPMCodecError(f"this is a {header.mode} file, not a {mode} one")
+    if header.fingerprint != model.fingerprint:
+        raise DDPMCodecError(
+            f"this file was encoded with model {header.fingerprint}, but the model given "
+            f"({model.source}) is {model.fingerprint}; pass the encoder's --ckpt")
+    if tuple(header.image_shape) != tuple(model.image_shape):
+        raise DDPMCodecError(f"the file holds {header.image_shape} images, the model makes "
+                             f"{tuple(model.image_shape)}")
+    if header.num_timesteps != model.diffusion.num_steps:
+        raise DDPMCodecError(f"the file's chain has T={header.num_timesteps}, the model's "
+                             f"T={model.diffusion.num_steps}")
+    here = device_kind(model.device)
+    if header.device_kind != here:
+        raise DDPMCodecError(f"this file was encoded on {header.device_kind}, the model is on "
+                             f"{here}; decode on the encoder's kind of device")
+
+
+def chain_for(header: Header, model):
+    """The (respaced) Diffusion of the file's chain."""
+    if header.timesteps == tuple(range(model.diffusion.num_steps)):
+        return model.diffusion
+    return model.diffusion.respace(header.timesteps)
+
+
+def check_images(images: np.ndarray, model) -> np.ndarray:
+    """uint8 NHWC images that fit the model, contiguous."""
+    from ..data import check_fits
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise DDPMCodecError(f"codecs take uint8 [N, H, W, C] images, got {images.dtype} {images.shape}")
+    if len(images) == 0:
+        raise DDPMCodecError("no images to encode")
+    check_fits(images, model.image_shape)
+    return np.ascontiguousarray(images)
+
+
+def verify_pixels(images: np.ndarray, header: Header) -> np.ndarray:
+    """Return ``images`` if they match the header's checksum, else DDPMCodecError."""
+    if container.pixel_checksum(images) != header.pixel_checksum:
+        raise DDPMCodecError(
+            "decoding failed: the decoded pixels do not match the file's checksum (corrupt "
+            "file, or a different torch/library version or device evaluated the network)")
+    return images
+
+
+@contextlib.contextmanager
+def deterministic(device, num_threads: int = 0):
+    """Torch settings under which the network gives the same bits on every run of the same
+    device kind: deterministic algorithms, cuDNN without benchmarking, no TF32, and (on
+    ``num_threads`` CPU threads (0: leave as is). The previous settings are restored."""
+    import torch
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+             torch.get_num_threads())
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved[2:6]
+        torch.set_num_threads(saved[6])
+
+
+class Timer:
+    """with Timer() as t: ...; t.seconds"""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        return False

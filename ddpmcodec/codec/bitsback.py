@@ -1,0 +1,652 @@
+"""Lossless compression through the latent chain: bits-back ANS in Bit-Swap order.
+
+For a chain of K steps (``Diffusion.with_steps``: chain step k is original index
+``timesteps[k]``; latent x_k for k = 0..K-1) and an image x0 on [-1, 1], the encoder runs,
+on one ANS stack (constriction's AnsCoder)::
+
+    pop  x_0 ~ q(x_0 | x0)                  = N(sqrt(1-b_0) x0, b_0)      (bits back)
+    push x0 with p(x0 | x_0)                the 256-bin discretized Gaussian decoder
+    for k = 1..K-1:
+        pop  x_k ~ q(x_k | x_{k-1})         = N(sqrt(1-b_k) x_{k-1}, b_k) (bits back)
+        push x_{k-1} with p_theta(x_{k-1} | x_k)   (p_mean_variance, clipped x0-prediction)
+    push x_{K-1} with N(0, I)
+
+where b_k are the chain's (respaced) betas, so the kernels compose to q(x_k | x0). The
+decoder runs the mirror image, last step first. A pop before the first push needs bits on
+the stack: the encoder starts from ``W`` seeded pseudo-random words ("initial bits"); only
+the part of them that the chain consumed is stored, and the decoder, which regenerates
+them from the seed, must end with exactly those words left — a free integrity check on
+top of the pixel checksum. Each step pops one latent and then pushes the previous one, so
+the stack dips by about one step's worth of bits at most (the Bit-Swap property); many
+images in one stream pay the initial bits once.
+
+Expected net length = the negative ELBO of the chain,
+``L_prior + sum_{k>=1} KL(q(x_{k-1}|x_k,x0) || p(x_{k-1}|x_k)) + L_0``, the bound that
+``ddpmcodec nll --steps K`` estimates. The encoder also reports that bound along its own
+coding path (the same KL formulas at the coded latents: ``bound_bits``) and the sampled
+negative ELBO of the path (``elbo_bits``, continuous densities); actual minus ``elbo_bits``
+is the coder's own overhead (quantization, leak, escapes, final word).
+
+Discretization, and why it is per latent. constriction's models give every symbol of
+their alphabet at least 2^-24 of probability (they are "leaky"): a pop from an alphabet of
+R symbols lands on a uniformly drawn symbol with probability about R/2^24, and every
+probability is scaled by (1 - R/2^24). Over K*D ~ 3 million pops per image that matters:
+with one fine grid for all latents (R ~ 2^16), 0.4% of the latents were drawn far out in
+the tails, where the network and the clipped x0-prediction make them expensive (+3% on a
+20-step chain). So each latent x_k has its own grid and alphabets, fixed by the schedule
+(:func:`latent_grids`):
+
+* grid width ``delta_k``: the power of two at or below ``sigma_lo / 2^grid_log2``, where
+  sigma_lo is the smaller std of the two Gaussians that code x_k (the forward kernel that
+  pops it, the reverse step or prior that pushes it): 2^grid_log2 .. 2^(grid_log2+1) grid
+  points per standard deviation, so discretization changes the bits negligibly (the grid
+  width itself cancels: x_k is popped once and pushed once on the same grid);
+* alphabets centred on the rounded mean, ``support_sigmas`` (default 5) of the coding
+  Gaussian's std on either side: a leaked pop stays within 5 stds, where its cost and
+  the bits it gave back balance, and where the pop and the push of x_k have about the
+  same width their (1 - R/2^24) factors cancel. Wider supports put more symbols in the
+  region where the 2^-24 floor dominates (measured: 6 stds cost 14x more than 5 on a
+  100-step chain); narrower ones truncate the Gaussian.
+
+A value the push must code outside its alphabet (a Gaussian tail beyond 5 stds, or a
+model that is confidently wrong) is an *escape*: the push alphabet has one extra symbol on
+each side, and after it comes the excess beyond the alphabet under a Laplace whose scale
+follows the Gaussian's tail (QuantizedLaplace, up to 2^20 grid points), so an escape costs
+a few bits more than its Gaussian probability, and nothing is spent when none happens.
+
+Whitening. The bits a pop reads were just written by a push under p, and ANS hands them
+over nearly unchanged; where p's spread differs from the truth they are bunched and the
+pop would not follow q (measured: +3.5% at K=100). Before every pop but the very first
+(which reads the seeded words) the codec XORs the bits that pop will read with seeded
+keys (:meth:`_Stack.whiten`: bit-neutral and its own inverse).
+
+All Gaussians are evaluated in float64 from the float32 network output; one constriction
+call per step per batch (two when a step has escapes, plus the whitening). The payload is the final stack
+minus the leading seeded words it still shares with the initial stack.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data import to_model_space
+from ..errors import DDPMCodecError
+from ..likelihood import LN2, prior_bpd, vb_terms_bpd
+from ..rng import stream_keys, uniform_bits
+from . import container
+from .base import (Codec, CodecStats, Decoded, Encoded, Timer, check_compatible, check_images,
+                   chain_for, coding_threads, deterministic, device_kind, verify_pixels)
+from .container import BlobReader, BlobWriter, Header
+
+try:
+    import constriction
+    _QG = constriction.stream.model.QuantizedGaussian
+    _CAT = constriction.stream.model.Categorical
+    _QL = constriction.stream.model.QuantizedLaplace
+    _UNI = constriction.stream.model.Uniform
+    _ANS = constriction.stream.stack.AnsCoder
+except ImportError:  # pragma: no cover - a dependency of the package
+    constriction = None
+
+PARAMS_VERSION = 1
+DEFAULT_GRID_LOG2 = 5        # 32..64 grid points per (smaller) standard deviation
+DEFAULT_SUPPORT_SIGMAS = 5.0  # alphabet half-width in standard deviations
+MAX_HALF = (1 << 18) - 1     # largest alphabet half-width
+EXCESS_MAX = (1 << 20) - 1   # largest escape excess, in grid points
+_INIT_STREAM = 0x1B17        # tag of the initial-words stream (any fixed number)
+_WHITEN_STREAM = 0x3A7E      # tag of the whitening keys
+_WHITEN_MARGIN = 1.05        # whiten 5% more bits than a pop is expected to read
+_CAT_CHUNK = 16384           # pixels per Categorical call (bounds the table's memory)
+
+
+# -- parameters in the header ------------------------------------------------------------
+@dataclass(frozen=True)
+class LosslessParams:
+    """The lossless codec's ``params`` blob (see the module docstring for the grid).
+
+    grid_log2: at least 2^grid_log2 grid points per standard deviation.
+    support_sigmas: alphabet half-width in standard deviations.
+    initial_words: W seeded 32-bit words the encoder's stack starts with.
+    prefix_words: P leading words of the final stack that equal the seeded words, so they
+        are regenerated instead of stored.
+    bound_bits, elbo_bits: the encoder's bound and sampled -ELBO (for the decoder's report).
+    """
+
+    grid_log2: int
+    support_sigmas: float  # stored in sixteenths
+    initial_words: int
+    prefix_words: int
+    bound_bits: float
+    elbo_bits: float
+
+    def pack(self) -> bytes:
+        return (BlobWriter().u8(PARAMS_VERSION).u8(self.grid_log2)
+                .u16(int(round(self.support_sigmas * 16)))
+                .u32(self.initial_words).u32(self.prefix_words).f64(self.bound_bits)
+                .f64(self.elbo_bits).getvalue())
+
+    @classmethod
+    def unpack(cls, blob: bytes, header: Header) -> "LosslessParams":
+        r = BlobReader(blob, "lossless parameters")
+        version = r.u8("version")
+        if version != PARAMS_VERSION:
+            raise DDPMCodecError(f"lossless parameters version {version} is not supported")
+        p = cls(r.u8("grid_log2"), r.u16("support_sigmas") / 16, r.u32("initial_words"),
+                r.u32("prefix_words"), r.f64("bound_bits"), r.f64("elbo_bits"))
+        r.end()
+        return p.validate(header)
+
+    def validate(self, header: Header) -> "LosslessParams":
+        r = BlobReader(b"", "lossless parameters")
+        r.bounded("grid_log2", self.grid_log2, 0, 12)
+        if not 2.0 <= self.support_sigmas <= 40.0 or self.support_sigmas * 16 != round(
+                self.support_sigmas * 16):
+            raise DDPMCodecError(f"support_sigmas must be a multiple of 1/16 in 2..40, "
+                                 f"got {self.support_sigmas}")
+        r.bounded("initial_words", self.initial_words, 4,
+                  max_initial_words(header.batch_size, header.dims))
+        r.bounded("prefix_words", self.prefix_words, 0, self.initial_words)
+        for name in ("bound_bits", "elbo_bits"):
+            if not math.isfinite(getattr(self, name)):
+                raise DDPMCodecError(f"lossless parameters: {name} is not finite")
+        return self
+
+
+def max_initial_words(batch_size: int, dims: int) -> int:
+    """Upper bound on W: 96 bits per latent of one batch (a pop yields at most 24 bits,
+    and the stack never dips by more than a few pops)."""
+    return 3 * batch_size * dims + 1024
+
+
+def initial_words(seed: int, n: int) -> np.ndarray:
+    """The seeded words the encoder's stack starts with: uint32 [n], last word nonzero
+    (an ANS stack never ends in a zero word)."""
+    keys = stream_keys(seed, torch.tensor(_INIT_STREAM))
+    raw = uniform_bits(keys, (n + 1) // 2).numpy().view(np.uint64)
+    words = np.concatenate([raw & 0xFFFFFFFF, raw >> 32]).astype(np.uint32)[:n]
+    words[-1] |= 1
+    return words
+
+
+# -- the per-latent grids ------------------------------------------------------------------
+@dataclass(frozen=True)
+class LatentGrids:
+    """x_k = s * delta[k] with integer s. q(x_k | x_{k-1}) pops x_k on an alphabet of
+    2*pop_half[k]+1 symbols, the reverse step (or prior) pushes it on 2*push_half[k]+1.
+    All arrays have shape [K]."""
+
+    delta: np.ndarray  # float64, powers of two
+    pop_half: np.ndarray  # int64
+    push_half: np.ndarray  # int64
+    q_std: np.ndarray  # float64: std of q(x_k | x_{k-1})
+
+
+def p_std_range(diffusion) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest std of p_theta(x_{k-1}|x_k) for k = 0..K-1 (float64 [K];
+    equal unless the variance is learned, which interpolates between the two fixed ones)."""
+    K = diffusion.num_steps
+    k = torch.arange(K)
+    x = torch.zeros(K, 1, dtype=torch.float64)
+    if diffusion.variance_type == "learned":
+        lo = diffusion.p_log_variance(k, x, -torch.ones_like(x))
+        hi = diffusion.p_log_variance(k, x, torch.ones_like(x))
+        lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
+    else:
+        lo = hi = diffusion.p_log_variance(k, x)
+    return torch.exp(0.5 * lo[:, 0]).numpy(), torch.exp(0.5 * hi[:, 0]).numpy()
+
+
+def latent_grids(diffusion, grid_log2: int, support_sigmas: float) -> LatentGrids:
+    """The grid and alphabets of every latent, a pure function of the schedule.
+
+    The grid resolves the narrower of the two Gaussians that code x_k; each alphabet
+    covers ``support_sigmas`` of its own Gaussian's (largest) std. Pop and push alphabets
+    differ only where the reverse step is much wider than the forward kernel (coarse
+    respaced chains, the prior), and there the unequal leaks cost (R_push - R_pop) / 2^24
+    / ln 2 bits per dim of that latent (0.0035 for the first latent of a 2-step chain,
+    ~1e-4 on a 100-step chain); with equal widths they cancel."""
+    K = diffusion.num_steps
+    q_std = np.sqrt(diffusion.betas.numpy())
+    p_lo, p_hi = p_std_range(diffusion)
+    # x_k is pushed by p(x_k | x_{k+1}) (chain step k+1), the last one by N(0, 1)
+    push_lo = np.append(p_lo[1:], 1.0)
+    push_hi = np.append(p_hi[1:], 1.0)
+    delta = np.exp2(np.floor(np.log2(np.minimum(q_std, push_lo)) - grid_log2))
+    pop_half = np.minimum(np.ceil(support_sigmas * q_std / delta), MAX_HALF).astype(np.int64)
+    push_half = np.minimum(np.ceil(support_sigmas * push_hi / delta), MAX_HALF).astype(np.int64)
+    assert len(delta) == K
+    return LatentGrids(delta, pop_half, push_half, q_std)
+
+
+def whiten_count(g: LatentGrids, k: int, symbols: int) -> int:
+    """16-bit words to whiten before popping ``symbols`` latents x_k: the bits the pop is
+    expected to read (the entropy of the quantized kernel), plus 5%."""
+    entropy = math.log2(float(g.q_std[k] / g.delta[k]) * math.sqrt(2 * math.pi * math.e))
+    return int(math.ceil(_WHITEN_MARGIN * symbols * max(entropy, 1.0) / 16)) + 8
+
+
+# -- the float64 models ------------------------------------------------------------------
+def decoder_probs(mean: torch.Tensor, log_scale: torch.Tensor) -> np.ndarray:
+    """Probabilities [n, 256] of the 8-bit levels under a Gaussian discretized to bins of
+    width 2/255 on [-1, 1], edge bins taking the tails (as likelihood's
+    ``discretized_gaussian_log_likelihood`` with cdf="exact"). mean, log_scale: float64 [n].
+
+    Bins whose lower edge is above the mean use upper-tail differences (no cancellation)."""
+    edges = torch.arange(255, dtype=torch.float64) * (2.0 / 255.0) - 1.0 + 1.0 / 255.0
+    z = (edges[None, :] - mean[:, None]) * torch.exp(-log_scale)[:, None]  # [n, 255]
+    tail = 0.5 * torch.erfc(z.abs() * math.sqrt(0.5))  # the smaller tail, accurate far out
+    lower = torch.where(z < 0, tail, 1.0 - tail)  # Phi(z): accurate where it is used (z < 0)
+    upper = torch.where(z > 0, tail, 1.0 - tail)  # 1 - Phi(z): accurate where z > 0
+    one = torch.ones_like(lower[:, :1])
+    # bin j spans edges j-1 .. j (edge -1 = -inf, edge 255 = +inf)
+    cdf_lo = torch.cat([0 * one, lower], 1)
+    cdf_hi = torch.cat([lower, one], 1)
+    sf_lo = torch.cat([one, upper], 1)
+    sf_hi = torch.cat([upper, 0 * one], 1)
+    above = torch.cat([z[:, :1] > 0, z > 0], 1)
+    above[:, 0] = False  # the first bin's lower edge is -inf
+    probs = torch.where(above, sf_lo - sf_hi, cdf_hi - cdf_lo)
+    return probs.clamp(min=0.0).numpy()
+
+
+def _normal_logpdf(x, mean, std) -> torch.Tensor:
+    """Elementwise log N(x; mean, std^2), nats (std a float or tensor)."""
+    std = torch.as_tensor(std, dtype=torch.float64)
+    return -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
+
+
+def _sum_bits(nats: torch.Tensor) -> torch.Tensor:
+    """Per-image sum of elementwise nats, in bits (float64 [B])."""
+    return nats.reshape(nats.shape[0], -1).sum(1) / LN2
+
+
+def _flat(t, n: int) -> np.ndarray:
+    """float64 contiguous [n] from a tensor or a scalar."""
+    if isinstance(t, torch.Tensor):
+        return np.ascontiguousarray(t.reshape(-1).numpy(), dtype=np.float64)
+    return np.full(n, float(t), dtype=np.float64)
+
+
+def _corrupt(exc) -> DDPMCodecError:
+    return DDPMCodecError(f"corrupt file: the entropy decoder failed ({exc})")
+
+
+_CONSTRICTION_ERRORS = (ValueError, RuntimeError, OverflowError, TypeError)
+
+
+# -- the stack -----------------------------------------------------------------------------
+class _Stack:
+    """The ANS stack: latent and pixel codes, escapes, and the encoder's low-water mark.
+
+    Latents travel as integer symbols s (int64 tensors); x = s * delta. A Gaussian
+    N(mean, std^2) on grid delta with half-width h is coded as r = s - c on the alphabet
+    -h..h, where c = rint(mean / delta), with mean mean/delta - c and std std/delta.
+    """
+
+    def __init__(self, words: np.ndarray, seed: int = 0):
+        self.ans = _ANS(np.ascontiguousarray(words, dtype=np.uint32))
+        self.low_water = self.ans.num_words()
+        self.escapes = 0
+        self.seed = seed
+        self._excess = _QL(0, EXCESS_MAX)
+        self._uniform16 = _UNI(1 << 16)
+        self._families = {}
+
+    def whiten(self, n: int, batch: int, step: int) -> None:
+        """Pop n 16-bit words, XOR them with seeded keys, push them back (bit-neutral, and
+        its own inverse). Bits that the push of x_{k-1} under p just wrote are not uniform
+        (a reverse step wider or narrower than the truth leaves its quantiles bunched),
+        and ANS hands them to the next pop nearly unchanged: a pop from q(x_k | x_{k-1})
+        would then draw x_k with the wrong spread (measured: variance 0.87 instead of 1
+        at early steps, +4% on the file at K=100). Whitening the bits that the pop will
+        read makes its draws follow q again."""
+        if n <= 0:
+            return
+        keys = stream_keys(self.seed, torch.tensor(_WHITEN_STREAM), torch.tensor(batch),
+                           torch.tensor(step))
+        raw = uniform_bits(keys, (n + 3) // 4).numpy().view(np.uint64)
+        key = np.stack([(raw >> (16 * j)) & 0xFFFF for j in range(4)], 1).reshape(-1)[:n]
+        try:
+            v = self.ans.decode(self._uniform16, n)
+        except _CONSTRICTION_ERRORS as exc:
+            raise _corrupt(exc) from None
+        self._track()
+        self.ans.encode_reverse(np.ascontiguousarray(v ^ key.astype(np.int32)), self._uniform16)
+
+    def _family(self, half: int):
+        if half not in self._families:
+            self._families[half] = _QG(-half, half)
+        return self._families[half]
+
+    @staticmethod
+    def _centre(mean, std, delta: float, n: int):
+        m = _flat(mean, n) / delta
+        s = _flat(std, n) / delta
+        if not (np.isfinite(m).all() and np.isfinite(s).all() and (s > 0).all()):
+            raise DDPMCodecError("the model produced non-finite means or variances; cannot code")
+        if np.abs(m).max(initial=0.0) > 2.0 ** 52:
+            raise DDPMCodecError("a latent mean is out of range (corrupt stream or model)")
+        c = np.rint(m)
+        return c.astype(np.int64), np.ascontiguousarray(m - c), np.ascontiguousarray(s)
+
+    def _track(self):
+        self.low_water = min(self.low_water, self.ans.num_words())
+
+    # q(x_k | x_{k-1}): popped by the encoder, pushed back by the decoder; never escapes
+    def pop_q(self, mean: torch.Tensor, std: float, delta: float, half: int) -> torch.Tensor:
+        n = mean.numel()
+        c, m, s = self._centre(mean, std, delta, n)
+        try:
+            r = self.ans.decode(self._family(half), m, s)
+        except _CONSTRICTION_ERRORS as exc:
+            raise _corrupt(exc) from None
+        self._track()
+        return torch.from_numpy(c + r.astype(np.int64)).reshape(mean.shape)
+
+    def push_q(self, sym: torch.Tensor, mean: torch.Tensor, std: float, delta: float, half: int):
+        n = mean.numel()
+        c, m, s = self._centre(mean, std, delta, n)
+        r = sym.reshape(-1).numpy() - c
+        if np.abs(r).max(initial=0) > half:
+            raise DDPMCodecError("corrupt file: a decoded latent is outside its forward kernel's range")
+        self.ans.encode_reverse(np.ascontiguousarray(r, dtype=np.int32), self._family(half), m, s)
+
+    # p(x_{k-1} | x_k) and the prior: pushed by the encoder, popped by the decoder. The
+    # alphabet is -h-1..h+1; the two outer symbols are escapes, followed by the excess
+    # beyond them under a Laplace that follows the Gaussian's tail (rate ~ (h+1) / std^2).
+    @staticmethod
+    def _excess_scale(s: np.ndarray, half: int) -> np.ndarray:
+        return np.ascontiguousarray(np.maximum(s * s / (half + 1), 1e-3))
+
+    def push_p(self, sym: torch.Tensor, mean, std, delta: float, half: int):
+        n = sym.numel()
+        c, m, s = self._centre(mean, std, delta, n)
+        r = sym.reshape(-1).numpy().astype(np.int64) - c
+        hi, lo = r > half, r < -half
+        esc = hi | lo
+        if esc.any():
+            excess = np.where(hi, r - half - 1, -r - half - 1)[esc]
+            if excess.max() > EXCESS_MAX:
+                raise DDPMCodecError("a latent is too far from the model's prediction to code; "
+                                     "the model is unusable on these images")
+            self.escapes += int(esc.sum())
+            self.ans.encode_reverse(np.ascontiguousarray(excess, dtype=np.int32), self._excess,
+                                    np.full(len(excess), -0.5), self._excess_scale(s[esc], half))
+            r = np.clip(r, -half - 1, half + 1)
+        self.ans.encode_reverse(np.ascontiguousarray(r, dtype=np.int32), self._family(half + 1), m, s)
+
+    def pop_p(self, mean, std, delta: float, half: int, shape) -> torch.Tensor:
+        n = math.prod(shape)
+        c, m, s = self._centre(mean, std, delta, n)
+        try:
+            r = self.ans.decode(self._family(half + 1), m, s).astype(np.int64)
+            esc = np.abs(r) == half + 1
+            if esc.any():
+                excess = self.ans.decode(self._excess, np.full(int(esc.sum()), -0.5),
+                                         self._excess_scale(s[esc], half)).astype(np.int64)
+                r[esc] += np.sign(r[esc]) * excess
+        except _CONSTRICTION_ERRORS as exc:
+            raise _corrupt(exc) from None
+        return torch.from_numpy(c + r).reshape(shape)
+
+    # the 8-bit pixels under the discretized decoder
+    def push_pixels(self, levels: np.ndarray, mean: torch.Tensor, log_scale: torch.Tensor):
+        """Encode levels [n] in chunks, first to last (pop_pixels pops last to first)."""
+        mean, log_scale = mean.reshape(-1), log_scale.reshape(-1)
+        cat = _CAT(perfect=False)
+        for a in range(0, len(levels), _CAT_CHUNK):
+            b = a + _CAT_CHUNK
+            probs = decoder_probs(mean[a:b], log_scale[a:b])
+            self.ans.encode_reverse(np.ascontiguousarray(levels[a:b], dtype=np.int32), cat, probs)
+
+    def pop_pixels(self, mean: torch.Tensor, log_scale: torch.Tensor) -> np.ndarray:
+        mean, log_scale = mean.reshape(-1), log_scale.reshape(-1)
+        n = len(mean)
+        out = np.empty(n, dtype=np.int32)
+        cat = _CAT(perfect=False)
+        for a in reversed(range(0, n, _CAT_CHUNK)):
+            b = a + _CAT_CHUNK
+            probs = decoder_probs(mean[a:b], log_scale[a:b])
+            try:
+                out[a:b] = self.ans.decode(cat, probs)
+            except _CONSTRICTION_ERRORS as exc:
+                raise _corrupt(exc) from None
+        return out
+
+
+# -- the codec -------------------------------------------------------------------------------
+class BitsBackCodec(Codec):
+    """Lossless bits-back codec (see the module docstring).
+
+    encode options: ``steps`` (K; default the full chain), ``batch_size`` (images per
+    network call: larger is faster but costs more initial bits), ``seed`` (of the initial
+    words), ``grid_log2`` and ``support_sigmas`` (the latent grids).
+    """
+
+    mode = "lossless"
+
+    def __init__(self, model):
+        super().__init__(model)
+        if constriction is None:  # pragma: no cover
+            raise DDPMCodecError("the lossless codec needs the constriction package")
+        self._denoiser = model.denoiser()
+
+    def _net(self, diffusion, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Network output (float64, CPU) at latent x [B,C,H,W] and chain step k."""
+        dev = self.model.device
+        t = diffusion.timesteps[k].repeat(x.shape[0]).to(dev)
+        out = self._denoiser(x.to(device=dev, dtype=torch.float32), t)
+        return out.to(device="cpu", dtype=torch.float64)
+
+    @staticmethod
+    def _p(diffusion, x: torch.Tensor, k: int, out: torch.Tensor):
+        """Mean, std and log-scale of p_theta(x_{k-1} | x_k) (float64 [B,C,H,W])."""
+        pm = diffusion.p_mean_variance(x, torch.full((x.shape[0],), k, dtype=torch.long), out,
+                                       clip=True)
+        log_scale = 0.5 * pm["log_variance"]
+        return pm["mean"], torch.exp(log_scale), log_scale
+
+    # -- encoding --------------------------------------------------------------------------
+    def encode(self, images: np.ndarray, *, steps: int | None = None, batch_size: int = 8,
+               seed: int = 0, progress: bool = False, grid_log2: int = DEFAULT_GRID_LOG2,
+               support_sigmas: int = DEFAULT_SUPPORT_SIGMAS) -> Encoded:
+        model = self.model
+        images = check_images(images, model)
+        diffusion = model.diffusion.with_steps(steps)
+        n = len(images)
+        if batch_size < 1:
+            raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
+        batch_size = min(batch_size, n, container.MAX_BATCH)
+        threads = coding_threads()
+        header = Header("lossless", model.fingerprint, tuple(model.image_shape), n, batch_size,
+                        int(seed), model.diffusion.num_steps,
+                        tuple(int(t) for t in diffusion.timesteps), device_kind(model.device),
+                        threads, container.pixel_checksum(images)).validate()
+        LosslessParams(grid_log2, support_sigmas, 4, 0, 0.0, 0.0).validate(header)
+        grids = latent_grids(diffusion, grid_log2, support_sigmas)
+        W = self._initial_estimate(grids, batch_size * header.dims)
+        W_cap = max_initial_words(batch_size, header.dims)
+        with Timer() as timer, deterministic(model.device, threads):
+            while True:
+                W = min(W, W_cap)
+                init = initial_words(seed, W)
+                stack, bound, elbo = self._encode_all(images, diffusion, grids, header, init,
+                                                      progress)
+                if stack.low_water >= 3:  # two head words + one untouched word: never ran dry
+                    break
+                if W == W_cap:
+                    raise DDPMCodecError("the bits-back stack ran dry; cannot encode these images")
+                W *= 4
+        final = stack.ans.get_compressed()
+        P = _common_prefix(final, init)
+        params = LosslessParams(grid_log2, support_sigmas, W, P, float(bound.sum()),
+                                float(elbo.sum()))
+        header = dataclasses.replace(header, params=params.pack())
+        payload = np.ascontiguousarray(final[P:], dtype="<u4").tobytes()
+        data = container.pack(header, payload)
+        net_bits = stack.ans.num_valid_bits() - _ANS(init).num_valid_bits()
+        stats = _stats(header, params, len(payload), len(data), net_bits, timer.seconds)
+        stats.extra.update(escapes=stack.escapes, bound_bits_per_image=bound.tolist(),
+                           elbo_bits_per_image=elbo.tolist())
+        return Encoded(data, header, stats)
+
+    @staticmethod
+    def _initial_estimate(grids: LatentGrids, symbols: int) -> int:
+        """Words for three pops of one batch from the widest forward kernel (unconsumed
+        initial words cost nothing: they are regenerated, not stored)."""
+        per = np.log2(grids.q_std / grids.delta * math.sqrt(2 * math.pi * math.e)).max()
+        return int(3 * symbols * (max(per, 1.0) + 1.0) / 32) + 1024
+
+    def _encode_all(self, images, diffusion, grids, header, init, progress):
+        from ..progress import progress_bar
+        stack = _Stack(init, header.seed)
+        bound = np.zeros(len(images))
+        elbo = np.zeros(len(images))
+        with progress_bar(len(images) * diffusion.num_steps, "encode", "img-step",
+                          enabled=progress) as bar:
+            for a, b in header.batches():
+                bound[a:b], elbo[a:b] = self._encode_batch(stack, diffusion, grids, images[a:b],
+                                                           a, bar)
+        return stack, bound, elbo
+
+    def _encode_batch(self, stack: _Stack, diffusion, g: LatentGrids, pixels, start: int, bar):
+        """Bit-Swap encoding of one batch (images start..); returns (bound, sampled -ELBO)
+        bits per image."""
+        x0 = to_model_space(pixels)
+        B, K = x0.shape[0], diffusion.num_steps
+        dims = x0[0].numel()
+        kvec = lambda k: torch.full((B,), k, dtype=torch.long)  # noqa: E731
+        # step 0: bits back from q(x_0 | x0), then the pixels with the decoder; the very
+        # first pop reads the seeded words, which need no whitening
+        q_mean = math.sqrt(1.0 - float(diffusion.betas[0])) * x0
+        if start > 0:
+            stack.whiten(whiten_count(g, 0, B * dims), start, 0)
+        s_prev = stack.pop_q(q_mean, g.q_std[0], g.delta[0], int(g.pop_half[0]))
+        x_prev = s_prev.to(torch.float64) * g.delta[0]
+        elbo = _sum_bits(_normal_logpdf(x_prev, q_mean, g.q_std[0]))
+        out = self._net(diffusion, x_prev, 0)
+        mean, _, log_scale = self._p(diffusion, x_prev, 0, out)
+        levels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).reshape(-1)
+        stack.push_pixels(levels, mean, log_scale)
+        dec = vb_terms_bpd(diffusion, x0, x_prev, kvec(0), out)["vb"] * dims
+        bound = dec.clone()
+        elbo += dec
+        bar.update(B)
+        for k in range(1, K):
+            q_mean = math.sqrt(1.0 - float(diffusion.betas[k])) * x_prev
+            stack.whiten(whiten_count(g, k, B * dims), start, k)
+            s_k = stack.pop_q(q_mean, g.q_std[k], g.delta[k], int(g.pop_half[k]))
+            x_k = s_k.to(torch.float64) * g.delta[k]
+            out = self._net(diffusion, x_k, k)
+            mean, std, _ = self._p(diffusion, x_k, k, out)
+            stack.push_p(s_prev, mean, std, g.delta[k - 1], int(g.push_half[k - 1]))
+            bound += vb_terms_bpd(diffusion, x0, x_k, kvec(k), out)["vb"] * dims
+            elbo += _sum_bits(_normal_logpdf(x_k, q_mean, g.q_std[k])
+                              - _normal_logpdf(x_prev, mean, std))
+            s_prev, x_prev = s_k, x_k
+            bar.update(B)
+        stack.push_p(s_prev, 0.0, 1.0, g.delta[K - 1], int(g.push_half[K - 1]))
+        elbo -= _sum_bits(_normal_logpdf(x_prev, 0.0, 1.0))
+        bound += prior_bpd(diffusion, x0) * dims
+        return bound.numpy(), elbo.numpy()
+
+    # -- decoding --------------------------------------------------------------------------
+    def decode(self, data: bytes, *, progress: bool = False) -> Decoded:
+        from ..progress import progress_bar
+        header, payload = container.unpack(data)
+        check_compatible(header, self.model, self.mode)
+        params = LosslessParams.unpack(header.params, header)
+        diffusion = chain_for(header, self.model)
+        grids = latent_grids(diffusion, params.grid_log2, params.support_sigmas)
+        init = initial_words(header.seed, params.initial_words)
+        if len(payload) % 4:
+            raise DDPMCodecError("corrupt file: the lossless payload is not a whole number of words")
+        stored = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        final = np.concatenate([init[:params.prefix_words], stored])
+        if len(final) == 0 or final[-1] == 0:
+            raise DDPMCodecError("corrupt file: the lossless payload does not end like an ANS stack")
+        n, shape = header.num_images, tuple(header.image_shape)
+        batches = []
+        with Timer() as timer, deterministic(self.model.device, header.num_threads):
+            stack = _Stack(final, header.seed)
+            with progress_bar(n * diffusion.num_steps, "decode", "img-step",
+                              enabled=progress) as bar:
+                for a, b in reversed(header.batches()):
+                    self._check_enough_bits(stack, grids, (b - a) * header.dims)
+                    batches.append(self._decode_batch(stack, diffusion, grids, b - a, a, shape,
+                                                      bar))
+            rest = stack.ans.get_compressed()
+        if not np.array_equal(rest, init):
+            raise DDPMCodecError("decoding failed: the stream does not end in its initial words "
+                                 "(corrupt file, or the network was evaluated differently)")
+        images = verify_pixels(np.concatenate(batches[::-1]), header)
+        net_bits = _ANS(final).num_valid_bits() - _ANS(init).num_valid_bits()
+        stats = _stats(header, params, len(payload), len(data), net_bits, timer.seconds)
+        return Decoded(images, header, stats)
+
+    @staticmethod
+    def _check_enough_bits(stack: _Stack, g: LatentGrids, symbols: int) -> None:
+        """Before a batch: the encoder pushed its last latent with N(0, I) on a grid of
+        width delta, at least -log2(max probability) bits per symbol, so the stack must
+        hold that much. A header that claims more images than the payload can hold fails
+        here, before any network runs, so decoding time is bounded by the file's size."""
+        sigma = 1.0 / float(g.delta[-1])  # the prior's std in grid units
+        per_symbol = -math.log2(min(1.0, 1.0 / (sigma * math.sqrt(2 * math.pi)) + 2.0 ** -23))
+        if stack.ans.num_valid_bits() < symbols * per_symbol:
+            raise DDPMCodecError("corrupt file: the payload is too short for the images its "
+                                 "header announces")
+
+    def _decode_batch(self, stack: _Stack, diffusion, g: LatentGrids, B: int, start: int,
+                      shape, bar):
+        """The mirror image of _encode_batch (every operation undone in reverse order)."""
+        K = diffusion.num_steps
+        full = (B, *shape)
+        dims = math.prod(shape)
+        s_k = stack.pop_p(0.0, 1.0, g.delta[K - 1], int(g.push_half[K - 1]), full)
+        x_k = s_k.to(torch.float64) * g.delta[K - 1]
+        for k in range(K - 1, 0, -1):
+            out = self._net(diffusion, x_k, k)
+            mean, std, _ = self._p(diffusion, x_k, k, out)
+            s_prev = stack.pop_p(mean, std, g.delta[k - 1], int(g.push_half[k - 1]), full)
+            x_prev = s_prev.to(torch.float64) * g.delta[k - 1]
+            q_mean = math.sqrt(1.0 - float(diffusion.betas[k])) * x_prev
+            stack.push_q(s_k, q_mean, g.q_std[k], g.delta[k], int(g.pop_half[k]))
+            stack.whiten(whiten_count(g, k, B * dims), start, k)
+            s_k, x_k = s_prev, x_prev
+            bar.update(B)
+        out = self._net(diffusion, x_k, 0)
+        mean, _, log_scale = self._p(diffusion, x_k, 0, out)
+        levels = stack.pop_pixels(mean, log_scale)
+        pixels = torch.from_numpy(levels.astype(np.uint8)).reshape(full)
+        x0 = to_model_space(pixels.permute(0, 2, 3, 1).numpy())
+        q_mean = math.sqrt(1.0 - float(diffusion.betas[0])) * x0
+        stack.push_q(s_k, q_mean, g.q_std[0], g.delta[0], int(g.pop_half[0]))
+        if start > 0:
+            stack.whiten(whiten_count(g, 0, B * dims), start, 0)
+        bar.update(B)
+        return pixels.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _stats(header: Header, params: LosslessParams, payload_bytes: int, file_bytes: int,
+           net_bits: float, seconds: float) -> CodecStats:
+    payload_bits = 8 * payload_bytes
+    return CodecStats(
+        mode="lossless", num_images=header.num_images, dims=header.dims,
+        num_steps=header.num_steps, payload_bits=payload_bits,
+        header_bits=8 * (file_bytes - payload_bytes),
+        initial_bits=float(payload_bits - net_bits), bound_bits=params.bound_bits,
+        seconds=seconds,
+        extra={"elbo_bits": params.elbo_bits, "grid_log2": params.grid_log2,
+               "support_sigmas": params.support_sigmas, "batch_size": header.batch_size,
+               "initial_words": params.initial_words, "prefix_words": params.prefix_words,
+               "device_kind": header.device_kind, "num_threads": header.num_threads})
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n

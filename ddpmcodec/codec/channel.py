@@ -1,0 +1,509 @@
+"""Channel simulation of diagonal Gaussians under shared randomness.
+
+The sender knows a target q = N(mean_q, var_q) and the receiver knows a proposal
+p = N(mean_p, var_p) (both diagonal, float64, shape [d]). The sender transmits a few
+integers from which the receiver regenerates a sample whose law is q, up to the
+truncation stated below. The method is the Poisson functional representation (PFR, Li &
+El Gamal 2018), cut into chunks of bounded KL:
+
+1. Layout. The KL(q||p) of the d dimensions (bits) is rounded up to an integer Q and
+   sent (exp-Golomb), or replaced by a ``kl_hint`` the receiver computes itself; the d
+   dimensions, shuffled by a permutation both sides draw from the shared seed, are cut
+   into J = min(d, max(1, ceil(Q / B))) contiguous groups of equal size (sizes differ by
+   at most one). B is the chunk size in bits. The receiver knows Q and B, hence the
+   layout; it never needs q. With a random permutation every chunk's KL is Q / J up to
+   the chi-square scatter of the per-dimension KL (standard deviation about 2-3 bits at
+   B = 12 on CIFAR latents); the search budget follows each chunk's own KL.
+2. Candidates. Candidate n of chunk j is ``z_n = mean_p + sqrt(var_p) * eps_n`` with
+   eps_n ~ N(0, I) regenerated from (seed, image, step, chunk, n) alone: Philox-4x64
+   (numpy) keyed by the chunk, counter n * words_per_candidate / 4, Box-Muller on the
+   words (:func:`candidate_normals`). The sender scores candidates in blocks and never
+   stores them; the receiver regenerates only the selected one.
+3. Selection. With encoder-private arrival times T_n = E_1 + ... + E_n (E ~ Exp(1)), PFR
+   picks ``n* = argmin_n T_n / w(z_n)``, w = q/p. Among infinitely many candidates this
+   z_{n*} is an exact sample of q. The sender searches at most N_j = 2^ceil(D_j + m)
+   candidates (D_j: the chunk's KL in bits, m: the margin, capped at 2^max_log2 and at
+   MAX_CANDIDATE_DIMS normals), and
+   stops early, exactly, once no later candidate can win (possible when var_q < var_p,
+   where w is bounded). The truncation is the only approximation: the selected sample's
+   law differs from q only on the event that the exact PFR winner lies beyond N_j; its
+   effect is measured in tests/test_channel.py and docs/progressive.md.
+4. Index code. n* is sent as its octave e = bit_length(n*+1) - 1, then e uniform
+   mantissa bits. The octave's model (:class:`IndexModel`) is adaptive along the stream,
+   with a prior: a discretised Gaussian on log2(n*+1) centred near the mean chunk KL Q/J
+   (the spread of the PFR index comes from the information density, whose variance is
+   about 2*KL nats), truncated at the search budget. With a full search this costs the
+   chunk's KL plus about 2-3 bits (PFR's overhead); a short search costs less but biases
+   the sample towards p.
+
+All symbols go through one constriction range coder (queue; first in, first out), so a
+stream holds steps in the order they were coded. All math here is float64 numpy.
+Only the candidate generator and the integer layout must agree bit for bit between the
+two sides; scores are encoder-only.
+
+Units: KL in bits unless a name says nats; d = number of dimensions of one target.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DDPMCodecError
+
+try:
+    import constriction
+    _Categorical = constriction.stream.model.Categorical
+    _Uniform = constriction.stream.model.Uniform
+    RangeEncoder = constriction.stream.queue.RangeEncoder
+    RangeDecoder = constriction.stream.queue.RangeDecoder
+except ImportError:  # pragma: no cover - a dependency of the package
+    constriction = None
+
+LN2 = math.log(2.0)
+GENERATOR_ID = "philox4x64-boxmuller-v1"
+_TWO32 = 2.0 ** -32
+_TWO24_2PI = np.float32(2.0 ** -24 * 2.0 * math.pi)
+_SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+MAX_LOG2_CANDIDATES = 40    # the index alphabet: octaves 0..40
+MAX_SIDE_EXPONENT = 31      # exp-Golomb side integers below 2^32 (octave: 5 bits)
+_UNIFORM_PIECE = 16         # mantissa bits per Uniform symbol (constriction allows < 2^24)
+_FLOOR = 1e-6               # every octave keeps at least this probability (robustness)
+
+# Calibration of the index code (see docs/progressive.md): log2(n*+1) is modelled as
+# N(mean_chunk_kl + _IDX_OFFSET, _IDX_VAR_SLOPE * mean_chunk_kl + _IDX_VAR_CONST) in bits.
+# The PFR index satisfies log n* ~= log w(z*) + log E, E ~ Exp(1): mean KL - 0.83 bits;
+# variance 2*KL nats^2 (information density of a mean shift) + pi^2/6 (log of Exp(1)).
+_IDX_OFFSET = -0.83
+_IDX_VAR_SLOPE = 2.0 / LN2          # (2 * KL * ln2 nats) / ln2^2 -> bits^2 per bit of KL
+_IDX_VAR_CONST = (math.pi ** 2 / 6.0) / LN2 ** 2
+
+
+# -- shared randomness ----------------------------------------------------------------------
+def _mix64(z: int) -> int:
+    """splitmix64's finaliser on a Python int (mod 2^64)."""
+    z &= _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def derive_key(seed: int, *counters: int) -> np.ndarray:
+    """A 128-bit Philox key (uint64 [2]) for a tuple of non-negative integers."""
+    h = _mix64(int(seed) + _SPLITMIX_GAMMA)
+    for c in counters:
+        h = _mix64(h ^ _mix64(int(c) + _SPLITMIX_GAMMA))
+    return np.array([h, _mix64(h + 0x632BE59BD9B4E019)], dtype=np.uint64)
+
+
+def words_per_candidate(dims: int) -> int:
+    """uint64 words one candidate of ``dims`` normals uses: one word per two normals,
+    padded to whole Philox blocks (4 words) so that candidate n starts at counter n*w/4."""
+    half = (dims + 1) // 2
+    return 4 * ((half + 3) // 4)
+
+
+def candidate_normals(key: np.ndarray, start: int, count: int, dims: int) -> np.ndarray:
+    """Standard normals for candidates start..start+count-1: float64 [count, dims].
+
+    Word i of a candidate gives u1 (high 32 bits) and u2 (top 24 of the low 32 bits);
+    Box-Muller r = sqrt(-2 ln u1) (float64), angle 2 pi u2 (float32 cos/sin); normal i is
+    r_i cos, normal half+i is r_i sin. Tails are cut at 6.66 sigma, angles are on a 2^-24
+    grid: the law differs from N(0, 1) by less than 1e-7 in distribution function.
+    The result for candidate n depends on (key, n, dims) only, not on start or count.
+    """
+    wpc = words_per_candidate(dims)
+    half = (dims + 1) // 2
+    counter = np.array([start * (wpc // 4), 0, 0, 0], dtype=np.uint64)
+    words = np.random.Philox(key=key, counter=counter).random_raw(count * wpc)
+    # uint32 halves (little-endian: [..., 0] low, [..., 1] high); converting uint32 is
+    # much faster than converting uint64
+    halves = words.view(np.uint32).reshape(count, wpc, 2)[:, :half]
+    r = np.sqrt(-2.0 * np.log((halves[..., 1].astype(np.float64) + 1.0) * _TWO32))
+    theta = (halves[..., 0] >> np.uint32(8)).astype(np.float32)
+    theta *= _TWO24_2PI
+    out = np.empty((count, 2, half))
+    np.multiply(r, np.cos(theta), out=out[:, 0])
+    np.multiply(r, np.sin(theta), out=out[:, 1])
+    out = out.reshape(count, 2 * half)
+    return out[:, :dims]
+
+
+def shared_permutation(key: np.ndarray, dims: int) -> np.ndarray:
+    """A permutation of range(dims) from the key: stable argsort of Philox words (integer
+    operations only, so the same on every machine)."""
+    words = np.random.Philox(key=key).random_raw(dims)
+    return np.argsort(words, kind="stable")
+
+
+def chunk_slices(dims: int, num_chunks: int) -> list[tuple[int, int]]:
+    """[start, stop) of ``num_chunks`` near-equal contiguous groups of range(dims) (the
+    first dims % num_chunks groups are one longer), as numpy.array_split cuts."""
+    base, extra = divmod(dims, num_chunks)
+    out, start = [], 0
+    for j in range(num_chunks):
+        stop = start + base + (1 if j < extra else 0)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+# -- Gaussian algebra -----------------------------------------------------------------------
+def kl_bits(mean_q, var_q, mean_p, var_p) -> np.ndarray:
+    """Elementwise KL(N(mean_q, var_q) || N(mean_p, var_p)) in bits (float64 arrays)."""
+    ratio = var_q / var_p
+    return 0.5 * (ratio - 1.0 - np.log(ratio) + (mean_q - mean_p) ** 2 / var_p) / LN2
+
+
+def score_coefficients(mean_q, var_q, mean_p, var_p):
+    """log w(z) for z = mean_p + sqrt(var_p) * eps, as alpha . eps^2 + beta . eps + const
+    (nats): alpha = (1 - var_p/var_q)/2, beta = sqrt(var_p) (mean_q - mean_p)/var_q,
+    const = sum(-(mean_q - mean_p)^2 / (2 var_q) + log(var_p/var_q)/2)."""
+    delta = mean_q - mean_p
+    alpha = 0.5 * (1.0 - var_p / var_q)
+    beta = np.sqrt(var_p) * delta / var_q
+    const = float(np.sum(-0.5 * delta ** 2 / var_q + 0.5 * np.log(var_p / var_q)))
+    return alpha, beta, const
+
+
+def log_weight_bound(alpha, beta, const) -> float:
+    """sup_z log w(z) in nats; +inf unless var_q < var_p in every dimension."""
+    if not np.all(alpha < 0):
+        return math.inf
+    return const + float(np.sum(-beta ** 2 / (4.0 * alpha)))
+
+
+@dataclass
+class Selection:
+    index: int          # n*, 0-based
+    searched: int       # candidates scored
+    budget: int         # N_j, the most the search would score
+    exact: bool         # stopped because no later candidate could win (exact PFR)
+    log_weight: float   # log w(z_{n*}) in nats
+
+
+def pfr_select(alpha, beta, const, key, budget: int, private_rng: np.random.Generator,
+               block_elems: int = 1 << 16) -> Selection:
+    """Truncated Poisson functional representation over candidates 0..budget-1.
+
+    alpha, beta: float64 [dims] score coefficients (:func:`score_coefficients`); key: the
+    chunk's Philox key; private_rng: the sender's own generator for the arrival times.
+    Returns the winner argmax_n (log w_n - log T_n) among the candidates searched.
+    """
+    dims = len(alpha)
+    bound = log_weight_bound(alpha, beta, const)
+    rows = max(1, min(budget, block_elems // max(dims, 1)))
+    best, best_n, best_lw, t_last, start = -math.inf, 0, -math.inf, 0.0, 0
+    exact = False
+    while start < budget:
+        count = min(rows, budget - start)
+        eps = candidate_normals(key, start, count, dims)
+        lw = (eps * eps) @ alpha + eps @ beta + const
+        arrivals = t_last + np.cumsum(private_rng.standard_exponential(count))
+        t_last = float(arrivals[-1])
+        score = lw - np.log(arrivals)
+        j = int(np.argmax(score))
+        if score[j] > best:
+            best, best_n, best_lw = float(score[j]), start + j, float(lw[j])
+        start += count
+        if bound - math.log(t_last) <= best:  # no later candidate can beat the winner
+            exact = True
+            break
+    return Selection(best_n, start, budget, exact, best_lw)
+
+
+# -- entropy models -------------------------------------------------------------------------
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtr
+    return ndtr(x)
+
+
+def index_octave_probs(mean_chunk_bits: float, max_log2: int, margin_bits: float | None = None) -> np.ndarray:
+    """Static P(octave e), e = 0..max_log2, of the PFR index in a chunk whose expected KL
+    is ``mean_chunk_bits``: a Gaussian on log2(n+1) (calibration constants above) whose
+    mass above the search budget 2^(mean + margin) is folded into the budget's octave,
+    floored so that any octave can be coded."""
+    mu = mean_chunk_bits + _IDX_OFFSET
+    sd = math.sqrt(_IDX_VAR_SLOPE * max(mean_chunk_bits, 0.0) + _IDX_VAR_CONST)
+    top = max_log2
+    if margin_bits is not None:
+        top = int(min(max_log2, max(0, math.ceil(mean_chunk_bits + margin_bits))))
+    edges = np.arange(max_log2 + 2, dtype=np.float64)
+    cdf = _normal_cdf((edges - mu) / sd)
+    cdf[0] = 0.0                      # octave 0 takes the lower tail
+    cdf[top + 1:] = 1.0               # the budget's octave takes the upper tail
+    probs = np.diff(cdf)
+    probs = np.maximum(probs, _FLOOR)
+    return probs / probs.sum()
+
+
+class IndexModel:
+    """Adaptive model of the index octave, shared by sender and receiver along a stream.
+
+    P(e) is proportional to ``prior_weight`` times the static prior
+    (:func:`index_octave_probs`) plus the counts of the octaves coded so far, counted by
+    their offset from floor(mean chunk KL), in two contexts (targets of one chunk, whose
+    KL may be far below B, and of several). Both sides update it identically after every
+    chunk, so it learns the truncated index law of the actual search settings and data.
+    """
+
+    WINDOW = 24
+
+    def __init__(self, params: "ChannelParams", prior_weight: float = 16.0):
+        self.params = params
+        self.prior_weight = float(prior_weight)
+        self.counts = np.zeros((2, 2 * self.WINDOW + 1))
+
+    def _offsets(self, mean_bits: float) -> np.ndarray:
+        return np.arange(self.params.max_log2 + 1) - int(math.floor(mean_bits))
+
+    def probs(self, mean_bits: float, context: int) -> np.ndarray:
+        prior = index_octave_probs(mean_bits, self.params.max_log2, self.params.margin_bits)
+        off = self._offsets(mean_bits)
+        inside = np.abs(off) <= self.WINDOW
+        counts = np.zeros(len(off))
+        counts[inside] = self.counts[context, off[inside] + self.WINDOW]
+        p = np.maximum(self.prior_weight * prior + counts, _FLOOR)
+        return p / p.sum()
+
+    def update(self, octave: int, mean_bits: float, context: int) -> None:
+        o = octave - int(math.floor(mean_bits))
+        if abs(o) <= self.WINDOW:
+            self.counts[context, o + self.WINDOW] += 1.0
+
+
+def _code_bits(probs: np.ndarray, symbol: int) -> float:
+    return -math.log2(float(probs[symbol]))
+
+
+class SymbolWriter:
+    """Range-codes the integers of a stream (constriction queue) and tallies their ideal
+    code length (bits) per label, for the statistics."""
+
+    def __init__(self):
+        if constriction is None:  # pragma: no cover
+            raise DDPMCodecError("constriction is not installed")
+        self.coder = RangeEncoder()
+        self.bits: dict[str, float] = {}
+
+    def _tally(self, label: str, bits: float) -> None:
+        self.bits[label] = self.bits.get(label, 0.0) + bits
+
+    def categorical(self, symbol: int, probs: np.ndarray, label: str) -> None:
+        self.coder.encode(np.array([symbol], dtype=np.int32), _Categorical(probs, perfect=False))
+        self._tally(label, _code_bits(probs, symbol))
+
+    def uniform_bits(self, value: int, nbits: int, label: str) -> None:
+        """``nbits`` raw bits (value < 2^nbits), in pieces of at most 16 bits."""
+        while nbits > 0:
+            piece = min(nbits, _UNIFORM_PIECE)
+            nbits -= piece
+            part = (value >> nbits) & ((1 << piece) - 1)
+            self.coder.encode(np.array([part], dtype=np.int32), _Uniform(1 << piece))
+            self._tally(label, piece)
+
+    def exp_golomb(self, value: int, label: str, max_exponent: int = MAX_SIDE_EXPONENT,
+                   octave_probs: np.ndarray | None = None) -> None:
+        """A non-negative integer: octave of value+1 (uniform over 0..max_exponent, or
+        ``octave_probs`` of that length), then its mantissa bits."""
+        v = int(value) + 1
+        e = v.bit_length() - 1
+        if e > max_exponent:
+            raise DDPMCodecError(f"side integer {value} is too large to code")
+        probs = octave_probs if octave_probs is not None else np.full(max_exponent + 1, 1.0 / (max_exponent + 1))
+        self.categorical(e, probs, label)
+        self.uniform_bits(v - (1 << e), e, label)
+
+    def index(self, n: int, octave_probs: np.ndarray, label: str = "index") -> None:
+        v = int(n) + 1
+        e = v.bit_length() - 1
+        if e >= len(octave_probs):
+            raise DDPMCodecError(f"candidate index {n} outside the index alphabet")
+        self.categorical(e, octave_probs, label)
+        self.uniform_bits(v - (1 << e), e, label)
+
+    def words(self) -> np.ndarray:
+        """The sealed stream (uint32 words)."""
+        return self.coder.get_compressed()
+
+
+class SymbolReader:
+    """Mirror of :class:`SymbolWriter` on a uint32 word array. Garbage in gives garbage
+    integers, never a crash: callers bound every integer they use."""
+
+    def __init__(self, words: np.ndarray):
+        self.coder = RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
+
+    def _decode(self, model) -> int:
+        try:
+            return int(self.coder.decode(model, 1)[0])
+        except Exception as exc:  # constriction rejects some invalid streams (AssertionError)
+            raise DDPMCodecError(f"corrupt file: the coded stream is invalid ({type(exc).__name__})") from None
+
+    def categorical(self, probs: np.ndarray) -> int:
+        return self._decode(_Categorical(probs, perfect=False))
+
+    def uniform_bits(self, nbits: int) -> int:
+        value = 0
+        while nbits > 0:
+            piece = min(nbits, _UNIFORM_PIECE)
+            nbits -= piece
+            part = self._decode(_Uniform(1 << piece))
+            value = (value << piece) | part
+        return value
+
+    def exp_golomb(self, max_exponent: int = MAX_SIDE_EXPONENT,
+                   octave_probs: np.ndarray | None = None) -> int:
+        probs = octave_probs if octave_probs is not None else np.full(max_exponent + 1, 1.0 / (max_exponent + 1))
+        e = self.categorical(probs)
+        return (1 << e) + self.uniform_bits(e) - 1
+
+    def index(self, octave_probs: np.ndarray) -> int:
+        e = self.categorical(octave_probs)
+        return (1 << e) + self.uniform_bits(e) - 1
+
+
+# -- one Gaussian through the channel -------------------------------------------------------
+@dataclass(frozen=True)
+class ChannelParams:
+    """Protocol constants both sides share (stored in the file).
+
+    chunk_bits: B, the KL per chunk the layout aims at (bits).
+    margin_bits: m, candidates searched per chunk N_j = 2^ceil(D_j + m).
+    max_log2: the search never goes beyond 2^max_log2 candidates; also the index alphabet.
+    """
+
+    chunk_bits: float = 12.0
+    margin_bits: float = 6.0
+    max_log2: int = 24
+
+    def validate(self) -> "ChannelParams":
+        if not (1.0 <= self.chunk_bits <= 32.0):
+            raise DDPMCodecError(f"--chunk-bits must be between 1 and 32, got {self.chunk_bits}")
+        if not (0.0 <= self.margin_bits <= 24.0):
+            raise DDPMCodecError(f"the candidate margin must be between 0 and 24 bits, got {self.margin_bits}")
+        if not (1 <= self.max_log2 <= MAX_LOG2_CANDIDATES):
+            raise DDPMCodecError(f"max log2 candidates must be 1..{MAX_LOG2_CANDIDATES}, got {self.max_log2}")
+        return self
+
+
+@dataclass
+class ChannelStats:
+    """What one channel-simulated Gaussian cost and how its search went."""
+
+    kl_bits: float = 0.0                 # KL(q||p) summed over dimensions
+    num_chunks: int = 0
+    chunk_kl: list = field(default_factory=list)      # bits per chunk
+    index_bits: list = field(default_factory=list)    # ideal code length per chunk
+    side_bits: float = 0.0
+    searched: int = 0                    # candidates scored
+    exact_chunks: int = 0                # chunks whose search stopped exactly
+    saturated_chunks: int = 0            # chunks whose winner lies in the top half of the budget
+
+    @property
+    def code_bits(self) -> float:
+        return self.side_bits + float(sum(self.index_bits))
+
+
+def layout(kl_ceil: int, params: ChannelParams, dims: int) -> int:
+    """Number of chunks J for ``dims`` dimensions whose KL rounds up to ``kl_ceil`` bits:
+    ceil(kl_ceil / B), at least 1 and at most one chunk per dimension."""
+    return int(min(dims, max(1, math.ceil(kl_ceil / params.chunk_bits))))
+
+
+def hint_to_int(kl_hint: float) -> int:
+    """The integer KL (bits) a layout is built from, given a receiver-side hint."""
+    if not math.isfinite(kl_hint) or kl_hint < 0:
+        raise DDPMCodecError(f"channel simulation: bad KL hint {kl_hint}")
+    return int(math.ceil(kl_hint))
+
+
+MAX_CANDIDATE_DIMS = 1 << 27  # the most normals one chunk's search draws (sender's time)
+
+
+def _budget_log2(chunk_kl: float, params: ChannelParams, dims: int) -> int:
+    """log2 of the candidates searched: ceil(D_j + m), capped by the index alphabet and
+    by MAX_CANDIDATE_DIMS (a guard on time; a chunk that hits it is truncated harder)."""
+    cap = max(0, int(math.floor(math.log2(MAX_CANDIDATE_DIMS / max(dims, 1)))))
+    return int(min(params.max_log2, cap, max(0, math.ceil(chunk_kl + params.margin_bits))))
+
+
+def encode_gaussian(writer: SymbolWriter, mean_q, var_q, mean_p, var_p, params: ChannelParams,
+                    key_seed: int, key_path: tuple, private_rng: np.random.Generator,
+                    stats: ChannelStats | None = None, kl_hint: float | None = None,
+                    index_model: IndexModel | None = None) -> np.ndarray:
+    """Send a sample of q = N(mean_q, var_q) to a receiver that knows p = N(mean_p, var_p)
+    (float64 arrays of one shape, var_* > 0); return that sample (float64, q's shape),
+    exactly as :func:`decode_gaussian` will regenerate it.
+
+    ``key_seed`` and ``key_path`` (a tuple of ints, e.g. (image, step)) name the shared
+    randomness; a path must never be reused within a stream.
+    """
+    shape = np.shape(mean_p)
+    mq, vq, mp, vp = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape).reshape(-1)
+                      for a in (mean_q, var_q, mean_p, var_p))
+    dims = mp.size
+    kl = kl_bits(mq, vq, mp, vp)
+    total = float(kl.sum())
+    if not math.isfinite(total):
+        raise DDPMCodecError("channel simulation: non-finite KL (check the variances)")
+    start_bits = dict(writer.bits)
+    if kl_hint is None:
+        q_int = int(math.ceil(total - 1e-9)) if total > 0 else 0
+        writer.exp_golomb(q_int, "side")
+    else:
+        q_int = hint_to_int(kl_hint)
+    J = layout(q_int, params, dims)
+    mean_bits, context = q_int / J, int(J > 1)
+    model = index_model if index_model is not None else IndexModel(params)
+    perm = shared_permutation(derive_key(key_seed, *key_path, 0xC0FFEE), dims)
+    out = np.empty(dims)
+    st = stats if stats is not None else ChannelStats()
+    st.kl_bits += total
+    st.num_chunks += J
+    for j, (a, b) in enumerate(chunk_slices(dims, J)):
+        idx = perm[a:b]
+        alpha, beta, const = score_coefficients(mq[idx], vq[idx], mp[idx], vp[idx])
+        d_j = float(kl[idx].sum())
+        budget = 1 << _budget_log2(d_j, params, b - a)
+        key = derive_key(key_seed, *key_path, j + 1)
+        sel = pfr_select(alpha, beta, const, key, budget, private_rng)
+        before = writer.bits.get("index", 0.0)
+        writer.index(sel.index, model.probs(mean_bits, context))
+        model.update((sel.index + 1).bit_length() - 1, mean_bits, context)
+        st.index_bits.append(writer.bits["index"] - before)
+        st.chunk_kl.append(d_j)
+        st.searched += sel.searched
+        st.exact_chunks += int(sel.exact)
+        st.saturated_chunks += int(not sel.exact and sel.index >= budget // 2 and budget > 1)
+        eps = candidate_normals(key, sel.index, 1, b - a)[0]
+        out[idx] = mp[idx] + np.sqrt(vp[idx]) * eps
+    st.side_bits += writer.bits.get("side", 0.0) - start_bits.get("side", 0.0)
+    return out.reshape(shape)
+
+
+def decode_gaussian(reader: SymbolReader, mean_p, var_p, params: ChannelParams,
+                    key_seed: int, key_path: tuple, kl_hint: float | None = None,
+                    index_model: IndexModel | None = None) -> np.ndarray:
+    """The receiver's half of :func:`encode_gaussian`: the same sample, from p alone
+    (``index_model``: the stream's, in the same state as the sender's)."""
+    shape = np.shape(mean_p)
+    mp = np.asarray(mean_p, dtype=np.float64).reshape(-1)
+    vp = np.broadcast_to(np.asarray(var_p, dtype=np.float64), shape).reshape(-1)
+    dims = mp.size
+    q_int = reader.exp_golomb() if kl_hint is None else hint_to_int(kl_hint)
+    J = layout(q_int, params, dims)  # bounded by dims whatever a corrupt stream claims
+    mean_bits, context = q_int / J, int(J > 1)
+    model = index_model if index_model is not None else IndexModel(params)
+    perm = shared_permutation(derive_key(key_seed, *key_path, 0xC0FFEE), dims)
+    out = np.empty(dims)
+    for j, (a, b) in enumerate(chunk_slices(dims, J)):
+        idx = perm[a:b]
+        n = reader.index(model.probs(mean_bits, context))
+        model.update((n + 1).bit_length() - 1, mean_bits, context)
+        key = derive_key(key_seed, *key_path, j + 1)
+        eps = candidate_normals(key, n, 1, b - a)[0]
+        out[idx] = mp[idx] + np.sqrt(vp[idx]) * eps
+    return out.reshape(shape)

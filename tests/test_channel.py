@@ -1,0 +1,233 @@
+"""Channel simulation of diagonal Gaussians (ddpmcodec.codec.channel).
+
+Oracles: the receiver regenerates the sender's sample bit for bit; candidate blocks equal
+candidates regenerated one by one; the score equals log q - log p from scipy; and the
+samples follow q(x) = N(mean_q, var_q) in distribution (moments and Kolmogorov-Smirnov over
+many draws), exactly when the search stops exactly and up to the stated truncation
+otherwise -- with a negative control showing that the test sees a truncation bias.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ddpmcodec.codec import channel as ch
+from ddpmcodec.errors import DDPMCodecError
+
+
+def _roundtrip(mean_q, var_q, mean_p, var_p, params, seed=3, path=(0, 0), kl_hint=None, rng_seed=0):
+    w = ch.SymbolWriter()
+    st = ch.ChannelStats()
+    x = ch.encode_gaussian(w, mean_q, var_q, mean_p, var_p, params, seed, path,
+                           np.random.default_rng(rng_seed), st, kl_hint)
+    words = w.words()
+    y = ch.decode_gaussian(ch.SymbolReader(words), mean_p, var_p, params, seed, path, kl_hint)
+    return x, y, st, words
+
+
+# -- shared randomness -------------------------------------------------------------------------
+@pytest.mark.parametrize("dims", [1, 2, 5, 8, 9, 31])
+def test_candidates_regenerate_one_by_one(dims):
+    key = ch.derive_key(11, 2, 3)
+    block = ch.candidate_normals(key, 5, 40, dims)
+    assert block.shape == (40, dims) and block.dtype == np.float64
+    for n in (0, 17, 39):
+        one = ch.candidate_normals(key, 5 + n, 1, dims)[0]
+        assert np.array_equal(one, block[n])
+    # a different split of the same range gives the same numbers
+    again = np.concatenate([ch.candidate_normals(key, 5, 13, dims), ch.candidate_normals(key, 18, 27, dims)])
+    assert np.array_equal(again, block)
+
+
+def test_candidates_depend_on_every_key_part():
+    base = ch.candidate_normals(ch.derive_key(1, 2, 3), 0, 4, 6)
+    for other in (ch.derive_key(2, 2, 3), ch.derive_key(1, 3, 3), ch.derive_key(1, 2, 4),
+                  ch.derive_key(1, 2, 3, 0)):
+        assert not np.array_equal(base, ch.candidate_normals(other, 0, 4, 6))
+
+
+def test_candidates_are_standard_normal():
+    z = ch.candidate_normals(ch.derive_key(7), 0, 20000, 7).ravel()
+    assert abs(z.mean()) < 4 / math.sqrt(z.size)
+    assert abs(z.var() - 1) < 4 * math.sqrt(2 / z.size)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    # the two halves (cos and sin parts) are independent of each other
+    pairs = ch.candidate_normals(ch.derive_key(8), 0, 20000, 2)
+    assert abs(np.corrcoef(pairs.T)[0, 1]) < 4 / math.sqrt(len(pairs))
+
+
+def test_permutation_and_chunks():
+    perm = ch.shared_permutation(ch.derive_key(4, 5), 3072)
+    assert np.array_equal(np.sort(perm), np.arange(3072))
+    assert np.array_equal(perm, ch.shared_permutation(ch.derive_key(4, 5), 3072))
+    sl = ch.chunk_slices(3072, 200)
+    sizes = [b - a for a, b in sl]
+    assert sl[0][0] == 0 and sl[-1][1] == 3072 and max(sizes) - min(sizes) <= 1
+    assert all(sl[j][1] == sl[j + 1][0] for j in range(199))
+    params = ch.ChannelParams(chunk_bits=8)
+    assert ch.layout(0, params, 10) == 1 and ch.layout(17, params, 10) == 3
+    assert ch.layout(10 ** 6, params, 10) == 10  # never more chunks than dimensions
+
+
+# -- Gaussian algebra --------------------------------------------------------------------------
+def test_score_is_log_density_ratio():
+    rng = np.random.default_rng(0)
+    d = 6
+    mq, mp = rng.normal(size=d), rng.normal(size=d)
+    vq, vp = rng.uniform(0.2, 2, d), rng.uniform(0.2, 2, d)
+    a, b, c = ch.score_coefficients(mq, vq, mp, vp)
+    eps = rng.normal(size=(5, d))
+    z = mp + np.sqrt(vp) * eps
+    ref = (stats.norm.logpdf(z, mq, np.sqrt(vq)) - stats.norm.logpdf(z, mp, np.sqrt(vp))).sum(1)
+    np.testing.assert_allclose((eps * eps) @ a + eps @ b + c, ref, rtol=1e-12, atol=1e-12)
+    # KL = E_q[log q/p], by Monte Carlo
+    eps_q = (mq + np.sqrt(vq) * rng.normal(size=(200000, d)) - mp) / np.sqrt(vp)
+    mc = ((eps_q * eps_q) @ a + eps_q @ b + c).mean() / math.log(2)
+    assert mc == pytest.approx(ch.kl_bits(mq, vq, mp, vp).sum(), rel=0.02)
+
+
+def test_weight_bound():
+    a, b, c = ch.score_coefficients(np.array([0.5]), np.array([0.5]), np.array([0.0]), np.array([1.0]))
+    grid = np.linspace(-10, 10, 200001)
+    assert ch.log_weight_bound(a, b, c) == pytest.approx((a * grid ** 2 + b * grid).max() + c, abs=1e-8)
+    a2, b2, c2 = ch.score_coefficients(np.array([0.5]), np.array([2.0]), np.array([0.0]), np.array([1.0]))
+    assert ch.log_weight_bound(a2, b2, c2) == math.inf
+
+
+# -- entropy coding of the symbols --------------------------------------------------------------
+def test_symbols_round_trip():
+    rng = np.random.default_rng(1)
+    probs = ch.index_octave_probs(9.5, 20)
+    assert probs.shape == (21,) and probs.sum() == pytest.approx(1.0) and probs.min() > 0
+    ints = [int(v) for v in rng.integers(0, 2 ** 31, 30)] + [0, 1, 2, 3, 2 ** 32 - 2]
+    idx = [int(v) for v in rng.integers(0, 2 ** 20, 30)] + [0, 2 ** 20 - 1]
+    w = ch.SymbolWriter()
+    for v in ints:
+        w.exp_golomb(v, "side")
+    for v in idx:
+        w.index(v, probs)
+    w.uniform_bits(0x2B, 6, "raw")
+    r = ch.SymbolReader(w.words())
+    assert [r.exp_golomb() for _ in ints] == ints
+    assert [r.index(probs) for _ in idx] == idx
+    assert r.uniform_bits(6) == 0x2B
+    # tallied ideal lengths are what a range coder achieves, within its 32-bit flush
+    assert 32 * len(w.words()) - 64 <= sum(w.bits.values()) <= 32 * len(w.words())
+    with pytest.raises(DDPMCodecError):
+        ch.SymbolWriter().index(2 ** 21, probs)
+
+
+def test_garbage_words_give_integers_not_crashes():
+    probs = ch.index_octave_probs(12.0, 24)
+    for seed in range(20):
+        words = np.random.default_rng(seed).integers(0, 2 ** 32, 8, dtype=np.uint64).astype(np.uint32)
+        r = ch.SymbolReader(words)
+        v = r.exp_golomb()
+        n = r.index(probs)
+        assert 0 <= v < 2 ** 32 and 0 <= n < 2 ** 25
+
+
+# -- the channel: exact regeneration --------------------------------------------------------------
+@pytest.mark.parametrize("shape,hint", [((3, 4, 4), None), ((50,), None), ((50,), 7.0), ((1,), None)])
+def test_receiver_regenerates_the_sample(shape, hint):
+    rng = np.random.default_rng(2)
+    mp = rng.normal(size=shape)
+    vp = rng.uniform(0.5, 1.5, size=shape)
+    mq = mp + 0.3 * rng.normal(size=shape)
+    vq = 0.6 * vp
+    params = ch.ChannelParams(chunk_bits=6, margin_bits=3, max_log2=16)
+    x, y, st, _ = _roundtrip(mq, vq, mp, vp, params, kl_hint=hint)
+    assert x.shape == shape and np.array_equal(x, y)
+    assert st.kl_bits == pytest.approx(ch.kl_bits(mq, vq, mp, vp).sum())
+    assert st.num_chunks == len(st.chunk_kl) == len(st.index_bits)
+
+
+def test_high_kl_per_dimension_caps_chunks():
+    """More KL per dimension than a chunk holds: one chunk per dimension, still exact."""
+    mp, vp = np.zeros(3), np.ones(3)
+    mq, vq = np.array([3.0, -3.0, 2.5]), np.full(3, 0.05)
+    params = ch.ChannelParams(chunk_bits=2, margin_bits=2, max_log2=12)
+    x, y, st, _ = _roundtrip(mq, vq, mp, vp, params)
+    assert np.array_equal(x, y) and st.num_chunks == 3
+
+
+def test_private_randomness_changes_choice_not_decodability():
+    mp, vp = np.zeros(200), np.ones(200)
+    mq, vq = np.full(200, 0.5), np.full(200, 0.8)  # 39 bits in 5 chunks, a wide margin
+    params = ch.ChannelParams(chunk_bits=8, margin_bits=6, max_log2=16)
+    xs = [_roundtrip(mq, vq, mp, vp, params, rng_seed=s)[:2] for s in range(3)]
+    assert all(np.array_equal(x, y) for x, y in xs)
+    assert not np.array_equal(xs[0][0], xs[1][0])
+
+
+# -- the channel: the law of the samples -----------------------------------------------------------
+def _draws(mq, vq, mp, vp, params, count):
+    out, bits, exact, chunks = [], [], 0, 0
+    for i in range(count):
+        w = ch.SymbolWriter()
+        st = ch.ChannelStats()
+        out.append(ch.encode_gaussian(w, mq, vq, mp, vp, params, 99, (i, 1), np.random.default_rng(i), st))
+        bits.append(st.code_bits)
+        exact += st.exact_chunks
+        chunks += st.num_chunks
+    return np.array(out), np.array(bits), exact / chunks
+
+
+def _assert_follows_q(samples, mq, vq):
+    n = len(samples)
+    z = (samples - mq) / np.sqrt(vq)
+    # moments per dimension: mean within 4.5 standard errors, variance within 4.5 SE
+    assert np.all(np.abs(z.mean(0)) < 4.5 / math.sqrt(n)), z.mean(0)
+    assert np.all(np.abs(z.var(0) - 1) < 4.5 * math.sqrt(2 / n)), z.var(0)
+    assert stats.kstest(z.ravel(), "norm").pvalue > 1e-4
+
+
+def test_samples_follow_q_exact_search():
+    """var_q < var_p: the weight is bounded and the search stops exactly, so the PFR
+    sample is exact."""
+    mp, vp = np.zeros(4), np.ones(4)
+    mq, vq = np.array([0.9, -0.6, 0.3, 0.0]), np.full(4, 0.5)
+    params = ch.ChannelParams(chunk_bits=12, margin_bits=12, max_log2=20)
+    samples, bits, exact = _draws(mq, vq, mp, vp, params, 1500)
+    assert exact == 1.0
+    _assert_follows_q(samples, mq, vq)
+    kl = ch.kl_bits(mq, vq, mp, vp).sum()
+    assert kl < bits.mean() < kl + 12  # side information (about 6 bits) + the index
+
+
+def test_samples_follow_q_truncated_search():
+    """var_q = var_p (unbounded weight): the search is truncated at 2^ceil(D + m)
+    candidates. D = 3 bits, m = 11: the exact winner lies beyond the 2^14 candidates with
+    probability ~4e-4 (log2 n* ~ N(D - 0.8, 3.5^2)), below what 1000 draws can see."""
+    mp, vp = np.zeros(3), np.ones(3)
+    mq, vq = np.array([1.4, -1.2, 0.9]), np.ones(3)
+    params = ch.ChannelParams(chunk_bits=12, margin_bits=11, max_log2=20)
+    assert ch.kl_bits(mq, vq, mp, vp).sum() == pytest.approx(3.0, abs=0.1)
+    samples, _, exact = _draws(mq, vq, mp, vp, params, 1000)
+    assert exact == 0.0
+    _assert_follows_q(samples, mq, vq)
+
+
+def test_truncation_bias_is_visible():
+    """Negative control: D = 8 bits with no margin (2^8 candidates) biases the sample
+    towards p; the same test must see it."""
+    mp, vp = np.zeros(4), np.ones(4)
+    mq, vq = np.full(4, 1.665), np.ones(4)
+    params = ch.ChannelParams(chunk_bits=12, margin_bits=0, max_log2=20)
+    assert ch.kl_bits(mq, vq, mp, vp).sum() == pytest.approx(8.0, abs=0.05)
+    samples, _, _ = _draws(mq, vq, mp, vp, params, 600)
+    z = (samples - mq) / np.sqrt(vq)
+    assert z.mean() < -5 / math.sqrt(z.size)  # shrunk towards p's mean 0
+    assert stats.kstest(z.ravel(), "norm").pvalue < 1e-6
+
+
+def test_params_validate():
+    with pytest.raises(DDPMCodecError):
+        ch.ChannelParams(chunk_bits=0.5).validate()
+    with pytest.raises(DDPMCodecError):
+        ch.ChannelParams(max_log2=41).validate()
+    with pytest.raises(DDPMCodecError):
+        ch.hint_to_int(float("nan"))

@@ -1,0 +1,343 @@
+"""Progressive lossy codec (ddpmcodec.codec.progressive).
+
+Oracles: the decoder's latents equal the encoder's bit for bit at every coded step (and
+the file's per-step CRCs say so too), with a tiny model and with the embedded model;
+every whole-packet prefix of a file decodes to the latents of that step; a decoded
+full-rate image equals the encoder's reconstruction (pixel checksum); corrupt, truncated
+and foreign files give DDPMCodecError or the right image, nothing else.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ddpmcodec.codec import container
+from ddpmcodec.codec import progressive as pg
+from ddpmcodec.codec.base import decode_bytes
+from ddpmcodec.errors import DDPMCodecError
+
+FAST = dict(chunk_bits=6.0, margin_bits=2.0, max_log2=12)
+
+
+@pytest.fixture(scope="module")
+def codec(tiny_model):
+    return pg.ProgressiveCodec(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def encoded(codec, test_images):
+    return codec.encode(test_images[:2], steps=4, batch_size=2, seed=5, keep_latents=True, **FAST)
+
+
+def _same_latents(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+# -- schedule and parameters ------------------------------------------------------------------
+@pytest.mark.parametrize("K", [2, 3, 16, 24, 1000])
+def test_schedule(K):
+    ts = pg.coded_schedule(1000, K)
+    assert len(ts) == K and ts[0] == 0 and ts[-1] == 999
+    assert all(b > a for a, b in zip(ts, ts[1:]))
+    if K == 1000:
+        assert ts == tuple(range(1000))
+
+
+def test_schedule_errors():
+    with pytest.raises(DDPMCodecError):
+        pg.coded_schedule(1000, 1)
+    with pytest.raises(DDPMCodecError):
+        pg.coded_schedule(10, 11)
+
+
+def test_params_round_trip():
+    from ddpmcodec.codec.channel import ChannelParams
+    p = pg.ProgressiveParams(ChannelParams(10.25, 3.5, 18), "model", "gen", 1234).validate()
+    assert pg.ProgressiveParams.unpack(p.pack()) == p
+    with pytest.raises(DDPMCodecError):
+        pg.ProgressiveParams(ChannelParams(10.1, 3.0, 18)).pack()
+    with pytest.raises(DDPMCodecError):
+        pg.ProgressiveParams.unpack(p.pack()[:-1])
+    with pytest.raises(DDPMCodecError):
+        pg.ProgressiveParams(ChannelParams(), "wide").validate()
+
+
+def test_fitted_level_minimises_kl():
+    from ddpmcodec.codec.channel import kl_bits
+    rng = np.random.default_rng(0)
+    mq, mp, vq = rng.normal(size=500), rng.normal(size=500) * 0.5, 0.3
+    lvl = pg.fitted_level(mq, vq, mp)
+    kls = [kl_bits(mq, vq, mp, vq * np.exp(l / pg.LEVELS_PER_NAT)).sum() for l in range(0, 2000)]
+    assert lvl == int(np.argmin(kls))
+    # the hint the receiver computes from the level is close to the true KL
+    assert pg.level_kl_hint(lvl, 500) == pytest.approx(min(kls), rel=0.02)
+
+
+# -- bit-exact round trips ---------------------------------------------------------------------
+def test_round_trip_tiny(codec, encoded, test_images):
+    dec = codec.decode(encoded.data, keep_latents=True)
+    assert _same_latents(dec.stats.extra["latents"], encoded.stats.extra["latents"])
+    assert np.array_equal(dec.images, encoded.stats.extra["reconstruction"])
+    assert dec.images.shape == test_images[:2].shape and dec.images.dtype == np.uint8
+    assert dec.stats.extra["complete"] and dec.stats.extra["t"] == 1
+    # the generic entry point dispatches on the mode
+    assert np.array_equal(decode_bytes(codec.model, encoded.data).images, dec.images)
+
+
+def test_stats(encoded):
+    st = encoded.stats
+    rows = pg.truncation_table(st)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    kl = sum(im["kl_bits"] for row in st.extra["steps"] for im in row["images"])
+    assert st.bound_bits == pytest.approx(kl)
+    assert st.payload_bits == 8 * (len(encoded.data) - container.header_size(encoded.header))
+    bits = [r["payload_bits_per_image"] for r in rows]
+    assert all(b > a for a, b in zip(bits, bits[1:]))
+    assert rows[-1]["payload_bits_per_image"] * 2 == pytest.approx(st.payload_bits)
+    # coded symbols cost at least the KL they convey (PFR cannot beat it on average by much)
+    assert rows[-1]["code_bits_per_image"] > 0.9 * rows[-1]["kl_bits_per_image"]
+    assert np.isfinite(st.overhead)
+
+
+def test_model_variance_round_trip(codec, test_images):
+    enc = codec.encode(test_images[2:3], steps=3, variance="model", keep_latents=True, **FAST)
+    dec = codec.decode(enc.data, keep_latents=True)
+    assert _same_latents(dec.stats.extra["latents"], enc.stats.extra["latents"])
+    rows = enc.stats.extra["steps"]
+    assert all(im["level"] is None and im["kl_bits"] == pytest.approx(im["model_kl_bits"])
+               for row in rows for im in row["images"])
+
+
+def test_round_trip_embedded(embedded_model, test_images):
+    codec = pg.ProgressiveCodec(embedded_model)
+    enc = codec.encode(test_images[:1], steps=3, seed=1, keep_latents=True, **FAST)
+    dec = codec.decode(enc.data, keep_latents=True)
+    assert _same_latents(dec.stats.extra["latents"], enc.stats.extra["latents"])
+    assert np.array_equal(dec.images, enc.stats.extra["reconstruction"])
+    rmse = np.sqrt(np.mean((dec.images.astype(float) - test_images[:1]) ** 2))
+    assert rmse < 5  # a real model at t = 1 reconstructs closely
+    assert pg.truncation_table(enc.stats)[-1]["rmse"] == pytest.approx(rmse)
+
+
+# -- prefixes ------------------------------------------------------------------------------------
+def test_every_prefix_decodes(codec, encoded):
+    data = encoded.data
+    hsize = container.header_size(encoded.header)
+    payload = data[hsize:]
+    ends = pg.packet_ends(payload)
+    assert len(ends) == 4 and ends[-1] == len(payload)
+    full = encoded.stats.extra["latents"]
+    for s, end in enumerate(ends):
+        for cut in (hsize + end, hsize + end + 3 if s < 3 else None):
+            if cut is None:
+                continue
+            dec = codec.decode(data[:cut], keep_latents=True)
+            assert dec.stats.extra["steps_decoded"] == s + 1
+            assert _same_latents(dec.stats.extra["latents"], full[:s + 1])
+            assert dec.stats.extra["bytes_used"] == hsize + end
+        # --bytes and --upto-step are the same cut
+        by_bytes = codec.decode(data, max_bytes=hsize + end)
+        by_step = codec.decode(data, upto_step=s + 1)
+        assert np.array_equal(by_bytes.images, by_step.images)
+        assert by_step.stats.extra["t"] == encoded.header.timesteps[3 - s] + 1
+
+
+def test_too_short_prefixes(codec, encoded):
+    hsize = container.header_size(encoded.header)
+    with pytest.raises(DDPMCodecError, match="no whole coded step"):
+        codec.decode(encoded.data[:hsize + 2])
+    with pytest.raises(DDPMCodecError):
+        codec.decode(encoded.data[:hsize - 1])
+    with pytest.raises(DDPMCodecError, match="--upto-step"):
+        codec.decode(encoded.data, upto_step=5)
+    with pytest.raises(DDPMCodecError, match="--bytes"):
+        codec.decode(encoded.data, max_bytes=0)
+
+
+@pytest.mark.parametrize("recon", ["sample", "flow"])
+def test_reconstructions(codec, encoded, recon):
+    a = codec.decode(encoded.data, upto_step=2, recon=recon, recon_steps=3)
+    b = codec.decode(encoded.data, upto_step=2, recon=recon, recon_steps=3)
+    assert np.array_equal(a.images, b.images) and a.images.shape == (2, 32, 32, 3)
+    mean = codec.decode(encoded.data, upto_step=2)
+    assert not np.array_equal(a.images, mean.images)
+    with pytest.raises(DDPMCodecError):
+        codec.decode(encoded.data, recon="median")
+
+
+# -- errors and fuzzing -------------------------------------------------------------------------
+def test_wrong_model_and_foreign_files(codec, encoded, tmp_path):
+    from conftest import make_tiny_ckpt
+    from ddpmcodec.models import load_model
+    other = load_model(make_tiny_ckpt(tmp_path / "other", seed=1))
+    with pytest.raises(DDPMCodecError, match="model"):
+        pg.ProgressiveCodec(other).decode(encoded.data)
+    other_codec = pg.ProgressiveCodec(other)
+    for junk in (b"", b"hello world", bytes(200), np.random.default_rng(0).bytes(500)):
+        with pytest.raises(DDPMCodecError):
+            other_codec.decode(junk)
+    # a lossless file is not a progressive one
+    h = encoded.header
+    import dataclasses
+    foreign = container.pack(dataclasses.replace(h, mode="lossless", params=b""), b"\x00" * 8)
+    with pytest.raises(DDPMCodecError, match="lossless"):
+        pg.ProgressiveCodec(other).decode(foreign)
+    # a hostile header cannot make the decoder allocate without bound
+    huge = container.pack(dataclasses.replace(h, num_images=1 << 20), b"\x00" * 8)
+    with pytest.raises(DDPMCodecError, match="claims"):
+        codec.decode(huge)
+
+
+def test_corrupt_payload_is_caught(codec, encoded):
+    data = bytearray(encoded.data)
+    data[-5] ^= 0x10
+    with pytest.raises(DDPMCodecError, match="checksum"):
+        codec.decode(bytes(data))
+    # the same corruption in a prefix (no payload CRC there) is caught by the latent CRC
+    hsize = container.header_size(encoded.header)
+    end = hsize + pg.packet_ends(encoded.data[hsize:])[1]
+    pre = bytearray(encoded.data[:end])
+    pre[end - 3] ^= 0x01
+    with pytest.raises(DDPMCodecError, match="coded step 2"):
+        codec.decode(bytes(pre))
+
+
+def test_fuzz(codec, encoded):
+    """Mutated and truncated files: a clear error or the right decode, nothing else."""
+    data = encoded.data
+    hsize = container.header_size(encoded.header)
+    ends = [hsize + e for e in pg.packet_ends(data[hsize:])]
+    right = {s + 1: codec.decode(data, upto_step=s + 1).images for s in range(len(ends))}
+    rng = np.random.default_rng(0)
+    outcomes = {"error": 0, "right": 0}
+    for trial in range(150):
+        buf = bytearray(data)
+        kind = trial % 3
+        if kind == 0:  # bit flips anywhere
+            for _ in range(rng.integers(1, 4)):
+                pos = int(rng.integers(0, len(buf)))
+                buf[pos] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 1:  # truncation, sometimes with a flip in what is left
+            buf = buf[:int(rng.integers(0, len(buf)))]
+            if len(buf) > hsize and rng.random() < 0.5:
+                pos = int(rng.integers(hsize, len(buf)))
+                buf[pos] ^= 0x40
+        else:  # inserted or deleted bytes
+            pos = int(rng.integers(0, len(buf)))
+            if rng.random() < 0.5:
+                buf[pos:pos] = rng.bytes(int(rng.integers(1, 5)))
+            else:
+                del buf[pos:pos + int(rng.integers(1, 5))]
+        try:
+            dec = codec.decode(bytes(buf))
+        except DDPMCodecError:
+            outcomes["error"] += 1
+            continue
+        steps = dec.stats.extra["steps_decoded"]
+        assert np.array_equal(dec.images, right[steps]), f"trial {trial}: a wrong image"
+        outcomes["right"] += 1
+    assert outcomes["error"] > 50 and outcomes["right"] > 5
+
+
+# -- command-line glue and the RD analysis ------------------------------------------------------
+def test_cli_glue(tiny_model, test_images, tmp_path):
+    from ddpmcodec.data import ImageSet
+    from ddpmcodec.progressive_cli import decode_progressive, encode_progressive, header_of
+    imgs = ImageSet(test_images[:1], {"kind": "test", "num_images": 1})
+    out = tmp_path / "a.ddpm"
+    summary, lines = encode_progressive(tiny_model, imgs, out, steps=3, batch_size=1, quiet=True,
+                                        chunk_bits=6.0, margin_bits=2.0)
+    data = out.read_bytes()
+    assert summary["num_steps"] == 3 and len(summary["truncation_points"]) == 3 and lines
+    s2, _ = decode_progressive(tiny_model, data, tmp_path / "full.npz", quiet=True)
+    assert s2["complete"] and s2["steps_decoded"] == 3
+    cut = summary["truncation_points"][1]["file_bits_per_image"] // 8
+    s3, lines3 = decode_progressive(tiny_model, data[:int(cut)], tmp_path / "pngs", quiet=True,
+                                    recon="flow", recon_steps=2)
+    assert s3["steps_decoded"] == 2 and not s3["complete"] and len(list((tmp_path / "pngs").iterdir())) == 1
+    assert header_of(data[:int(cut)]).mode == "progressive"
+    with pytest.raises(DDPMCodecError, match="at most one"):
+        decode_progressive(tiny_model, data, tmp_path / "x.npz", upto_step=1, max_bytes=100, quiet=True)
+
+
+def test_rd_codec_small(tiny_model, test_images, tmp_path):
+    import json
+    from ddpmcodec.analysis.rd_codec import rate_at_rmse, run_rd_codec
+    info = run_rd_codec(tiny_model, test_images[:2], tmp_path / "rd", steps=3, chunk_bits=6.0,
+                        margin_bits=2.0, recons=("mean", "flow"), recon_steps=2,
+                        jpeg=(20, 80), webp=(20, 80))
+    res = json.loads((tmp_path / "rd" / "results.json").read_text())
+    assert res["summary"]["full_rate"]["bits_per_image"] == pytest.approx(info["full_rate"]["bits_per_image"])
+    for name in ("codec_points.csv", "theory.csv", "baselines.csv", "rd_codec.png", "encoded.ddpmc"):
+        assert (tmp_path / "rd" / name).is_file()
+    import pandas as pd
+    pts = pd.read_csv(tmp_path / "rd" / "codec_points.csv")
+    if "lpips" in info["skipped"]:  # no backbone weights here: say what to download
+        assert "download" in info["skipped"]["lpips"] and pts["lpips"].isna().all()
+    else:
+        assert pts["lpips"].notna().all()
+    assert set(pts["recon"]) == {"mean", "flow"} and len(pts) == 6
+    # the mean points are the encoder's own truncation table (a real decode reproduces them)
+    mean = pts[pts["recon"] == "mean"]
+    assert list(mean["bits_per_image"]) == sorted(mean["bits_per_image"])
+    assert rate_at_rmse([0, 10], [20, 5], 10) == pytest.approx(5.0)
+    assert np.isnan(rate_at_rmse([0, 10], [20, 15], 10))
+
+
+# -- heavier checks (pytest -m slow) ---------------------------------------------------------------
+@pytest.mark.slow
+def test_defaults_round_trip_embedded(embedded_model, test_images):
+    """The default settings (K = 16, B = 12, margin 2) on the embedded model: every coded
+    step bit for bit, and a full-rate reconstruction close to the image."""
+    codec = pg.ProgressiveCodec(embedded_model)
+    enc = codec.encode(test_images[3:5], batch_size=2, keep_latents=True)
+    dec = codec.decode(enc.data, keep_latents=True)
+    assert _same_latents(dec.stats.extra["latents"], enc.stats.extra["latents"])
+    assert len(dec.stats.extra["latents"]) == pg.DEFAULT_STEPS
+    rows = pg.truncation_table(enc.stats)
+    assert rows[-1]["rmse"] < 2.0 and rows[-1]["overhead"] < 0.4
+
+
+@pytest.mark.slow
+def test_fuzz_many(codec, encoded):
+    """1000 more mutations of the tiny file (see test_fuzz)."""
+    data = encoded.data
+    hsize = container.header_size(encoded.header)
+    right = {s + 1: codec.decode(data, upto_step=s + 1).images for s in range(4)}
+    rng = np.random.default_rng(1)
+    for trial in range(1000):
+        buf = bytearray(data[:int(rng.integers(hsize - 8, len(data) + 1))])
+        for _ in range(int(rng.integers(0, 4))):
+            if buf:
+                buf[int(rng.integers(0, len(buf)))] ^= 1 << int(rng.integers(0, 8))
+        try:
+            dec = codec.decode(bytes(buf))
+        except DDPMCodecError:
+            continue
+        assert np.array_equal(dec.images, right[dec.stats.extra["steps_decoded"]]), trial
+
+
+def test_command_line(tiny_ckpt, test_images, tmp_path, capsys):
+    import json
+    from ddpmcodec.cli import main
+    src = tmp_path / "imgs.npz"
+    np.savez(src, images=test_images[:1])
+    f = tmp_path / "a.ddpm"
+    assert main(["encode", str(src), "-o", str(f), "--progressive", "--steps", "3", "--chunk-bits", "6",
+                 "--margin", "2", "--ckpt", str(tiny_ckpt), "-q", "--json"]) == 0
+    enc = json.loads(capsys.readouterr().out)
+    cut = int(enc["truncation_points"][1]["file_bits_per_image"] // 8)
+    assert main(["decode", str(f), "-o", str(tmp_path / "d.npz"), "--bytes", str(cut),
+                 "--ckpt", str(tiny_ckpt), "-q", "--json"]) == 0
+    dec = json.loads(capsys.readouterr().out)
+    assert dec["steps_decoded"] == 2 and dec["bytes_used"] == cut
+    (tmp_path / "cut.ddpm").write_bytes(f.read_bytes()[:cut + 1])
+    assert main(["decode", str(tmp_path / "cut.ddpm"), "-o", str(tmp_path / "e.npz"),
+                 "--ckpt", str(tiny_ckpt), "-q", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps_decoded"] == 2
+    assert main(["encode", str(src), "-o", str(f), "--progressive", "--lossless",
+                 "--ckpt", str(tiny_ckpt), "-q"]) == 1
+    assert main(["decode", str(f), "-o", str(tmp_path / "d.npz"), "--recon", "best",
+                 "--ckpt", str(tiny_ckpt), "-q"]) == 1
+    assert "error" in capsys.readouterr().err
