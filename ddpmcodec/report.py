@@ -29,10 +29,10 @@ class ReportSizes:
     sample_steps: int = 100       # chain used by the sampling figures
     gen_samples: int = 8
     snapshots: int = 10
-    shared_images: int = 2
-    shared_samples: int = 5
-    interp_pairs: int = 2
-    lambdas: int = 9
+    shared_images: int = 1
+    shared_samples: int = 4
+    interp_pairs: int = 1
+    lambdas: int = 7
 
 
 FULL = ReportSizes()
