@@ -35,8 +35,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-test-800.npz"
 
 def nll_bound(model, images: np.ndarray, steps, batch_size: int) -> np.ndarray:
     """Per-image bound in bits/dim, as `ddpmcodec nll` computes it (seed 0)."""
-    from ddpmcodec.data import to_model_space
-    from ddpmcodec.likelihood import bound_plain_loop
+    from ddpmcodec.core.likelihood import bound_plain_loop
+    from ddpmcodec.io.data import to_model_space
     diffusion = model.diffusion.with_steps(steps)
     out = []
     for a in range(0, len(images), batch_size):
@@ -64,8 +64,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     from ddpmcodec.codec.bitsback import BitsBackCodec
-    from ddpmcodec.data import load_images
-    from ddpmcodec.models import load_model
+    from ddpmcodec.io.data import load_images
+    from ddpmcodec.io.models import load_model
     model = load_model(args.ckpt, args.device)
     images = load_images(args.data, num_images=args.num_images).images
     codec = BitsBackCodec(model)

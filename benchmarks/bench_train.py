@@ -10,7 +10,7 @@ Rows (each on a freshly initialised network, same config and batch):
 * ``plain``: what a plain loop does: diffusers UNet2DModel, torch.optim.Adam (default
   foreach), bf16 autocast on CUDA (fp32 on the CPU), forward, MSE, backward, step. No
   gradient clipping and no EMA, so it does *less* work than the recipe.
-* ``trainer*``: :meth:`ddpmcodec.train.Trainer.train_step`, the whole recipe (on-device
+* ``trainer*``: :meth:`ddpmcodec.pipelines.train.Trainer.train_step`, the whole recipe (on-device
   data, flips, noise; autocast; clipping; fused Adam on CUDA; EMA), with the options in
   the row: channels_last, torch.compile mode (``reduce-overhead`` = CUDA graphs).
 
@@ -37,8 +37,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ddpmcodec.models import build_unet  # noqa: E402
-from ddpmcodec.train import RunOptions, Trainer, TrainConfig  # noqa: E402
+from ddpmcodec.io.models import build_unet  # noqa: E402
+from ddpmcodec.pipelines.train import RunOptions, TrainConfig, Trainer  # noqa: E402
 
 GOAL_STEPS_PER_S = 30.0
 REFERENCES = {"paper_tpu_v3_8": 21.0, "plain_bf16_h200": 13.9}

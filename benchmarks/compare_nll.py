@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from ddpmcodec.results import load_arrays, read_results
+from ddpmcodec.io.results import load_arrays, read_results
 
 
 def main(a: str, b: str) -> int:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpmcodec.data import load_images
-from ddpmcodec.models import load_model
-from ddpmcodec.nll import run_nll
-from ddpmcodec.results import load_arrays, read_results
+from ddpmcodec.io.data import load_images
+from ddpmcodec.io.models import load_model
+from ddpmcodec.io.results import load_arrays, read_results
+from ddpmcodec.pipelines.nll import run_nll
 
 
 def main() -> int:

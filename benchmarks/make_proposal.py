@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from ddpmcodec.data import load_images, to_model_space
-from ddpmcodec.engine import Engine
-from ddpmcodec.estimator import PROPOSAL_FILE, Proposal
-from ddpmcodec.models import DEFAULT_CHECKPOINT, load_model
+from ddpmcodec.io.data import load_images, to_model_space
+from ddpmcodec.io.models import DEFAULT_CHECKPOINT, load_model
+from ddpmcodec.pipelines.engine import Engine
+from ddpmcodec.pipelines.estimator import PROPOSAL_FILE, Proposal
 
 FIRST, COUNT, SEED = 8, 4, 1
 

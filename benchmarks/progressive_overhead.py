@@ -34,9 +34,10 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-test-800.npz"
 
 
 def main(argv=None) -> int:
-    from ddpmcodec.analysis.rd_codec import rate_at_rmse, theory_curve
+    from ddpmcodec.analysis.rd_codec import rate_at_rmse
+    from ddpmcodec.pipelines.rd_codec import theory_curve
     from ddpmcodec.codec import progressive as pg
-    from ddpmcodec.models import load_model
+    from ddpmcodec.io.models import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)

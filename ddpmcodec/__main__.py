@@ -1,3 +1,3 @@
-from .cli import run
+from ddpmcodec.cli import run
 
 run()

@@ -39,8 +39,8 @@ def test_images(test_npz) -> np.ndarray:
 def make_tiny_ckpt(path: Path, seed: int = 0, variance_type: str = "fixedlarge",
                    num_timesteps: int = 1000) -> Path:
     """A random tiny UNet2DModel (32x32x3) saved as a diffusers checkpoint."""
-    from ddpmcodec.diffusion import Diffusion
-    from ddpmcodec.models import build_unet, save_model
+    from ddpmcodec.core.diffusion import Diffusion
+    from ddpmcodec.io.models import build_unet, save_model
     torch.manual_seed(seed)
     out_ch = 6 if variance_type == "learned" else 3
     unet = build_unet("tiny", out_channels=out_ch)
@@ -55,11 +55,11 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_ckpt):
-    from ddpmcodec.models import load_model
+    from ddpmcodec.io.models import load_model
     return load_model(tiny_ckpt)
 
 
 @pytest.fixture(scope="session")
 def embedded_model():
-    from ddpmcodec.models import load_model
+    from ddpmcodec.io.models import load_model
     return load_model()

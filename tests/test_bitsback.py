@@ -9,15 +9,24 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_ckpt
+
 from ddpmcodec.codec import container
 from ddpmcodec.codec.base import decode_bytes, get_codec
-from ddpmcodec.codec.bitsback import (BitsBackCodec, LosslessParams, decoder_probs,
-                                      initial_words, latent_grids, max_initial_words)
-from ddpmcodec.data import to_model_space
+from ddpmcodec.codec.bitsback import (
+    BitsBackCodec,
+    LosslessParams,
+    decoder_probs,
+    initial_words,
+    latent_grids,
+    max_initial_words,
+)
+from ddpmcodec.core.likelihood import (
+    bound_plain_loop,
+    discretized_gaussian_log_likelihood,
+)
 from ddpmcodec.errors import DDPMCodecError
-from ddpmcodec.likelihood import bound_plain_loop, discretized_gaussian_log_likelihood
+from ddpmcodec.io.data import to_model_space
 
 
 def edge_images(n_noise: int = 1, seed: int = 0) -> np.ndarray:
@@ -61,7 +70,7 @@ def test_round_trip_real_and_edge_images_respaced(tiny_model, mixed, steps):
 def tiny_model_t200(tmp_path_factory):
     """A random tiny model on a T=200 schedule, so that a full chain fits the default suite
     (the T=1000 full chain is a slow test)."""
-    from ddpmcodec.models import load_model
+    from ddpmcodec.io.models import load_model
     return load_model(make_tiny_ckpt(tmp_path_factory.mktemp("t200") / "tiny", seed=3,
                                      num_timesteps=200))
 
@@ -83,7 +92,7 @@ def test_full_chain_tiny_model_t1000(tiny_model, test_images):
 
 @pytest.mark.parametrize("variance_type", ["fixedsmall", "learned"])
 def test_other_variance_rules(tmp_path, test_images, variance_type):
-    from ddpmcodec.models import load_model
+    from ddpmcodec.io.models import load_model
     model = load_model(make_tiny_ckpt(tmp_path / variance_type, seed=2, variance_type=variance_type))
     round_trip(model, np.concatenate([test_images[:2], edge_images()[:2]]), steps=10, batch_size=4)
 
@@ -148,7 +157,7 @@ def test_bound_matches_nll_statistically(tiny_model, test_images):
 
 
 def test_wrong_model_names_both_fingerprints(tmp_path, tiny_model, test_images):
-    from ddpmcodec.models import load_model
+    from ddpmcodec.io.models import load_model
     data = BitsBackCodec(tiny_model).encode(test_images[:1], steps=2).data
     other = load_model(make_tiny_ckpt(tmp_path / "other", seed=5))
     with pytest.raises(DDPMCodecError) as err:

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ddpmcodec import nll as nll_mod
+from ddpmcodec.pipelines import nll as nll_mod
 from ddpmcodec.cli import main
-from ddpmcodec.results import load_arrays, read_results
+from ddpmcodec.io.results import load_arrays, read_results
 
 
 def run_json(capsys, argv):
@@ -44,7 +44,7 @@ def test_nll_json_and_results_folder(tmp_path, capsys, tiny_ckpt, test_npz):
 
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path, tiny_model, test_npz, monkeypatch):
-    from ddpmcodec.data import load_images
+    from ddpmcodec.io.data import load_images
     images = load_images(test_npz, num_images=5)
     ref = nll_mod.run_nll(tiny_model, images, tmp_path / "ref", steps=5, batch_size=2, progress=False)
 
@@ -74,7 +74,8 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, tiny_model, test_
 
 def test_paper_shaped_random_network_runs(tmp_path, capsys, test_npz):
     from diffusers import UNet2DModel
-    from ddpmcodec.models import unet_config
+
+    from ddpmcodec.io.models import unet_config
     torch.manual_seed(0)
     UNet2DModel(**unet_config("paper")).save_pretrained(tmp_path / "paper")  # no scheduler config
     s = run_json(capsys, ["nll", "--ckpt", str(tmp_path / "paper"), "--data", str(test_npz),

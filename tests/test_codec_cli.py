@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_tiny_ckpt
 from PIL import Image
 
-from conftest import make_tiny_ckpt
 from ddpmcodec.cli import main
 
 

@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.container import (MAGIC, BlobReader, BlobWriter, Header, pack,
-                                       pixel_checksum, unpack)
+from ddpmcodec.codec.container import (
+    MAGIC,
+    BlobReader,
+    BlobWriter,
+    Header,
+    pack,
+    pixel_checksum,
+    unpack,
+)
 from ddpmcodec.errors import DDPMCodecError
 
 
@@ -45,7 +52,7 @@ def test_chain_encodings_are_compact():
 
 
 def test_evenly_spaced_matches_diffusion():
-    from ddpmcodec.diffusion import spaced_timesteps
+    from ddpmcodec.core.diffusion import spaced_timesteps
     for T, K in [(1000, 1), (1000, 2), (1000, 20), (1000, 100), (1000, 1000), (7, 3)]:
         assert list(container.evenly_spaced(T, K)) == spaced_timesteps(T, K)
 

@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpmcodec.data import check_fits, from_model_space, load_images, save_images, to_model_space
 from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.io.data import (
+    check_fits,
+    from_model_space,
+    load_images,
+    save_images,
+    to_model_space,
+)
 
 
 def test_npz_order_and_num_images(test_npz):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ddpmcodec.diffusion import Diffusion, beta_schedule, spaced_timesteps
+from ddpmcodec.core.diffusion import Diffusion, beta_schedule, spaced_timesteps
 from ddpmcodec.errors import DDPMCodecError
 
 

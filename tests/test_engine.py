@@ -17,14 +17,20 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmcodec.data import to_model_space
-from ddpmcodec.diffusion import Diffusion
-from ddpmcodec.engine import Engine, Network, build_network, group_size, precision_context
+from ddpmcodec.core.diffusion import Diffusion
+from ddpmcodec.core.likelihood import bound_plain_loop
+from ddpmcodec.core.oracle import DiscretePixels
 from ddpmcodec.errors import DDPMCodecError
-from ddpmcodec.likelihood import bound_plain_loop
-from ddpmcodec.models import LoadedModel, build_unet, fingerprint
-from ddpmcodec.oracle import DiscretePixels
-from ddpmcodec.results import load_arrays, read_results
+from ddpmcodec.io.data import to_model_space
+from ddpmcodec.io.models import LoadedModel, build_unet, fingerprint
+from ddpmcodec.io.results import load_arrays, read_results
+from ddpmcodec.pipelines.engine import (
+    Engine,
+    Network,
+    build_network,
+    group_size,
+    precision_context,
+)
 
 FULL = Diffusion.from_schedule("linear", 1000)
 
@@ -172,14 +178,14 @@ def test_group_size():
 
 # -- results folders through run_nll ---------------------------------------------------------
 def _images(n, seed=0):
-    from ddpmcodec.data import ImageSet, images_digest
+    from ddpmcodec.io.data import ImageSet, images_digest
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
     return ImageSet(arr, {"kind": "test", "num_images": n, "digest": images_digest(arr)})
 
 
 def test_run_nll_fast_equals_plain_and_records_engine(tmp_path):
-    from ddpmcodec.nll import run_nll
+    from ddpmcodec.pipelines.nll import run_nll
     model, images = micro_model(4), _images(3)
     plain = run_nll(model, images, tmp_path / "plain", steps=20, progress=False)
     fast = run_nll(model, images, tmp_path / "fast", steps=20, batch_size=7, progress=False,
@@ -198,7 +204,7 @@ def test_run_nll_fast_equals_plain_and_records_engine(tmp_path):
 
 
 def test_fast_run_resumes_after_a_crash(tmp_path, monkeypatch):
-    from ddpmcodec import nll as nll_mod
+    from ddpmcodec.pipelines import nll as nll_mod
     model, images = micro_model(5), _images(5)
     ref = nll_mod.run_nll(model, images, tmp_path / "ref", steps=10, batch_size=10,
                           progress=False, engine="fast")
@@ -227,7 +233,7 @@ def test_fast_run_resumes_after_a_crash(tmp_path, monkeypatch):
 def test_torchrun_shards_and_merges(tmp_path):
     """Two CPU ranks under torchrun write one results folder equal to a single process's
     (three Python processes start: about a minute on a loaded 2-core machine)."""
-    from ddpmcodec.models import save_model
+    from ddpmcodec.io.models import save_model
     model = micro_model(6)
     save_model(model.unet, model.diffusion, tmp_path / "ckpt")
     images = _images(5, seed=1)
@@ -269,7 +275,7 @@ def test_compiled_network_equals_eager():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("compile,graphs", [(False, False), (False, True), (True, False)])
 def test_cuda_engine_equals_cpu_plain_loop(embedded_model, test_images, compile, graphs):
-    from ddpmcodec.models import load_model
+    from ddpmcodec.io.models import load_model
     gpu = load_model(None, "cuda")
     chain = gpu.diffusion.with_steps(50)
     x0 = to_model_space(test_images[:8])
@@ -281,7 +287,7 @@ def test_cuda_engine_equals_cpu_plain_loop(embedded_model, test_images, compile,
 
 def test_bench_table_and_json(tmp_path, capsys):
     from ddpmcodec.cli import main
-    from ddpmcodec.models import save_model
+    from ddpmcodec.io.models import save_model
     model = micro_model(8)
     save_model(model.unet, model.diffusion, tmp_path / "ckpt")
     np.savez(tmp_path / "data.npz", images=_images(3, seed=2).images)

@@ -19,15 +19,21 @@ import pytest
 import torch
 
 from ddpmcodec.cli import main
-from ddpmcodec.data import to_model_space
-from ddpmcodec.diffusion import Diffusion
-from ddpmcodec.engine import Engine
+from ddpmcodec.core.diffusion import Diffusion
+from ddpmcodec.core.likelihood import LN2
+from ddpmcodec.core.oracle import DiscretePixels, GaussianPixels
 from ddpmcodec.errors import DDPMCodecError
-from ddpmcodec.estimator import (Plan, Proposal, default_proposal, estimate,
-                                 estimate_from_table, summarize)
-from ddpmcodec.likelihood import LN2
-from ddpmcodec.oracle import DiscretePixels, GaussianPixels
-from ddpmcodec.results import load_arrays, read_results
+from ddpmcodec.io.data import to_model_space
+from ddpmcodec.io.results import load_arrays, read_results
+from ddpmcodec.pipelines.engine import Engine
+from ddpmcodec.pipelines.estimator import (
+    Plan,
+    Proposal,
+    default_proposal,
+    estimate,
+    estimate_from_table,
+    summarize,
+)
 
 FULL = Diffusion.from_schedule("linear", 1000)
 

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
+from ddpmcodec.core.diffusion import Diffusion
 from ddpmcodec.errors import DDPMCodecError
-from ddpmcodec.models import build_unet, fingerprint, load_model, save_model
-from ddpmcodec.diffusion import Diffusion
+from ddpmcodec.io.models import build_unet, fingerprint, load_model, save_model
 
 
 def test_paper_cifar10_network_has_35746307_parameters():

@@ -2,7 +2,7 @@
 optimal eps-predictor plugged in as the model.
 
 1. Continuous Gaussian pixels: every expected KL term E[L_k] and the prior are closed form
-   (ddpmcodec.oracle.GaussianPixels); the Monte-Carlo mean of each computed term must match.
+   (ddpmcodec.core.oracle.GaussianPixels); the Monte-Carlo mean of each computed term must match.
 2. Discrete pixels on the 8-bit grid: the expected bound is computed here independently by
    Gauss-Hermite quadrature (numpy/scipy, written from the definitions); the Monte-Carlo
    bound must match it, it must be >= the exact NLL, and the gap bound - NLL is exactly the
@@ -18,11 +18,15 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from ddpmcodec.data import to_model_space
-from ddpmcodec.diffusion import Diffusion
-from ddpmcodec.likelihood import (LN2, bound_plain_loop, discretized_gaussian_log_likelihood,
-                                  vb_terms_bpd)
-from ddpmcodec.oracle import DiscretePixels, GaussianPixels
+from ddpmcodec.core.diffusion import Diffusion
+from ddpmcodec.core.likelihood import (
+    LN2,
+    bound_plain_loop,
+    discretized_gaussian_log_likelihood,
+    vb_terms_bpd,
+)
+from ddpmcodec.core.oracle import DiscretePixels, GaussianPixels
+from ddpmcodec.io.data import to_model_space
 
 
 @pytest.mark.parametrize("variance_type,steps", [

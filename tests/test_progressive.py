@@ -169,7 +169,8 @@ def test_reconstructions(codec, encoded, recon):
 # -- errors and fuzzing -------------------------------------------------------------------------
 def test_wrong_model_and_foreign_files(codec, encoded, tmp_path):
     from conftest import make_tiny_ckpt
-    from ddpmcodec.models import load_model
+
+    from ddpmcodec.io.models import load_model
     other = load_model(make_tiny_ckpt(tmp_path / "other", seed=1))
     with pytest.raises(DDPMCodecError, match="model"):
         pg.ProgressiveCodec(other).decode(encoded.data)
@@ -241,29 +242,42 @@ def test_fuzz(codec, encoded):
 
 
 # -- command-line glue and the RD analysis ------------------------------------------------------
-def test_cli_glue(tiny_model, test_images, tmp_path):
-    from ddpmcodec.data import ImageSet
-    from ddpmcodec.progressive_cli import decode_progressive, encode_progressive, header_of
-    imgs = ImageSet(test_images[:1], {"kind": "test", "num_images": 1})
+def test_cli_encode_decode_prefixes(tiny_ckpt, test_images, tmp_path, capsys):
+    import json
+
+    from ddpmcodec.cli import main
+    from ddpmcodec.codec.container import unpack_prefix
+    src = tmp_path / "one.npz"
+    np.savez(src, images=test_images[:1])
     out = tmp_path / "a.ddpm"
-    summary, lines = encode_progressive(tiny_model, imgs, out, steps=3, batch_size=1, quiet=True,
-                                        chunk_bits=6.0, margin_bits=2.0)
+    assert main(["encode", str(src), "-o", str(out), "--ckpt", str(tiny_ckpt), "--progressive",
+                 "--steps", "3", "-b", "1", "--chunk-bits", "6", "--margin", "2", "-q",
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     data = out.read_bytes()
-    assert summary["num_steps"] == 3 and len(summary["truncation_points"]) == 3 and lines
-    s2, _ = decode_progressive(tiny_model, data, tmp_path / "full.npz", quiet=True)
+    assert summary["num_steps"] == 3 and len(summary["truncation_points"]) == 3
+    assert main(["decode", str(out), "-o", str(tmp_path / "full.npz"), "--ckpt", str(tiny_ckpt),
+                 "-q", "--json"]) == 0
+    s2 = json.loads(capsys.readouterr().out)
     assert s2["complete"] and s2["steps_decoded"] == 3
-    cut = summary["truncation_points"][1]["file_bits_per_image"] // 8
-    s3, lines3 = decode_progressive(tiny_model, data[:int(cut)], tmp_path / "pngs", quiet=True,
-                                    recon="flow", recon_steps=2)
-    assert s3["steps_decoded"] == 2 and not s3["complete"] and len(list((tmp_path / "pngs").iterdir())) == 1
-    assert header_of(data[:int(cut)]).mode == "progressive"
-    with pytest.raises(DDPMCodecError, match="at most one"):
-        decode_progressive(tiny_model, data, tmp_path / "x.npz", upto_step=1, max_bytes=100, quiet=True)
+    cut = int(summary["truncation_points"][1]["file_bits_per_image"] // 8)
+    (tmp_path / "cut.ddpm").write_bytes(data[:cut])
+    assert main(["decode", str(tmp_path / "cut.ddpm"), "-o", str(tmp_path / "pngs"), "--ckpt",
+                 str(tiny_ckpt), "--recon", "flow", "--recon-steps", "2", "-q", "--json"]) == 0
+    s3 = json.loads(capsys.readouterr().out)
+    assert s3["steps_decoded"] == 2 and not s3["complete"]
+    assert len(list((tmp_path / "pngs").iterdir())) == 1
+    assert unpack_prefix(data[:cut])[0].mode == "progressive"
+    assert main(["decode", str(out), "-o", str(tmp_path / "x.npz"), "--ckpt", str(tiny_ckpt),
+                 "--upto-step", "1", "--bytes", "100"]) == 1
+    assert "at most one" in capsys.readouterr().err
 
 
 def test_rd_codec_small(tiny_model, test_images, tmp_path):
     import json
-    from ddpmcodec.analysis.rd_codec import rate_at_rmse, run_rd_codec
+
+    from ddpmcodec.analysis.rd_codec import rate_at_rmse
+    from ddpmcodec.pipelines.rd_codec import run_rd_codec
     info = run_rd_codec(tiny_model, test_images[:2], tmp_path / "rd", steps=3, chunk_bits=6.0,
                         margin_bits=2.0, recons=("mean", "flow"), recon_steps=2,
                         jpeg=(20, 80), webp=(20, 80))
@@ -320,6 +334,7 @@ def test_fuzz_many(codec, encoded):
 
 def test_command_line(tiny_ckpt, test_images, tmp_path, capsys):
     import json
+
     from ddpmcodec.cli import main
     src = tmp_path / "imgs.npz"
     np.savez(src, images=test_images[:1])

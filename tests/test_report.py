@@ -2,9 +2,9 @@
 import json
 
 import pandas as pd
+from conftest import make_tiny_ckpt
 from PIL import Image
 
-from conftest import make_tiny_ckpt
 from ddpmcodec.cli import main
 
 

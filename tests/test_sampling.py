@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from ddpmcodec.diffusion import Diffusion
-from ddpmcodec.oracle import GaussianPixels
-from ddpmcodec.sampling import nearest_step, reverse_process, sample
+from ddpmcodec.core.diffusion import Diffusion
+from ddpmcodec.core.oracle import GaussianPixels
+from ddpmcodec.core.sampling import nearest_step, reverse_process, sample
 
 
 def _affine_chain(chain, law, method):
@@ -50,7 +50,7 @@ def test_samplers_match_the_exact_gaussian_reverse_chain(method, steps, variance
     n = 256
     r = sample(law.denoiser(full), chain, n, (1, 4, 4), seed=5, method=method)
     A, B, V = _affine_chain(chain, law, method)
-    from ddpmcodec.sampling import prior_noise
+    from ddpmcodec.core.sampling import prior_noise
     x_T = prior_noise(chain, torch.arange(n), 5, (1, 4, 4))
     if method == "ddim":
         # the sampler hands x_t to the network in float32: rounding of order 1e-8

@@ -15,10 +15,17 @@ import pytest
 import torch
 
 from ddpmcodec.cli import main
+from ddpmcodec.core.likelihood import vb_terms_bpd
 from ddpmcodec.errors import DDPMCodecError
-from ddpmcodec.likelihood import vb_terms_bpd
-from ddpmcodec.models import build_unet, fingerprint, load_model
-from ddpmcodec.train import (EMA, RunOptions, TrainConfig, Trainer, _Objective, train)
+from ddpmcodec.io.models import build_unet, fingerprint, load_model
+from ddpmcodec.pipelines.train import (
+    EMA,
+    RunOptions,
+    TrainConfig,
+    Trainer,
+    _Objective,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

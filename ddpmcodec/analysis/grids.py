@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpmcodec.io.atomic import savefig_atomic
+
 
 def draw_grid(cells: np.ndarray, path: Path, row_labels=(), col_labels=(), title: str = "",
               cell_inches: float = 0.9) -> None:
@@ -31,5 +33,5 @@ def draw_grid(cells: np.ndarray, path: Path, row_labels=(), col_labels=(), title
     if title:
         fig.suptitle(title, fontsize=8, wrap=True)
     fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
     plt.close(fig)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..results import load_arrays, read_results
-from .grids import draw_grid
+from ddpmcodec.analysis.grids import draw_grid
+from ddpmcodec.io.results import load_arrays, read_results
 
 
 def write_figure8(results_dir, out_png) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..results import read_results
+from ddpmcodec.io.results import read_results
 
 
 def nll_table(folders: dict) -> pd.DataFrame:

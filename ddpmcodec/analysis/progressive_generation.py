@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..results import load_arrays, read_results
-from .grids import draw_grid
+from ddpmcodec.analysis.grids import draw_grid
+from ddpmcodec.io.results import load_arrays, read_results
 
 
 def write_figure6(results_dir, out_png) -> dict:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DDPMCodecError
-from ..rd import rate_distortion, table4
-from ..results import load_arrays, read_results
+from ddpmcodec.core.rd import rate_distortion, table4
+from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.io.atomic import savefig_atomic, to_csv_atomic
+from ddpmcodec.io.results import load_arrays, read_results
 
 
 def write_rd(results_dir: str | Path, out: str | Path) -> dict:
@@ -18,9 +19,9 @@ def write_rd(results_dir: str | Path, out: str | Path) -> dict:
     curve = rate_distortion(load_arrays(results_dir))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    curve.to_csv(out / "rd_curve.csv", index=False)
+    to_csv_atomic(curve, out / "rd_curve.csv")
     t4 = table4(curve)
-    t4.to_csv(out / "table4.csv", index=False)
+    to_csv_atomic(t4, out / "table4.csv")
     title = (f"model {res['config']['model']['fingerprint']}, "
              f"{res['summary']['num_images']} images, K={len(curve)}")
     draw_figure5(curve, out / "figure5.png", title)
@@ -52,5 +53,5 @@ def draw_figure5(curve, path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    savefig_atomic(fig, path, dpi=120)
     plt.close(fig)

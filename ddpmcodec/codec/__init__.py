@@ -5,8 +5,15 @@
   :class:`Decoded`, :class:`CodecStats`) and the checks every decoder makes;
 * :mod:`.bitsback` -- lossless coding with bits-back ANS in Bit-Swap order.
 """
-from .base import (Codec, CodecStats, Decoded, Encoded, decode_bytes, get_codec)
-from .container import Header, pack, pixel_checksum, read_header, unpack
+from ddpmcodec.codec.base import (
+           Codec,
+           CodecStats,
+           Decoded,
+           Encoded,
+           decode_bytes,
+           get_codec,
+)
+from ddpmcodec.codec.container import Header, pack, pixel_checksum, read_header, unpack
 
 __all__ = ["Codec", "CodecStats", "Decoded", "Encoded", "Header", "decode_bytes", "get_codec",
            "pack", "pixel_checksum", "read_header", "unpack"]

@@ -1,6 +1,6 @@
 """The one compress/decompress contract of every ddpmcodec codec, and what codecs share.
 
-A codec is bound to a loaded model (:class:`~ddpmcodec.models.LoadedModel`)::
+A codec is bound to a loaded model (:class:`~ddpmcodec.io.models.LoadedModel`)::
 
     codec = get_codec("lossless")(model)
     enc = codec.encode(images, steps=100, batch_size=8, seed=0)   # -> Encoded
@@ -11,7 +11,7 @@ A codec is bound to a loaded model (:class:`~ddpmcodec.models.LoadedModel`)::
 
 or, without knowing the mode of a file, ``decode_bytes(model, data)``.
 
-``images`` are uint8 NHWC arrays (as :func:`ddpmcodec.data.load_images` returns them).
+``images`` are uint8 NHWC arrays (as :func:`ddpmcodec.io.data.load_images` returns them).
 Decoding checks, before any network runs, that the file was made by the same model
 (fingerprint), for the same image shape and full-chain length, on the same device kind,
 and it evaluates the network and the float64 coding math exactly as the encoder did
@@ -39,9 +39,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import DDPMCodecError
-from . import container
-from .container import Header
+from ddpmcodec.codec import container
+from ddpmcodec.codec.container import Header
+from ddpmcodec.errors import DDPMCodecError
 
 # cuBLAS is deterministic only with a fixed workspace; it reads this when CUDA starts.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -248,7 +248,7 @@ def chain_for(header: Header, model):
 
 def check_images(images: np.ndarray, model) -> np.ndarray:
     """uint8 NHWC images that fit the model, contiguous."""
-    from ..data import check_fits
+    from ddpmcodec.io.data import check_fits
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise DDPMCodecError(f"codecs take uint8 [N, H, W, C] images, got {images.dtype} {images.shape}")

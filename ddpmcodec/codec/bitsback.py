@@ -73,14 +73,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import to_model_space
-from ..errors import DDPMCodecError
-from ..likelihood import LN2, prior_bpd, vb_terms_bpd
-from ..rng import stream_keys, uniform_bits
-from . import container
-from .base import (Codec, CodecStats, Decoded, Encoded, Timer, check_compatible, check_images,
-                   chain_for, coding_threads, deterministic, device_kind, verify_pixels)
-from .container import BlobReader, BlobWriter, Header
+from ddpmcodec.codec import container
+from ddpmcodec.codec.base import (
+    Codec,
+    CodecStats,
+    Decoded,
+    Encoded,
+    Timer,
+    chain_for,
+    check_compatible,
+    check_images,
+    coding_threads,
+    deterministic,
+    device_kind,
+    verify_pixels,
+)
+from ddpmcodec.codec.container import BlobReader, BlobWriter, Header
+from ddpmcodec.core.likelihood import LN2, prior_bpd, vb_terms_bpd
+from ddpmcodec.core.rng import stream_keys, uniform_bits
+from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.io.data import to_model_space
 
 try:
     import constriction
@@ -502,7 +514,7 @@ class BitsBackCodec(Codec):
         return int(3 * symbols * (max(per, 1.0) + 1.0) / 32) + 1024
 
     def _encode_all(self, images, diffusion, grids, header, init, progress):
-        from ..progress import progress_bar
+        from ddpmcodec.progress import progress_bar
         stack = _Stack(init, header.seed)
         bound = np.zeros(len(images))
         elbo = np.zeros(len(images))
@@ -556,7 +568,7 @@ class BitsBackCodec(Codec):
 
     # -- decoding --------------------------------------------------------------------------
     def decode(self, data: bytes, *, progress: bool = False) -> Decoded:
-        from ..progress import progress_bar
+        from ddpmcodec.progress import progress_bar
         header, payload = container.unpack(data)
         check_compatible(header, self.model, self.mode)
         params = LosslessParams.unpack(header.params, header)

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import DDPMCodecError
+from ddpmcodec.errors import DDPMCodecError
 
 try:
     import constriction

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DDPMCodecError
+from ddpmcodec.errors import DDPMCodecError
 
 MAGIC = b"\x89DDPMC\r\n"
 FORMAT_VERSION = 1
@@ -424,3 +424,22 @@ def unpack_prefix(data: bytes) -> tuple[Header, bytes, bool]:
     if complete and _crc(payload) != payload_crc:
         raise DDPMCodecError("corrupt file: the payload checksum does not match")
     return header, payload, complete
+
+
+MAX_FILE_BYTES = 1 << 34  # refuse to read anything larger into memory
+
+
+def read_file(path) -> bytes:
+    """The bytes of a compressed file, with clear errors (missing, not ours, too large)."""
+    from pathlib import Path
+    path = Path(path)
+    if not path.is_file():
+        raise DDPMCodecError(f"no such file: {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise DDPMCodecError(f"{path} is not a ddpmcodec file (bad magic bytes)")
+        if size > MAX_FILE_BYTES:
+            raise DDPMCodecError(f"{path} is {size} bytes, more than this reader accepts")
+        f.seek(0)
+        return f.read()

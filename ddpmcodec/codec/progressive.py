@@ -47,13 +47,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import from_model_space, to_model_space
-from ..errors import DDPMCodecError
-from . import channel as ch
-from . import container
-from .base import (Codec, CodecStats, Decoded, Encoded, Timer, check_compatible, check_images,
-                   coding_threads, deterministic, device_kind, verify_pixels)
-from .container import BlobReader, BlobWriter, Header
+from ddpmcodec.codec import channel as ch
+from ddpmcodec.codec import container
+from ddpmcodec.codec.base import (
+    Codec,
+    CodecStats,
+    Decoded,
+    Encoded,
+    Timer,
+    check_compatible,
+    check_images,
+    coding_threads,
+    deterministic,
+    device_kind,
+    verify_pixels,
+)
+from ddpmcodec.codec.container import BlobReader, BlobWriter, Header
+from ddpmcodec.core.metrics import mse_per_image, psnr
+from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.io.data import from_model_space, to_model_space
 
 PARAMS_VERSION = 1
 DEFAULT_STEPS = 16
@@ -326,7 +338,7 @@ class ProgressiveCodec(Codec):
         step, the KL, the ideal code lengths, the packet sizes and the distortion of the
         mean reconstruction there (see :func:`truncation_table`).
         """
-        from ..progress import progress_bar
+        from ddpmcodec.progress import progress_bar
         model = self.model
         images = check_images(images, model)
         n = len(images)
@@ -495,7 +507,7 @@ class ProgressiveCodec(Codec):
         """Decompress a file, or the first ``max_bytes`` bytes of one, or its first
         ``upto_step`` coded steps; reconstruct x0 by ``recon`` (mean, sample or flow; the
         latter two run ``recon_steps`` network steps from the reached latent to t = 0)."""
-        from ..progress import progress_bar
+        from ddpmcodec.progress import progress_bar
         if recon not in RECONS:
             raise DDPMCodecError(f"--recon must be one of {', '.join(RECONS)}, got {recon!r}")
         header, params, payload, packets, complete = self._open(data, upto_step, max_bytes)
@@ -528,7 +540,7 @@ class ProgressiveCodec(Codec):
                           recon_steps: int = DEFAULT_RECON_STEPS, progress: bool = False) -> list:
         """Decode once and reconstruct at every truncation point: a list with one dict per
         coded step: step, t, bytes_used (file prefix), images {recon: uint8 NHWC}."""
-        from ..progress import progress_bar
+        from ddpmcodec.progress import progress_bar
         for r in recons:
             if r not in RECONS:
                 raise DDPMCodecError(f"--recon must be one of {', '.join(RECONS)}, got {r!r}")
@@ -552,8 +564,7 @@ class ProgressiveCodec(Codec):
 
 def _rmse_per_image(pred_x0: torch.Tensor, orig: np.ndarray) -> list:
     """RMSE on [0, 255] of the uint8 reconstruction of each image."""
-    rec = from_model_space(pred_x0).astype(np.float64)
-    return np.sqrt(((rec - orig) ** 2).reshape(len(orig), -1).mean(1)).tolist()
+    return np.sqrt(mse_per_image(from_model_space(pred_x0), orig)).tolist()
 
 
 def reconstruct(model, diffusion, x: torch.Tensor, k: int, batches, recon: str = "mean",
@@ -564,7 +575,7 @@ def reconstruct(model, diffusion, x: torch.Tensor, k: int, batches, recon: str =
     with eta = 0 (flow)."""
     if recon == "mean" or int(diffusion.timesteps[k]) == 0:
         return network_p(model, diffusion, x, k, batches)["pred_x0"].clamp(-1.0, 1.0)
-    from ..sampling import reverse_process
+    from ddpmcodec.core.sampling import reverse_process
     if recon_steps < 1:
         raise DDPMCodecError(f"--recon-steps must be positive, got {recon_steps}")
     t = int(diffusion.timesteps[k])
@@ -611,7 +622,7 @@ def truncation_table(stats: CodecStats, header_bits: int | None = None) -> list[
             "overhead": (file_bits - hb) / kl - 1.0 if kl > 0 else float("nan"),
             "code_overhead": code_bits / kl - 1.0 if kl > 0 else float("nan"),
             "rmse": math.sqrt(mse),
-            "psnr": 20 * math.log10(255.0 / math.sqrt(mse)) if mse > 0 else float("inf"),
+            "psnr": psnr(math.sqrt(mse)),
             "chunks_per_image": sum(im["chunks"] for im in row["images"]) / n,
             "searched_per_image": sum(im["searched"] for im in row["images"]) / n,
             "saturated_frac": (sum(im["saturated_chunks"] for im in row["images"])

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from .diffusion import Diffusion
-from .errors import DDPMCodecError
+from ddpmcodec.core.diffusion import Diffusion
+from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.io.atomic import write_json_atomic
 
-DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "ddpm-cifar10-4k-ch64"
+DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "ddpm-cifar10-4k-ch64"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -227,4 +228,4 @@ def save_model(unet: torch.nn.Module, diffusion: Diffusion, path: str | os.PathL
     _quiet_diffusers()
     to_save = unet if dtype == torch.float32 else copy.deepcopy(unet).to(dtype)
     to_save.save_pretrained(path, safe_serialization=True)
-    (path / "scheduler_config.json").write_text(json.dumps(scheduler_config(diffusion), indent=2))
+    write_json_atomic(path / "scheduler_config.json", scheduler_config(diffusion))

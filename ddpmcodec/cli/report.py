@@ -6,9 +6,20 @@ from typing import Annotated, Optional
 
 import typer
 
-# cli imports this module last, once these names exist
-from .cli import (BatchSize, Ckpt, Dataset, DataPath, Device, Json, NumImages, Quiet, Seed,
-                  emit, invoked_command, resolve_device)
+from ddpmcodec.cli.common import (
+    BatchSize,
+    Ckpt,
+    DataPath,
+    Dataset,
+    Device,
+    Json,
+    NumImages,
+    Quiet,
+    Seed,
+    emit,
+    invoked_command,
+    resolve_device,
+)
 
 TrainData = Annotated[Optional[Path], typer.Option(
     "--train-data", help="training images for the train column of Table 1 "
@@ -25,9 +36,9 @@ def report(out: OutDir, ckpt: Ckpt = None, dataset: Dataset = None, data: DataPa
     Table 4 and Figure 5 (rate-distortion), Figure 6 (progressive generation), Figure 7
     (samples sharing a latent), Figure 8 (interpolation). Writes OUT/README.md with the
     tables inline and the figures linked; finished parts are reused when rerun."""
-    from .data import load_images
-    from .models import load_model
-    from .report import build_report
+    from ddpmcodec.io.data import load_images
+    from ddpmcodec.io.models import load_model
+    from ddpmcodec.pipelines.report import build_report
     model = load_model(ckpt, resolve_device(device))
     test = load_images(data, dataset, "test", num_images)
     train = None
@@ -39,7 +50,3 @@ def report(out: OutDir, ckpt: Ckpt = None, dataset: Dataset = None, data: DataPa
                         not quiet)
     emit(info, as_json, [f"report written to {out}/README.md ({info['seconds']:.0f} s)",
                          *[f"  {f}" for f in info["files"]]])
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(report)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import DDPMCodecError
+from ddpmcodec.errors import DDPMCodecError
 
 VARIANCE_TYPES = ("fixedlarge", "fixedsmall", "learned")
 SCHEDULES = ("linear", "cosine")

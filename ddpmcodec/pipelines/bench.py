@@ -17,18 +17,12 @@ capture), which is reported separately as ``setup_s``.
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
 
 import numpy as np
 import torch
-import typer
-
-from .cli import Ckpt, DataPath, Dataset, Device, Json, Seed, Split, Steps, emit, resolve_device
-from .errors import DDPMCodecError
-
-Opt = typer.Option
 
 
 def _sync(device) -> None:
@@ -57,11 +51,11 @@ def _tf32_state() -> dict:
     return {"matmul_allow_tf32": m.allow_tf32, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
 
 
-def _random_model(name: str, device):
+def random_model(name: str, device):
     """A randomly initialised network of a named config with the default schedule: for
     speed and numerical-precision measurements (its bits/dim mean nothing)."""
-    from .diffusion import Diffusion
-    from .models import LoadedModel, build_unet, fingerprint
+    from ddpmcodec.core.diffusion import Diffusion
+    from ddpmcodec.io.models import LoadedModel, build_unet, fingerprint
     torch.manual_seed(0)
     unet = build_unet(name).eval()
     diffusion = Diffusion.from_schedule("linear", 1000)
@@ -77,14 +71,6 @@ def _time(fn, device):
     return out, time.perf_counter() - t0
 
 
-def _parse_list(text: str, cast, what: str) -> list:
-    try:
-        items = [cast(x.strip()) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DDPMCodecError(f"{what}: expected a comma-separated list, got {text!r}") from None
-    return items
-
-
 def run_bench(model, images, steps, batch_size, seed, precisions, fp32_timesteps, compile,
               cuda_graphs, nfes, proposal, reference_images: int = 8,
               progress: bool = True) -> dict:
@@ -92,10 +78,10 @@ def run_bench(model, images, steps, batch_size, seed, precisions, fp32_timesteps
 
     The float64 reference (slow: the network in float64) covers the first
     ``reference_images`` images (0: none); its differences are over those images."""
-    from . import estimator as est
-    from .data import to_model_space
-    from .engine import Engine, default_batch
-    from .likelihood import bound_plain_loop
+    from ddpmcodec.core.likelihood import bound_plain_loop
+    from ddpmcodec.io.data import to_model_space
+    from ddpmcodec.pipelines import estimator as est
+    from ddpmcodec.pipelines.engine import Engine, default_batch
 
     dev = model.device
     chain = model.diffusion.with_steps(steps)
@@ -103,7 +89,7 @@ def run_bench(model, images, steps, batch_size, seed, precisions, fp32_timesteps
     batch = batch_size or default_batch(dev)
     x0 = to_model_space(images.images)
     ids = torch.arange(N)
-    log = (lambda msg: typer.echo(msg, err=True)) if progress else (lambda msg: None)
+    log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
     rows = []
 
     def row(label, precision, res, seconds, setup, batch_used, graphs=False, compiled=False):
@@ -239,75 +225,3 @@ def table_lines(res: dict) -> list[str]:
         out.append("total SE: image-to-image + Monte-Carlo (the error bar of a data-set mean); "
                    "MC SE: Monte-Carlo only (against the full bound of these images).")
     return out
-
-
-def register(app: typer.Typer) -> None:
-    @app.command("bench")
-    def bench(ckpt: Ckpt = None,
-              random_init: Annotated[Optional[str], Opt(
-                  "--random-init", help="benchmark a randomly initialised network of this "
-                                        "config instead (paper: 35.7M, small, tiny)")] = None,
-              dataset: Dataset = None, split: Split = "test", data: DataPath = None,
-              num_images: Annotated[int, Opt("--num-images", "-n", help="images")] = 4,
-              steps: Steps = None,
-              batch_size: Annotated[Optional[int], Opt(
-                  "--batch-size", "-b", help="pairs per network call of the fast engine "
-                                             "(default 512 on CUDA, 16 on the CPU)")] = None,
-              device: Device = "auto", seed: Seed = 0,
-              precisions: Annotated[Optional[str], Opt(
-                  "--precisions", help="fast-engine precisions to measure, comma-separated "
-                                       "(default fp32,bf16; fp32,tf32,bf16 on CUDA)")] = None,
-              fp32_timesteps: Annotated[int, Opt(
-                  "--fp32-timesteps", help="also measure tf32/bf16 with timestep indices below "
-                                           "this in fp32")] = 0,
-              compile: Annotated[bool, Opt("--compile/--no-compile",
-                                           help="torch.compile the fast engine's network")] = False,
-              cuda_graphs: Annotated[Optional[bool], Opt(
-                  "--cuda-graphs/--no-cuda-graphs", help="CUDA graphs (default: on with CUDA)")] = None,
-              nfe: Annotated[str, Opt("--nfe", help="estimator budgets to measure, comma-separated "
-                                                    "('' for none)")] = "10,25,50,100",
-              proposal: Annotated[Optional[Path], Opt(
-                  "--proposal", help="proposal for the estimator (default: the model's own)")] = None,
-              reference_images: Annotated[int, Opt(
-                  "--reference-images", help="images for the float64-network reference "
-                                             "(slow; 0: none)")] = 8,
-              out: Annotated[Optional[Path], Opt(
-                  "--out", "-o", help="results folder (default runs/bench/<model>-<device>-n<N>-K<K>)")] = None,
-              as_json: Json = False,
-              quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress lines")] = False):
-        """Images/s and accuracy of the plain loop and the fast engine (per precision) on the
-        same images, noise and device, and the estimator's error bar against its network
-        evaluations; printed and written as JSON + Markdown."""
-        from .data import check_fits, load_images
-        from .models import load_model
-        from .results import write_json_atomic
-        dev = resolve_device(device)
-        if ckpt is not None and random_init is not None:
-            raise DDPMCodecError("give --ckpt or --random-init, not both")
-        model = _random_model(random_init, dev) if random_init else load_model(ckpt, dev)
-        model.diffusion.with_steps(steps)
-        if num_images < 1:
-            raise DDPMCodecError(f"--num-images must be positive, got {num_images}")
-        images = load_images(data, dataset, split, num_images)
-        check_fits(images.images, model.image_shape)
-        cuda = torch.device(dev).type == "cuda"
-        precs = _parse_list(precisions or ("fp32,tf32,bf16" if cuda else "fp32,bf16"), str, "--precisions")
-        for p in precs:
-            if p not in ("fp32", "tf32", "bf16"):
-                raise DDPMCodecError(f"--precisions: unknown precision {p!r} (fp32, tf32, bf16)")
-        nfes = _parse_list(nfe, int, "--nfe")
-        graphs = cuda if cuda_graphs is None else cuda_graphs
-        res = run_bench(model, images, steps, batch_size, seed, precs, fp32_timesteps, compile,
-                        graphs, nfes, proposal, reference_images, progress=not quiet)
-        K = steps or model.diffusion.num_steps
-        out = out or Path("runs") / "bench" / (f"{model.fingerprint[:8]}-{torch.device(dev).type}"
-                                               f"-n{len(images)}-K{K}")
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        lines = table_lines(res)
-        write_json_atomic(out / "results.json", {
-            "schema": 1, "kind": "bench", "config": res["config"], "status": "complete",
-            "summary": {"full_bound": res["full_bound"], "estimator": res["estimator"]},
-            "run": res["run"]})
-        (out / "bench.md").write_text("\n".join(lines) + "\n")
-        emit({"results": str(out), **res}, as_json, lines + ["", f"wrote {out / 'results.json'}"])

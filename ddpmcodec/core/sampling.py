@@ -13,9 +13,9 @@ from typing import Callable, Iterable
 
 import torch
 
-from .diffusion import Diffusion
-from .likelihood import Denoiser
-from .rng import counter_normal
+from ddpmcodec.core.diffusion import Diffusion
+from ddpmcodec.core.likelihood import Denoiser
+from ddpmcodec.core.rng import counter_normal
 
 
 def _t(diffusion: Diffusion, k: int, n: int) -> torch.Tensor:

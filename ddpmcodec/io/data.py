@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DDPMCodecError
+from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.io.atomic import atomic_path, save_npz_atomic
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp", ".jpg", ".jpeg")
 CIFAR10_ARCHIVE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -178,14 +179,16 @@ def save_images(images: np.ndarray, out: str | os.PathLike, names=None) -> list[
     from PIL import Image
     out = Path(out)
     if out.suffix.lower() == ".npz":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, images=images)
+        save_npz_atomic(out, images=images)
         return [out]
+    if out.exists() and not out.is_dir():
+        raise DDPMCodecError(f"{out} is a file; give a folder for PNGs, or a path ending in .npz")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, img in enumerate(images):
         name = Path(names[i]).stem if names else f"{i:06d}"
         p = out / f"{name}.png"
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(p)
+        with atomic_path(p) as tmp:
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp, format="PNG")
         paths.append(p)
     return paths

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .diffusion import Diffusion
+from ddpmcodec.core.diffusion import Diffusion
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 127.5 - 1.0
 

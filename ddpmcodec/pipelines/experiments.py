@@ -10,17 +10,16 @@ Arrays hold uint8 NHWC images so that figures are drawn from the folders alone.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import ImageSet, check_fits, from_model_space, to_model_space
-from .models import LoadedModel
-from .progress import progress_bar
-from .results import ResultsFolder, read_results
-from .rng import counter_normal
-from .sampling import diffuse, nearest_step, reverse_process, sample
+from ddpmcodec.core.rng import counter_normal
+from ddpmcodec.core.sampling import diffuse, nearest_step, reverse_process, sample
+from ddpmcodec.io.data import ImageSet, check_fits, from_model_space, to_model_space
+from ddpmcodec.io.models import LoadedModel
+from ddpmcodec.io.results import ResultsFolder, read_results
+from ddpmcodec.progress import progress_bar
 
 
 def _folder(out, kind: str, model: LoadedModel, config: dict, overwrite: bool):
@@ -95,7 +94,7 @@ def interpolation(model: LoadedModel, images: ImageSet, out, times=(250, 500, 75
     """Pairs (images 2i, 2i+1): decode (1-lambda) x_t + lambda x'_t for each t and lambda."""
     check_fits(images.images, model.image_shape)
     if len(images) < 2:
-        from .errors import DDPMCodecError
+        from ddpmcodec.errors import DDPMCodecError
         raise DDPMCodecError("interpolation needs at least two images")
     chain = model.diffusion.with_steps(steps)
     ks = [nearest_step(chain, t) for t in times]

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import experiments
-from .analysis.interpolation import write_figure8
-from .analysis.nll_table import nll_table, to_markdown
-from .analysis.progressive_generation import write_figure6
-from .analysis.rd_curve import write_rd
-from .analysis.shared_latent import write_figure7
-from .data import ImageSet
-from .models import LoadedModel
-from .nll import run_nll
-from .results import read_results
+from ddpmcodec.analysis.interpolation import write_figure8
+from ddpmcodec.analysis.nll_table import nll_table, to_markdown
+from ddpmcodec.analysis.progressive_generation import write_figure6
+from ddpmcodec.analysis.rd_curve import write_rd
+from ddpmcodec.analysis.shared_latent import write_figure7
+from ddpmcodec.io.atomic import to_csv_atomic, write_text_atomic
+from ddpmcodec.io.data import ImageSet
+from ddpmcodec.io.models import LoadedModel
+from ddpmcodec.pipelines import experiments
+from ddpmcodec.pipelines.nll import run_nll
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ QUICK = ReportSizes(nll_full_images=2, nll_respaced_images=2, respaced_steps=10,
 
 
 def _subset(images: ImageSet, n: int) -> ImageSet:
-    from .data import images_digest
+    from ddpmcodec.io.data import images_digest
     n = min(n, len(images))
     spec = dict(images.spec, num_images=n, digest=images_digest(images.images[:n]))
     return ImageSet(images.images[:n], spec, images.names[:n])
@@ -84,7 +84,7 @@ def build_report(model: LoadedModel, test: ImageSet, train: ImageSet | None, out
             commands[name] = (f"ddpmcodec nll{ckpt} {_data_args(sub)}"
                               + (f" --steps {steps}" if steps else "") + f" --seed {seed} -o {res / name}")
     table1 = nll_table(nll_folders)
-    table1.to_csv(out / "table1_nll.csv", index=False)
+    to_csv_atomic(table1, out / "table1_nll.csv")
 
     rd = write_rd(res / "nll-test-full", out)
 
@@ -103,7 +103,7 @@ def build_report(model: LoadedModel, test: ImageSet, train: ImageSet | None, out
 
     seconds = time.perf_counter() - t_start
     readme = _readme(model, command, commands, table1, rd, gen, shared, interp, sizes, quick)
-    (out / "README.md").write_text(readme)
+    write_text_atomic(out / "README.md", readme)
     return {"out": str(out), "fingerprint": model.fingerprint, "seconds": seconds,
             "table1": table1.to_dict(orient="records"), "files": sorted(
                 str(p.relative_to(out)) for p in out.iterdir() if p.is_file())}

@@ -50,12 +50,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .diffusion import VARIANCE_TYPES, Diffusion
-from .errors import DDPMCodecError
-from .likelihood import bound_plain_loop, prior_bpd, step_terms, vb_terms_bpd
-from .models import build_unet, save_model, unet_config
-from .progress import progress_bar
-from .results import write_json_atomic
+from ddpmcodec.core.diffusion import VARIANCE_TYPES, Diffusion
+from ddpmcodec.core.likelihood import (
+    bound_plain_loop,
+    prior_bpd,
+    step_terms,
+    vb_terms_bpd,
+)
+from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.io.atomic import write_json_atomic
+from ddpmcodec.io.models import build_unet, save_model, unet_config
+from ddpmcodec.progress import progress_bar
 
 OBJECTIVES = ("simple", "vlb", "hybrid")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -442,9 +447,10 @@ class Trainer:
                                self.autocast_dtype, self.opts.channels_last).to(device)
         self.ddp = None
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
             # the buffers are constant schedule tables: no syncing per forward
             import inspect
+
+            from torch.nn.parallel import DistributedDataParallel
             no_sync_buffers = {"forward_sync_buffers": False} if "forward_sync_buffers" in \
                 inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False}
             self.ddp = DistributedDataParallel(

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ddpmcodec.core.metrics import psnr, rmse_from_model_mse
+
 
 def rate_distortion(arrays: dict) -> pd.DataFrame:
     """One row per chain step k: reverse_step, t, rate_bpd (+ se), rmse, psnr, mse."""
@@ -30,12 +32,10 @@ def rate_distortion(arrays: dict) -> pd.DataFrame:
     rate = per_image_rate.mean(0)
     rate_se = per_image_rate.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(K)
     mean_mse = mse.mean(0)
-    rmse = 127.5 * np.sqrt(mean_mse)
-    with np.errstate(divide="ignore"):
-        psnr = 20.0 * np.log10(255.0 / rmse)
+    rmse = rmse_from_model_mse(mean_mse)
     ts = np.asarray(arrays["timesteps"])
     return pd.DataFrame({"k": np.arange(K), "reverse_step": K - np.arange(K), "t": ts + 1,
-                         "rate_bpd": rate, "rate_se": rate_se, "rmse": rmse, "psnr": psnr,
+                         "rate_bpd": rate, "rate_se": rate_se, "rmse": rmse, "psnr": psnr(rmse),
                          "mse": mean_mse})
 
 

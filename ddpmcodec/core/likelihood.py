@@ -21,8 +21,8 @@ from typing import Callable
 
 import torch
 
-from .diffusion import Diffusion, normal_kl
-from .rng import counter_normal
+from ddpmcodec.core.diffusion import Diffusion, normal_kl
+from ddpmcodec.core.rng import counter_normal
 
 LN2 = math.log(2.0)
 

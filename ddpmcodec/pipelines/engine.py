@@ -7,9 +7,9 @@ batch), the engine flattens all (image, step) pairs of a group of images into on
 and feeds the network fixed-size chunks of ``batch`` pairs, whatever the mix of steps.
 
 Every pair gets the counter-based noise ``counter_normal(seed, image_id, timesteps[k])``
-of :func:`ddpmcodec.likelihood.step_terms`, and the float64 term math is the very same
-:func:`~ddpmcodec.likelihood.vb_terms_bpd`, so the engine's arrays equal
-:func:`~ddpmcodec.likelihood.bound_plain_loop`'s pair by pair; the only difference is the
+of :func:`ddpmcodec.core.likelihood.step_terms`, and the float64 term math is the very same
+:func:`~ddpmcodec.core.likelihood.vb_terms_bpd`, so the engine's arrays equal
+:func:`~ddpmcodec.core.likelihood.bound_plain_loop`'s pair by pair; the only difference is the
 network's own float rounding, which can depend on the batch it sits in (measured: far
 below 0.002 bits/dim; see docs/engine.md).
 
@@ -38,10 +38,10 @@ from typing import Callable
 
 import torch
 
-from .diffusion import Diffusion
-from .errors import DDPMCodecError
-from .likelihood import mean_flat, prior_bpd, vb_terms_bpd
-from .rng import counter_normal
+from ddpmcodec.core.diffusion import Diffusion
+from ddpmcodec.core.likelihood import mean_flat, prior_bpd, vb_terms_bpd
+from ddpmcodec.core.rng import counter_normal
+from ddpmcodec.errors import DDPMCodecError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
 # how each precision is recorded in results.json ("model_dtype", as the core writes it)
@@ -275,7 +275,7 @@ class Engine:
                   batch: int | None = None, precision: str = "fp32", compile: bool = False,
                   cuda_graph: bool = False, fp32_timesteps: int = 0,
                   channels_last: bool | None = None, cdf: str = "exact") -> "Engine":
-        """An engine over a :class:`~ddpmcodec.models.LoadedModel` on its device."""
+        """An engine over a :class:`~ddpmcodec.io.models.LoadedModel` on its device."""
         diffusion = diffusion if diffusion is not None else model.diffusion
         if fp32_timesteps < 0:
             raise DDPMCodecError(f"--fp32-timesteps must be >= 0, got {fp32_timesteps}")
@@ -355,7 +355,7 @@ class Engine:
 
     def bound(self, x0: torch.Tensor, image_ids, progress: Callable[[int], None] | None = None) -> dict:
         """The full bound of a group of images: the arrays of
-        :func:`~ddpmcodec.likelihood.bound_plain_loop` (vb, xstart_mse, eps_mse [B,K],
+        :func:`~ddpmcodec.core.likelihood.bound_plain_loop` (vb, xstart_mse, eps_mse [B,K],
         prior [B], total [B]), from B*K pairs in chunks of ``batch``."""
         x0 = torch.as_tensor(x0).to(torch.float64)
         b, K = x0.shape[0], self.diffusion.num_steps

@@ -14,47 +14,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DDPMCodecError
+from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.io.atomic import _jsonable, save_npz_atomic, write_json_atomic
 
 RESULTS_JSON = "results.json"
 ARRAYS = "arrays.npz"
 SCHEMA_VERSION = 1
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for sharing
-    os.replace(tmp, path)
-
-
-def save_npz_atomic(path: Path, **arrays) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def _jsonable(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON-able: {type(obj).__name__}")
 
 
 def read_results(folder: str | os.PathLike) -> dict:

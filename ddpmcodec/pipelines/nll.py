@@ -9,13 +9,13 @@ Two estimators, two engines (``results.json`` config records all three choices:
   [-1, 1]), ``prior`` [N], ``total`` [N] bits/dim, and ``timesteps`` [K] (original
   indices). Tables: ``per_image.csv`` and ``per_step.csv``.
 * ``estimator="importance"``: the unbiased estimate from ``nfe`` network evaluations per
-  image (:mod:`ddpmcodec.estimator`). Arrays: ``image_id``, ``prior``, ``decoder``,
+  image (:mod:`ddpmcodec.pipelines.estimator`). Arrays: ``image_id``, ``prior``, ``decoder``,
   ``kl`` (estimate of the sum of the KL terms), ``kl_var`` (its Monte-Carlo variance),
   ``total``, ``nfe`` [N]; ``exact_vb`` [N,E] at chain steps ``exact_k`` [E];
   ``draw_k``, ``draw_vb`` [N,n]; ``timesteps`` [K]. Table: ``per_image.csv``.
 
-``engine="plain"`` is the reference loop (:func:`~ddpmcodec.likelihood.bound_plain_loop`,
-``batch_size`` images per call); ``engine="fast"`` (:mod:`ddpmcodec.engine`) puts
+``engine="plain"`` is the reference loop (:func:`~ddpmcodec.core.likelihood.bound_plain_loop`,
+``batch_size`` images per call); ``engine="fast"`` (:mod:`ddpmcodec.pipelines.engine`) puts
 ``batch_size`` (image, step) pairs in every call. Both use the same counter-based noise.
 
 Under ``torchrun`` each rank computes a disjoint share of the images into the same results
@@ -31,13 +31,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import ImageSet, check_fits, to_model_space
-from .engine import MODEL_DTYPE_NAMES, Engine, default_batch, group_size
-from .errors import DDPMCodecError
-from .likelihood import bound_plain_loop
-from .models import LoadedModel
-from .progress import progress_bar
-from .results import ResultsFolder, mean_se, read_results
+from ddpmcodec.core.likelihood import bound_plain_loop
+from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.io.atomic import to_csv_atomic
+from ddpmcodec.io.data import ImageSet, check_fits, to_model_space
+from ddpmcodec.io.models import LoadedModel
+from ddpmcodec.io.results import ResultsFolder, mean_se, read_results
+from ddpmcodec.pipelines.engine import (
+    MODEL_DTYPE_NAMES,
+    Engine,
+    default_batch,
+    group_size,
+)
+from ddpmcodec.progress import progress_bar
 
 ENGINES = ("fast", "plain")
 ESTIMATORS = ("full", "importance")
@@ -171,14 +177,14 @@ def run_nll(model: LoadedModel, images: ImageSet, out: str | Path, steps: int | 
     ``batch_size``: images per network call for the plain engine (default 64), (image,
     step) pairs per call for the fast one (default 512 on CUDA, 16 on the CPU).
     ``estimator="importance"`` uses ``nfe`` evaluations per image (default 50) and the
-    ``proposal`` (a :class:`~ddpmcodec.estimator.Proposal`, a proposal.json, or a
+    ``proposal`` (a :class:`~ddpmcodec.pipelines.estimator.Proposal`, a proposal.json, or a
     full-bound results folder; default: the model's own, else the Gaussian-data one).
     ``precision``, ``fp32_timesteps``, ``compile`` and ``cuda_graphs`` configure the fast
-    engine's network (:func:`ddpmcodec.engine.build_network`).
+    engine's network (:func:`ddpmcodec.pipelines.engine.build_network`).
 
     Returns the results.json content; the folder ``out`` holds the arrays and tables.
     """
-    from . import estimator as est
+    from ddpmcodec.pipelines import estimator as est
     check_fits(images.images, model.image_shape)
     if engine not in ENGINES:
         raise DDPMCodecError(f"--engine must be one of {ENGINES}, got {engine!r}")
@@ -247,7 +253,7 @@ def _run_plain(model, diffusion, images, folder, todo, batch_size, seed, show) -
 
 
 def _run_fast(eng: Engine, plan, images, folder, todo, seed, show) -> dict:
-    from . import estimator as est
+    from ddpmcodec.pipelines import estimator as est
     per_image = eng.diffusion.num_steps if plan is None else plan.nfe
     group = group_size(eng.batch, per_image, len(todo), eng.padded)
     with progress_bar(len(todo) * per_image, "nll", "eval", enabled=show) as bar:
@@ -268,7 +274,7 @@ def _run_fast(eng: Engine, plan, images, folder, todo, seed, show) -> dict:
 
 def _finish(folder: ResultsFolder, images: ImageSet, diffusion, plan, run_info: dict,
             world: int, model: LoadedModel) -> dict:
-    from . import estimator as est
+    from ddpmcodec.pipelines import estimator as est
     arrays = folder.merged()
     if len(arrays["image_id"]) != len(images) or \
             not np.array_equal(arrays["image_id"], np.arange(len(images))):
@@ -280,13 +286,13 @@ def _finish(folder: ResultsFolder, images: ImageSet, diffusion, plan, run_info: 
     if plan is None:
         summary = summarize(arrays)
         per_image, per_step = tables(arrays, images.names)
-        per_image.to_csv(folder.path / "per_image.csv", index=False)
-        per_step.to_csv(folder.path / "per_step.csv", index=False)
+        to_csv_atomic(per_image, folder.path / "per_image.csv")
+        to_csv_atomic(per_step, folder.path / "per_step.csv")
     else:
         arrays["exact_k"] = plan.exact_k
         summary = {**est.summarize(arrays), "num_steps": int(diffusion.num_steps),
                    "exact_steps": int(len(plan.exact_k)), "draws_per_image": int(plan.num_draws)}
-        importance_table(arrays, images.names).to_csv(folder.path / "per_image.csv", index=False)
+        to_csv_atomic(importance_table(arrays, images.names), folder.path / "per_image.csv")
     run = {"device": str(model.device), "torch": torch.__version__, "compute_seconds": seconds,
            "images_per_second": len(images) / seconds if seconds > 0 else None,
            "world_size": world, **run_info}

@@ -56,9 +56,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .diffusion import Diffusion
-from .errors import DDPMCodecError
-from .rng import stream_keys, uniform_bits
+from ddpmcodec.core.diffusion import Diffusion
+from ddpmcodec.core.rng import stream_keys, uniform_bits
+from ddpmcodec.errors import DDPMCodecError
 
 PROPOSAL_FILE = "proposal.json"
 DEFAULT_MIX = 0.05  # weight of the uniform in the learnt proposal
@@ -131,7 +131,7 @@ class Proposal:
     @classmethod
     def from_results(cls, folder, mix: float = DEFAULT_MIX) -> "Proposal":
         """Learnt from the per-step terms of a complete full-bound nll results folder."""
-        from .results import load_arrays, read_results
+        from ddpmcodec.io.results import load_arrays, read_results
         res = read_results(folder)
         if res.get("kind") != "nll" or res["config"].get("estimator", "full") != "full":
             raise DDPMCodecError(f"{folder}: a proposal is learnt from a full-bound nll results "
@@ -148,7 +148,7 @@ class Proposal:
         """Model-free default: the expected KL terms (nats/dim) for i.i.d. N(0, data_std^2)
         pixels under the Bayes-optimal denoiser, in closed form. data_std = 0.5 is about
         the per-pixel standard deviation of natural images on [-1, 1]."""
-        from .oracle import GaussianPixels
+        from ddpmcodec.core.oracle import GaussianPixels
         kl = GaussianPixels(0.0, data_std).expected_kl_nats(diffusion).numpy()
         return cls(np.maximum(kl, 0.0), diffusion.timesteps.numpy(), mix,
                    {"kind": "gaussian", "data_std": data_std})
@@ -173,7 +173,7 @@ class Proposal:
             raise DDPMCodecError(f"unreadable proposal {path}: {exc}") from None
 
     def save(self, path) -> None:
-        from .results import write_json_atomic
+        from ddpmcodec.io.atomic import write_json_atomic
         write_json_atomic(Path(path), {"kind": "proposal", "scale": self.scale.tolist(),
                                        "timesteps": self.timesteps.tolist(), "mix": self.mix,
                                        "source": self.source, "digest": self.digest()})
@@ -201,7 +201,7 @@ class Proposal:
 def default_proposal(model, diffusion: Diffusion) -> Proposal:
     """A proposal.json beside the model's checkpoint (the embedded model carries one),
     else the Gaussian-data proposal; either on ``diffusion``'s chain."""
-    from .models import DEFAULT_CHECKPOINT
+    from ddpmcodec.io.models import DEFAULT_CHECKPOINT
     src = str(getattr(model, "source", ""))
     folder = DEFAULT_CHECKPOINT if src.startswith("embedded:") else Path(src)
     for cand in (folder / PROPOSAL_FILE, folder / "unet" / PROPOSAL_FILE):
@@ -329,7 +329,7 @@ def estimate(engine, plan: Plan, x0: torch.Tensor, image_ids, sample_seed: int,
     kl_var, total (bits/dim) and nfe (network evaluations) [G]; draw_k, draw_vb [G, n]
     (the drawn steps and their terms) and exact_vb [G, E] (the exact steps' terms).
     """
-    from .likelihood import prior_bpd
+    from ddpmcodec.core.likelihood import prior_bpd
     ids = np.asarray(image_ids, dtype=np.int64)
     G, E = len(ids), len(plan.exact_k)
     draw_k = plan.draw(ids, sample_seed)
@@ -367,7 +367,7 @@ def summarize(arrays: dict) -> dict:
     """Summary numbers of an importance run (bits/dim): each mean with its image-level
     standard error ``*_se`` (covering image and Monte-Carlo variation), plus
     ``total_mc_se``, the Monte-Carlo part alone."""
-    from .results import mean_se
+    from ddpmcodec.io.results import mean_se
     N = len(arrays["total"])
     out = {"num_images": int(N), "nfe_per_image": float(np.mean(arrays["nfe"]))}
     for name, values in (("total_bpd", arrays["total"]), ("prior_bpd", arrays["prior"]),

@@ -1,0 +1,92 @@
+"""What the commands share: option types, the device choice, output of a result, default
+results folders, and the one-line summaries of a codec's statistics."""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ddpmcodec.errors import DDPMCodecError
+
+# -- options shared by several commands ---------------------------------------------------
+Ckpt = Annotated[Optional[str], typer.Option(
+    "--ckpt", help="diffusers checkpoint folder or hub id (e.g. google/ddpm-cifar10-32); "
+                   "default: the embedded model")]
+Dataset = Annotated[Optional[str], typer.Option(
+    "--dataset", help="named dataset: cifar10 (torchvision; downloads on first use)")]
+Split = Annotated[str, typer.Option("--split", help="dataset split: test or train")]
+DataPath = Annotated[Optional[Path], typer.Option(
+    "--data", help=".npz with a uint8 NHWC 'images' array, a folder of PNGs, or one image")]
+NumImages = Annotated[Optional[int], typer.Option(
+    "--num-images", "-n", help="use the first N images (fixed order)")]
+Steps = Annotated[Optional[int], typer.Option(
+    "--steps", "-K", help="respaced chain of K evenly spaced steps (default: the full chain)")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="images per network call")]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto")]
+Seed = Annotated[int, typer.Option("--seed", help="seed of the counter-based noise")]
+Json = Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="discard an existing results folder instead of resuming it")]
+
+
+def resolve_device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DDPMCodecError(f"--device {device}: no CUDA device is available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise DDPMCodecError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    return device
+
+
+def emit(summary: dict, as_json: bool, lines: list[str]) -> None:
+    """The command's result: one JSON object, or human-readable lines."""
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+    else:
+        for line in lines:
+            typer.echo(line)
+
+
+def default_out(kind: str, fingerprint: str, data_spec: dict, steps: int, seed: int) -> Path:
+    src = data_spec["kind"]
+    if src == "cifar10":
+        src = f"cifar10-{data_spec['split']}"
+    elif "path" in data_spec:
+        src = Path(data_spec["path"]).stem
+    return Path("runs") / kind / f"{fingerprint[:8]}-{src}-n{data_spec['num_images']}-K{steps}-s{seed}"
+
+
+_invoked: list[str] = []
+
+
+def invoked_command() -> str:
+    """The command line being run, for reports that say how to regenerate them."""
+    return " ".join(["ddpmcodec", *(shlex.quote(a) for a in _invoked)])
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:+.3f}%"
+
+
+def stats_summary(stats) -> dict:
+    """The JSON summary of a CodecStats (per-image lists left out)."""
+    d = stats.to_dict()
+    d["extra"] = {k: v for k, v in d["extra"].items() if not isinstance(v, list)}
+    return d
+
+
+def stats_lines(stats) -> list[str]:
+    s = stats
+    return [
+        f"  net rate: {s.bits_per_dim:.5f} bits/dim   bound for this chain: "
+        f"{s.bound_bits_per_dim:.5f} bits/dim   overhead: {_pct(s.overhead)}",
+        f"  initial bits (one-off): {s.initial_bits:.0f} ({s.initial_bits_per_dim:.4f} bits/dim "
+        f"over these images)   whole file: {s.file_bits_per_dim:.5f} bits/dim "
+        f"({s.file_bits // 8} bytes)",
+        f"  time: {s.seconds:.2f} s ({s.images_per_second:.3f} images/s)"]

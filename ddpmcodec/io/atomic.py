@@ -1,0 +1,76 @@
+"""The one way the project writes a file: into a temporary file beside the target, then
+``os.replace`` onto it, so a reader (or a rerun after a crash) sees the old file or the
+new one, never half of one. Files are made world-readable (results are for sharing)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, mode: int = 0o644):
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on any
+    exception it is removed and ``path`` is left as it was. The parent folder is made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, mode)  # mkstemp makes files private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-able: {type(obj).__name__}")
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **arrays)
+
+
+def to_csv_atomic(frame, path: str | os.PathLike, **kwargs) -> None:
+    """A pandas DataFrame as CSV (``index=False`` unless given)."""
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, **kwargs)
+
+
+def savefig_atomic(fig, path: str | os.PathLike, **kwargs) -> None:
+    """A matplotlib figure; the format follows ``path``'s suffix."""
+    path = Path(path)
+    kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **kwargs)
