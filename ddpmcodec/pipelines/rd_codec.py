@@ -43,30 +43,38 @@ WEBP_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 
 
 # -- LPIPS ---------------------------------------------------------------------------------------
-def lpips_metric():
+def lpips_metric(net=None):
     """(callable(a, b) -> mean LPIPS of two uint8 NHWC batches, None) when lpips and its
-    AlexNet backbone weights are present, else (None, the reason and what to download)."""
-    try:
-        import lpips  # noqa: F401
-        import torchvision
-    except ImportError as exc:
-        return None, f"LPIPS skipped: the lpips package is not installed ({exc.name})"
-    url = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    if not path.is_file():
-        return None, (f"LPIPS skipped: its AlexNet backbone weights are not at {path}; download "
-                      f"{url} to that path (or run torchvision.models.alexnet(weights='IMAGENET1K_V1') "
-                      f"once on a machine with internet) and rerun")
-    import warnings
+    AlexNet backbone weights are present, else (None, the reason and what to download).
 
-    import lpips
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = lpips.LPIPS(net="alex", verbose=False).eval()
+    ``net``: an ``lpips.LPIPS`` module (or any callable taking two NCHW float batches on
+    [-1, 1] and returning one distance per image pair) used instead of the pretrained
+    AlexNet LPIPS; nothing is then looked up or downloaded. Tests pass one with a randomly
+    initialised backbone (``lpips.LPIPS(net="alex", pnet_rand=True)`` builds offline).
+    """
+    if net is None:
+        try:
+            import lpips  # noqa: F401
+            import torchvision
+        except ImportError as exc:
+            return None, f"LPIPS skipped: the lpips package is not installed ({exc.name})"
+        url = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if not path.is_file():
+            return None, (f"LPIPS skipped: its AlexNet backbone weights are not at {path}; download "
+                          f"{url} to that path (or run torchvision.models.alexnet(weights='IMAGENET1K_V1') "
+                          f"once on a machine with internet) and rerun")
+        import warnings
+
+        import lpips
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = lpips.LPIPS(net="alex", verbose=False).eval()
 
     def metric(a: np.ndarray, b: np.ndarray) -> float:
-        ta = torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1
-        tb = torch.from_numpy(b).permute(0, 3, 1, 2).float() / 127.5 - 1
+        # uint8 [0, 255] -> [-1, 1], LPIPS's input range
+        ta = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        tb = torch.from_numpy(np.ascontiguousarray(b)).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():
             return float(net(ta, tb).mean())
     return metric, None
