@@ -73,7 +73,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddpmcodec.codec import container
+from ddpmcodec.codec import coder, container
 from ddpmcodec.codec.base import (
     Codec,
     CodecStats,
@@ -82,10 +82,10 @@ from ddpmcodec.codec.base import (
     Timer,
     chain_for,
     check_compatible,
-    check_images,
-    coding_threads,
     deterministic,
-    device_kind,
+    network_p,
+    new_header,
+    start_encode,
     verify_pixels,
 )
 from ddpmcodec.codec.container import BlobReader, BlobWriter, Header
@@ -93,16 +93,6 @@ from ddpmcodec.core.likelihood import LN2, prior_bpd, vb_terms_bpd
 from ddpmcodec.core.rng import stream_keys, uniform_bits
 from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.data import to_model_space
-
-try:
-    import constriction
-    _QG = constriction.stream.model.QuantizedGaussian
-    _CAT = constriction.stream.model.Categorical
-    _QL = constriction.stream.model.QuantizedLaplace
-    _UNI = constriction.stream.model.Uniform
-    _ANS = constriction.stream.stack.AnsCoder
-except ImportError:  # pragma: no cover - a dependency of the package
-    constriction = None
 
 PARAMS_VERSION = 1
 DEFAULT_GRID_LOG2 = 5        # 32..64 grid points per (smaller) standard deviation
@@ -283,13 +273,6 @@ def _flat(t, n: int) -> np.ndarray:
     return np.full(n, float(t), dtype=np.float64)
 
 
-def _corrupt(exc) -> DDPMCodecError:
-    return DDPMCodecError(f"corrupt file: the entropy decoder failed ({exc})")
-
-
-_CONSTRICTION_ERRORS = (ValueError, RuntimeError, OverflowError, TypeError)
-
-
 # -- the stack -----------------------------------------------------------------------------
 class _Stack:
     """The ANS stack: latent and pixel codes, escapes, and the encoder's low-water mark.
@@ -300,12 +283,12 @@ class _Stack:
     """
 
     def __init__(self, words: np.ndarray, seed: int = 0):
-        self.ans = _ANS(np.ascontiguousarray(words, dtype=np.uint32))
+        self.ans = coder.Stack(words)
         self.low_water = self.ans.num_words()
         self.escapes = 0
         self.seed = seed
-        self._excess = _QL(0, EXCESS_MAX)
-        self._uniform16 = _UNI(1 << 16)
+        self._excess = coder.quantized_laplace(0, EXCESS_MAX)
+        self._uniform16 = coder.uniform(1 << 16)
         self._families = {}
 
     def whiten(self, n: int, batch: int, step: int) -> None:
@@ -322,16 +305,13 @@ class _Stack:
                            torch.tensor(step))
         raw = uniform_bits(keys, (n + 3) // 4).numpy().view(np.uint64)
         key = np.stack([(raw >> (16 * j)) & 0xFFFF for j in range(4)], 1).reshape(-1)[:n]
-        try:
-            v = self.ans.decode(self._uniform16, n)
-        except _CONSTRICTION_ERRORS as exc:
-            raise _corrupt(exc) from None
+        v = self.ans.pop(self._uniform16, n)
         self._track()
-        self.ans.encode_reverse(np.ascontiguousarray(v ^ key.astype(np.int32)), self._uniform16)
+        self.ans.push(v ^ key.astype(np.int32), self._uniform16)
 
     def _family(self, half: int):
         if half not in self._families:
-            self._families[half] = _QG(-half, half)
+            self._families[half] = coder.quantized_gaussian(-half, half)
         return self._families[half]
 
     @staticmethod
@@ -352,10 +332,7 @@ class _Stack:
     def pop_q(self, mean: torch.Tensor, std: float, delta: float, half: int) -> torch.Tensor:
         n = mean.numel()
         c, m, s = self._centre(mean, std, delta, n)
-        try:
-            r = self.ans.decode(self._family(half), m, s)
-        except _CONSTRICTION_ERRORS as exc:
-            raise _corrupt(exc) from None
+        r = self.ans.pop(self._family(half), m, s)
         self._track()
         return torch.from_numpy(c + r.astype(np.int64)).reshape(mean.shape)
 
@@ -365,7 +342,7 @@ class _Stack:
         r = sym.reshape(-1).numpy() - c
         if np.abs(r).max(initial=0) > half:
             raise DDPMCodecError("corrupt file: a decoded latent is outside its forward kernel's range")
-        self.ans.encode_reverse(np.ascontiguousarray(r, dtype=np.int32), self._family(half), m, s)
+        self.ans.push(r, self._family(half), m, s)
 
     # p(x_{k-1} | x_k) and the prior: pushed by the encoder, popped by the decoder. The
     # alphabet is -h-1..h+1; the two outer symbols are escapes, followed by the excess
@@ -386,47 +363,39 @@ class _Stack:
                 raise DDPMCodecError("a latent is too far from the model's prediction to code; "
                                      "the model is unusable on these images")
             self.escapes += int(esc.sum())
-            self.ans.encode_reverse(np.ascontiguousarray(excess, dtype=np.int32), self._excess,
-                                    np.full(len(excess), -0.5), self._excess_scale(s[esc], half))
+            self.ans.push(excess, self._excess, np.full(len(excess), -0.5),
+                          self._excess_scale(s[esc], half))
             r = np.clip(r, -half - 1, half + 1)
-        self.ans.encode_reverse(np.ascontiguousarray(r, dtype=np.int32), self._family(half + 1), m, s)
+        self.ans.push(r, self._family(half + 1), m, s)
 
     def pop_p(self, mean, std, delta: float, half: int, shape) -> torch.Tensor:
         n = math.prod(shape)
         c, m, s = self._centre(mean, std, delta, n)
-        try:
-            r = self.ans.decode(self._family(half + 1), m, s).astype(np.int64)
-            esc = np.abs(r) == half + 1
-            if esc.any():
-                excess = self.ans.decode(self._excess, np.full(int(esc.sum()), -0.5),
-                                         self._excess_scale(s[esc], half)).astype(np.int64)
-                r[esc] += np.sign(r[esc]) * excess
-        except _CONSTRICTION_ERRORS as exc:
-            raise _corrupt(exc) from None
+        r = self.ans.pop(self._family(half + 1), m, s).astype(np.int64)
+        esc = np.abs(r) == half + 1
+        if esc.any():
+            excess = self.ans.pop(self._excess, np.full(int(esc.sum()), -0.5),
+                                  self._excess_scale(s[esc], half)).astype(np.int64)
+            r[esc] += np.sign(r[esc]) * excess
         return torch.from_numpy(c + r).reshape(shape)
 
     # the 8-bit pixels under the discretized decoder
     def push_pixels(self, levels: np.ndarray, mean: torch.Tensor, log_scale: torch.Tensor):
         """Encode levels [n] in chunks, first to last (pop_pixels pops last to first)."""
         mean, log_scale = mean.reshape(-1), log_scale.reshape(-1)
-        cat = _CAT(perfect=False)
+        cat = coder.categorical()
         for a in range(0, len(levels), _CAT_CHUNK):
             b = a + _CAT_CHUNK
-            probs = decoder_probs(mean[a:b], log_scale[a:b])
-            self.ans.encode_reverse(np.ascontiguousarray(levels[a:b], dtype=np.int32), cat, probs)
+            self.ans.push(levels[a:b], cat, decoder_probs(mean[a:b], log_scale[a:b]))
 
     def pop_pixels(self, mean: torch.Tensor, log_scale: torch.Tensor) -> np.ndarray:
         mean, log_scale = mean.reshape(-1), log_scale.reshape(-1)
         n = len(mean)
         out = np.empty(n, dtype=np.int32)
-        cat = _CAT(perfect=False)
+        cat = coder.categorical()
         for a in reversed(range(0, n, _CAT_CHUNK)):
             b = a + _CAT_CHUNK
-            probs = decoder_probs(mean[a:b], log_scale[a:b])
-            try:
-                out[a:b] = self.ans.decode(cat, probs)
-            except _CONSTRICTION_ERRORS as exc:
-                raise _corrupt(exc) from None
+            out[a:b] = self.ans.pop(cat, decoder_probs(mean[a:b], log_scale[a:b]))
         return out
 
 
@@ -443,46 +412,29 @@ class BitsBackCodec(Codec):
 
     def __init__(self, model):
         super().__init__(model)
-        if constriction is None:  # pragma: no cover
-            raise DDPMCodecError("the lossless codec needs the constriction package")
-        self._denoiser = model.denoiser()
+        coder.require()
 
-    def _net(self, diffusion, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Network output (float64, CPU) at latent x [B,C,H,W] and chain step k."""
-        dev = self.model.device
-        t = diffusion.timesteps[k].repeat(x.shape[0]).to(dev)
-        out = self._denoiser(x.to(device=dev, dtype=torch.float32), t)
-        return out.to(device="cpu", dtype=torch.float64)
-
-    @staticmethod
-    def _p(diffusion, x: torch.Tensor, k: int, out: torch.Tensor):
-        """Mean, std and log-scale of p_theta(x_{k-1} | x_k) (float64 [B,C,H,W])."""
-        pm = diffusion.p_mean_variance(x, torch.full((x.shape[0],), k, dtype=torch.long), out,
-                                       clip=True)
-        log_scale = 0.5 * pm["log_variance"]
-        return pm["mean"], torch.exp(log_scale), log_scale
+    def _p(self, diffusion, x: torch.Tensor, k: int):
+        """p_theta(x_{k-1} | x_k) for one batch x [B,C,H,W] (one network call): mean, std,
+        log-scale (float64 [B,C,H,W]) and the network output (for the bound)."""
+        p = network_p(self.model, diffusion, x, k, [(0, x.shape[0])])
+        log_scale = 0.5 * p["log_variance"]
+        return p["mean"], torch.exp(log_scale), log_scale, p["out"]
 
     # -- encoding --------------------------------------------------------------------------
     def encode(self, images: np.ndarray, *, steps: int | None = None, batch_size: int = 8,
                seed: int = 0, progress: bool = False, grid_log2: int = DEFAULT_GRID_LOG2,
                support_sigmas: int = DEFAULT_SUPPORT_SIGMAS) -> Encoded:
         model = self.model
-        images = check_images(images, model)
+        images, batch_size = start_encode(images, model, batch_size)
         diffusion = model.diffusion.with_steps(steps)
-        n = len(images)
-        if batch_size < 1:
-            raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
-        batch_size = min(batch_size, n, container.MAX_BATCH)
-        threads = coding_threads()
-        header = Header("lossless", model.fingerprint, tuple(model.image_shape), n, batch_size,
-                        int(seed), model.diffusion.num_steps,
-                        tuple(int(t) for t in diffusion.timesteps), device_kind(model.device),
-                        threads, container.pixel_checksum(images)).validate()
+        header = new_header("lossless", model, len(images), batch_size, seed,
+                            diffusion.timesteps, container.pixel_checksum(images))
         LosslessParams(grid_log2, support_sigmas, 4, 0, 0.0, 0.0).validate(header)
         grids = latent_grids(diffusion, grid_log2, support_sigmas)
         W = self._initial_estimate(grids, batch_size * header.dims)
         W_cap = max_initial_words(batch_size, header.dims)
-        with Timer() as timer, deterministic(model.device, threads):
+        with Timer() as timer, deterministic(model.device, header.num_threads):
             while True:
                 W = min(W, W_cap)
                 init = initial_words(seed, W)
@@ -493,14 +445,14 @@ class BitsBackCodec(Codec):
                 if W == W_cap:
                     raise DDPMCodecError("the bits-back stack ran dry; cannot encode these images")
                 W *= 4
-        final = stack.ans.get_compressed()
+        final = stack.ans.words()
         P = _common_prefix(final, init)
         params = LosslessParams(grid_log2, support_sigmas, W, P, float(bound.sum()),
                                 float(elbo.sum()))
         header = dataclasses.replace(header, params=params.pack())
         payload = np.ascontiguousarray(final[P:], dtype="<u4").tobytes()
         data = container.pack(header, payload)
-        net_bits = stack.ans.num_valid_bits() - _ANS(init).num_valid_bits()
+        net_bits = stack.ans.num_valid_bits() - coder.valid_bits(init)
         stats = _stats(header, params, len(payload), len(data), net_bits, timer.seconds)
         stats.extra.update(escapes=stack.escapes, bound_bits_per_image=bound.tolist(),
                            elbo_bits_per_image=elbo.tolist())
@@ -540,8 +492,7 @@ class BitsBackCodec(Codec):
         s_prev = stack.pop_q(q_mean, g.q_std[0], g.delta[0], int(g.pop_half[0]))
         x_prev = s_prev.to(torch.float64) * g.delta[0]
         elbo = _sum_bits(_normal_logpdf(x_prev, q_mean, g.q_std[0]))
-        out = self._net(diffusion, x_prev, 0)
-        mean, _, log_scale = self._p(diffusion, x_prev, 0, out)
+        mean, _, log_scale, out = self._p(diffusion, x_prev, 0)
         levels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).reshape(-1)
         stack.push_pixels(levels, mean, log_scale)
         dec = vb_terms_bpd(diffusion, x0, x_prev, kvec(0), out)["vb"] * dims
@@ -553,8 +504,7 @@ class BitsBackCodec(Codec):
             stack.whiten(whiten_count(g, k, B * dims), start, k)
             s_k = stack.pop_q(q_mean, g.q_std[k], g.delta[k], int(g.pop_half[k]))
             x_k = s_k.to(torch.float64) * g.delta[k]
-            out = self._net(diffusion, x_k, k)
-            mean, std, _ = self._p(diffusion, x_k, k, out)
+            mean, std, _, out = self._p(diffusion, x_k, k)
             stack.push_p(s_prev, mean, std, g.delta[k - 1], int(g.push_half[k - 1]))
             bound += vb_terms_bpd(diffusion, x0, x_k, kvec(k), out)["vb"] * dims
             elbo += _sum_bits(_normal_logpdf(x_k, q_mean, g.q_std[k])
@@ -579,8 +529,8 @@ class BitsBackCodec(Codec):
             raise DDPMCodecError("corrupt file: the lossless payload is not a whole number of words")
         stored = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         final = np.concatenate([init[:params.prefix_words], stored])
-        if len(final) == 0 or final[-1] == 0:
-            raise DDPMCodecError("corrupt file: the lossless payload does not end like an ANS stack")
+        if len(final) == 0:  # (a zero last word is refused by coder.Stack)
+            raise DDPMCodecError("corrupt file: the lossless payload is empty")
         n, shape = header.num_images, tuple(header.image_shape)
         batches = []
         with Timer() as timer, deterministic(self.model.device, header.num_threads):
@@ -591,12 +541,12 @@ class BitsBackCodec(Codec):
                     self._check_enough_bits(stack, grids, (b - a) * header.dims)
                     batches.append(self._decode_batch(stack, diffusion, grids, b - a, a, shape,
                                                       bar))
-            rest = stack.ans.get_compressed()
+            rest = stack.ans.words()
         if not np.array_equal(rest, init):
             raise DDPMCodecError("decoding failed: the stream does not end in its initial words "
                                  "(corrupt file, or the network was evaluated differently)")
         images = verify_pixels(np.concatenate(batches[::-1]), header)
-        net_bits = _ANS(final).num_valid_bits() - _ANS(init).num_valid_bits()
+        net_bits = coder.valid_bits(final) - coder.valid_bits(init)
         stats = _stats(header, params, len(payload), len(data), net_bits, timer.seconds)
         return Decoded(images, header, stats)
 
@@ -621,8 +571,7 @@ class BitsBackCodec(Codec):
         s_k = stack.pop_p(0.0, 1.0, g.delta[K - 1], int(g.push_half[K - 1]), full)
         x_k = s_k.to(torch.float64) * g.delta[K - 1]
         for k in range(K - 1, 0, -1):
-            out = self._net(diffusion, x_k, k)
-            mean, std, _ = self._p(diffusion, x_k, k, out)
+            mean, std, _, _ = self._p(diffusion, x_k, k)
             s_prev = stack.pop_p(mean, std, g.delta[k - 1], int(g.push_half[k - 1]), full)
             x_prev = s_prev.to(torch.float64) * g.delta[k - 1]
             q_mean = math.sqrt(1.0 - float(diffusion.betas[k])) * x_prev
@@ -630,8 +579,7 @@ class BitsBackCodec(Codec):
             stack.whiten(whiten_count(g, k, B * dims), start, k)
             s_k, x_k = s_prev, x_prev
             bar.update(B)
-        out = self._net(diffusion, x_k, 0)
-        mean, _, log_scale = self._p(diffusion, x_k, 0, out)
+        mean, _, log_scale, _ = self._p(diffusion, x_k, 0)
         levels = stack.pop_pixels(mean, log_scale)
         pixels = torch.from_numpy(levels.astype(np.uint8)).reshape(full)
         x0 = to_model_space(pixels.permute(0, 2, 3, 1).numpy())

@@ -50,16 +50,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ddpmcodec.codec import coder
 from ddpmcodec.errors import DDPMCodecError
-
-try:
-    import constriction
-    _Categorical = constriction.stream.model.Categorical
-    _Uniform = constriction.stream.model.Uniform
-    RangeEncoder = constriction.stream.queue.RangeEncoder
-    RangeDecoder = constriction.stream.queue.RangeDecoder
-except ImportError:  # pragma: no cover - a dependency of the package
-    constriction = None
 
 LN2 = math.log(2.0)
 GENERATOR_ID = "philox4x64-boxmuller-v1"
@@ -279,20 +271,18 @@ def _code_bits(probs: np.ndarray, symbol: int) -> float:
 
 
 class SymbolWriter:
-    """Range-codes the integers of a stream (constriction queue) and tallies their ideal
-    code length (bits) per label, for the statistics."""
+    """Range-codes the integers of a stream (:class:`coder.QueueWriter`) and tallies their
+    ideal code length (bits) per label, for the statistics."""
 
     def __init__(self):
-        if constriction is None:  # pragma: no cover
-            raise DDPMCodecError("constriction is not installed")
-        self.coder = RangeEncoder()
+        self.coder = coder.QueueWriter()
         self.bits: dict[str, float] = {}
 
     def _tally(self, label: str, bits: float) -> None:
         self.bits[label] = self.bits.get(label, 0.0) + bits
 
     def categorical(self, symbol: int, probs: np.ndarray, label: str) -> None:
-        self.coder.encode(np.array([symbol], dtype=np.int32), _Categorical(probs, perfect=False))
+        self.coder.encode(symbol, coder.categorical(probs))
         self._tally(label, _code_bits(probs, symbol))
 
     def uniform_bits(self, value: int, nbits: int, label: str) -> None:
@@ -301,15 +291,14 @@ class SymbolWriter:
             piece = min(nbits, _UNIFORM_PIECE)
             nbits -= piece
             part = (value >> nbits) & ((1 << piece) - 1)
-            self.coder.encode(np.array([part], dtype=np.int32), _Uniform(1 << piece))
+            self.coder.encode(part, coder.uniform(1 << piece))
             self._tally(label, piece)
 
     def exp_golomb(self, value: int, label: str, max_exponent: int = MAX_SIDE_EXPONENT,
                    octave_probs: np.ndarray | None = None) -> None:
         """A non-negative integer: octave of value+1 (uniform over 0..max_exponent, or
         ``octave_probs`` of that length), then its mantissa bits."""
-        v = int(value) + 1
-        e = v.bit_length() - 1
+        v, e = int(value) + 1, octave(value)
         if e > max_exponent:
             raise DDPMCodecError(f"side integer {value} is too large to code")
         probs = octave_probs if octave_probs is not None else np.full(max_exponent + 1, 1.0 / (max_exponent + 1))
@@ -317,8 +306,7 @@ class SymbolWriter:
         self.uniform_bits(v - (1 << e), e, label)
 
     def index(self, n: int, octave_probs: np.ndarray, label: str = "index") -> None:
-        v = int(n) + 1
-        e = v.bit_length() - 1
+        v, e = int(n) + 1, octave(n)
         if e >= len(octave_probs):
             raise DDPMCodecError(f"candidate index {n} outside the index alphabet")
         self.categorical(e, octave_probs, label)
@@ -326,31 +314,26 @@ class SymbolWriter:
 
     def words(self) -> np.ndarray:
         """The sealed stream (uint32 words)."""
-        return self.coder.get_compressed()
+        return self.coder.words()
 
 
 class SymbolReader:
     """Mirror of :class:`SymbolWriter` on a uint32 word array. Garbage in gives garbage
-    integers, never a crash: callers bound every integer they use."""
+    integers (or DDPMCodecError where the range decoder finds the stream invalid), never
+    another error: callers bound every integer they use."""
 
     def __init__(self, words: np.ndarray):
-        self.coder = RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
-
-    def _decode(self, model) -> int:
-        try:
-            return int(self.coder.decode(model, 1)[0])
-        except Exception as exc:  # constriction rejects some invalid streams (AssertionError)
-            raise DDPMCodecError(f"corrupt file: the coded stream is invalid ({type(exc).__name__})") from None
+        self.coder = coder.QueueReader(words)
 
     def categorical(self, probs: np.ndarray) -> int:
-        return self._decode(_Categorical(probs, perfect=False))
+        return self.coder.decode(coder.categorical(probs))
 
     def uniform_bits(self, nbits: int) -> int:
         value = 0
         while nbits > 0:
             piece = min(nbits, _UNIFORM_PIECE)
             nbits -= piece
-            part = self._decode(_Uniform(1 << piece))
+            part = self.coder.decode(coder.uniform(1 << piece))
             value = (value << piece) | part
         return value
 
@@ -430,6 +413,51 @@ def _budget_log2(chunk_kl: float, params: ChannelParams, dims: int) -> int:
     return int(min(params.max_log2, cap, max(0, math.ceil(chunk_kl + params.margin_bits))))
 
 
+def octave(n: int) -> int:
+    """The octave e of a non-negative integer n: 2^e <= n + 1 < 2^(e+1)."""
+    return (int(n) + 1).bit_length() - 1
+
+
+@dataclass
+class _ChunkPlan:
+    """What both sides derive from the integer KL of one Gaussian before any index: the
+    chunks (dimension indices of the flattened target, by the shared permutation), the
+    mean chunk KL (bits) and context of the index model, and the chunks' keys."""
+
+    groups: list            # int64 arrays of dimension indices, one per chunk
+    mean_bits: float
+    context: int
+    model: IndexModel
+    key_seed: int
+    key_path: tuple
+
+    @classmethod
+    def make(cls, q_int: int, params: ChannelParams, dims: int, key_seed: int, key_path: tuple,
+             index_model: IndexModel | None) -> _ChunkPlan:
+        J = layout(q_int, params, dims)  # bounded by dims whatever a corrupt stream claims
+        perm = shared_permutation(derive_key(key_seed, *key_path, 0xC0FFEE), dims)
+        model = index_model if index_model is not None else IndexModel(params)
+        return cls([perm[a:b] for a, b in chunk_slices(dims, J)], q_int / J, int(J > 1),
+                   model, key_seed, key_path)
+
+    def key(self, j: int) -> np.ndarray:
+        """The Philox key of chunk j's candidates."""
+        return derive_key(self.key_seed, *self.key_path, j + 1)
+
+    def octave_probs(self) -> np.ndarray:
+        return self.model.probs(self.mean_bits, self.context)
+
+    def update(self, index: int) -> None:
+        """Both sides, after each chunk's index: the adaptive model learns its octave."""
+        self.model.update(octave(index), self.mean_bits, self.context)
+
+    def place(self, out: np.ndarray, j: int, index: int, mp: np.ndarray, vp: np.ndarray) -> None:
+        """Write candidate ``index`` of chunk j (mean_p + sqrt(var_p) * eps) into ``out``."""
+        idx = self.groups[j]
+        eps = candidate_normals(self.key(j), index, 1, len(idx))[0]
+        out[idx] = mp[idx] + np.sqrt(vp[idx]) * eps
+
+
 def encode_gaussian(writer: SymbolWriter, mean_q, var_q, mean_p, var_p, params: ChannelParams,
                     key_seed: int, key_path: tuple, private_rng: np.random.Generator,
                     stats: ChannelStats | None = None, kl_hint: float | None = None,
@@ -455,31 +483,25 @@ def encode_gaussian(writer: SymbolWriter, mean_q, var_q, mean_p, var_p, params: 
         writer.exp_golomb(q_int, "side")
     else:
         q_int = hint_to_int(kl_hint)
-    J = layout(q_int, params, dims)
-    mean_bits, context = q_int / J, int(J > 1)
-    model = index_model if index_model is not None else IndexModel(params)
-    perm = shared_permutation(derive_key(key_seed, *key_path, 0xC0FFEE), dims)
+    plan = _ChunkPlan.make(q_int, params, dims, key_seed, key_path, index_model)
     out = np.empty(dims)
     st = stats if stats is not None else ChannelStats()
     st.kl_bits += total
-    st.num_chunks += J
-    for j, (a, b) in enumerate(chunk_slices(dims, J)):
-        idx = perm[a:b]
+    st.num_chunks += len(plan.groups)
+    for j, idx in enumerate(plan.groups):
         alpha, beta, const = score_coefficients(mq[idx], vq[idx], mp[idx], vp[idx])
         d_j = float(kl[idx].sum())
-        budget = 1 << _budget_log2(d_j, params, b - a)
-        key = derive_key(key_seed, *key_path, j + 1)
-        sel = pfr_select(alpha, beta, const, key, budget, private_rng)
+        budget = 1 << _budget_log2(d_j, params, len(idx))
+        sel = pfr_select(alpha, beta, const, plan.key(j), budget, private_rng)
         before = writer.bits.get("index", 0.0)
-        writer.index(sel.index, model.probs(mean_bits, context))
-        model.update((sel.index + 1).bit_length() - 1, mean_bits, context)
+        writer.index(sel.index, plan.octave_probs())
+        plan.update(sel.index)
         st.index_bits.append(writer.bits["index"] - before)
         st.chunk_kl.append(d_j)
         st.searched += sel.searched
         st.exact_chunks += int(sel.exact)
         st.saturated_chunks += int(not sel.exact and sel.index >= budget // 2 and budget > 1)
-        eps = candidate_normals(key, sel.index, 1, b - a)[0]
-        out[idx] = mp[idx] + np.sqrt(vp[idx]) * eps
+        plan.place(out, j, sel.index, mp, vp)
     st.side_bits += writer.bits.get("side", 0.0) - start_bits.get("side", 0.0)
     return out.reshape(shape)
 
@@ -494,16 +516,10 @@ def decode_gaussian(reader: SymbolReader, mean_p, var_p, params: ChannelParams,
     vp = np.broadcast_to(np.asarray(var_p, dtype=np.float64), shape).reshape(-1)
     dims = mp.size
     q_int = reader.exp_golomb() if kl_hint is None else hint_to_int(kl_hint)
-    J = layout(q_int, params, dims)  # bounded by dims whatever a corrupt stream claims
-    mean_bits, context = q_int / J, int(J > 1)
-    model = index_model if index_model is not None else IndexModel(params)
-    perm = shared_permutation(derive_key(key_seed, *key_path, 0xC0FFEE), dims)
+    plan = _ChunkPlan.make(q_int, params, dims, key_seed, key_path, index_model)
     out = np.empty(dims)
-    for j, (a, b) in enumerate(chunk_slices(dims, J)):
-        idx = perm[a:b]
-        n = reader.index(model.probs(mean_bits, context))
-        model.update((n + 1).bit_length() - 1, mean_bits, context)
-        key = derive_key(key_seed, *key_path, j + 1)
-        eps = candidate_normals(key, n, 1, b - a)[0]
-        out[idx] = mp[idx] + np.sqrt(vp[idx]) * eps
+    for j in range(len(plan.groups)):
+        n = reader.index(plan.octave_probs())
+        plan.update(n)
+        plan.place(out, j, n, mp, vp)
     return out.reshape(shape)
