@@ -246,6 +246,59 @@ def chain_for(header: Header, model):
     return model.diffusion.respace(header.timesteps)
 
 
+def network_p(model, diffusion, x, k: int, batches, *, math_on_model_device: bool = False) -> dict:
+    """p_theta(x_{k-1} | x_k) of chain step k of ``diffusion`` for latents x (float64
+    [N, C, H, W]), the network called once per (start, stop) range of ``batches`` (the
+    file's batch layout: results depend on it). The network runs in float32 on the model's
+    device; p is formed in float64 (``Diffusion.p_mean_variance``, clipped x0-prediction).
+
+    Returns dict(mean, log_variance, pred_x0, out) of float64 CPU tensors, ``out`` being
+    the network output itself (eps, plus the variance channels of a learned variance).
+
+    ``math_on_model_device``: form p on the model's device instead of the CPU. The
+    progressive codec (and its theory curve) always did so and the lossless codec never
+    did; on a GPU the float64 results may differ in the last bit, so each keeps its own
+    choice, or files made before would not decode. On a CPU model both are the same.
+    """
+    import torch
+    den = model.denoiser()
+    math_dev = model.device if math_on_model_device else torch.device("cpu")
+    parts = []
+    for a, b in batches:
+        xb = x[a:b]
+        kk = torch.full((b - a,), k, dtype=torch.long)
+        net = den(xb.to(device=model.device, dtype=torch.float32),
+                  diffusion.timesteps[kk].to(model.device))
+        o = diffusion.p_mean_variance(xb.to(math_dev), kk.to(math_dev), net.to(math_dev))
+        o["out"] = net
+        parts.append({n: o[n].to("cpu", torch.float64) for n in _P_KEYS})
+    return {n: torch.cat([p[n] for p in parts]) for n in _P_KEYS}
+
+
+_P_KEYS = ("mean", "log_variance", "pred_x0", "out")
+
+
+def start_encode(images: np.ndarray, model, batch_size: int) -> tuple[np.ndarray, int]:
+    """What every encoder does first: check the images (:func:`check_images`) and the batch
+    size, which is clamped to the number of images and the format's maximum.
+    Returns (images, batch size)."""
+    images = check_images(images, model)
+    if batch_size < 1:
+        raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
+    return images, min(batch_size, len(images), container.MAX_BATCH)
+
+
+def new_header(mode: str, model, num_images: int, batch_size: int, seed: int, timesteps,
+               pixel_checksum: bytes, params: bytes = b"") -> Header:
+    """The validated header of a file this machine encodes now with ``model``: its
+    fingerprint, image shape and full chain length, this device kind and the CPU threads
+    (:func:`coding_threads`) under which the encoder must run (``header.num_threads``)."""
+    return Header(mode, model.fingerprint, tuple(model.image_shape), num_images, batch_size,
+                  int(seed), model.diffusion.num_steps, tuple(int(t) for t in timesteps),
+                  device_kind(model.device), coding_threads(), pixel_checksum,
+                  params).validate()
+
+
 def check_images(images: np.ndarray, model) -> np.ndarray:
     """uint8 NHWC images that fit the model, contiguous."""
     from ddpmcodec.io.data import check_fits

@@ -81,7 +81,9 @@ FINGERPRINT_BYTES = 8
 _CHAIN_FULL, _CHAIN_EVEN, _CHAIN_EXPLICIT = 0, 1, 2
 
 
-def _crc(data: bytes) -> int:
+def crc32(data) -> int:
+    """CRC-32 of bytes (or a buffer) as an unsigned 32-bit int: the one checksum of the
+    format's framing (header, payload, progressive packets, generator check)."""
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
@@ -355,8 +357,8 @@ def pack(header: Header, payload: bytes) -> bytes:
         raise DDPMCodecError(f"header of {len(body)} bytes exceeds {MAX_HEADER_BYTES}")
     head = struct.pack("<HI", header.version, len(body)) + body
     payload = bytes(payload)
-    return b"".join([MAGIC, head, struct.pack("<I", _crc(head)),
-                     struct.pack("<QI", len(payload), _crc(payload)), payload])
+    return b"".join([MAGIC, head, struct.pack("<I", crc32(head)),
+                     struct.pack("<QI", len(payload), crc32(payload)), payload])
 
 
 def header_size(header: Header) -> int:
@@ -381,7 +383,7 @@ def _read_head(data: bytes) -> tuple[Header, int, int, BlobReader]:
         raise DDPMCodecError(f"file: header claims {body_len} bytes (at most {MAX_HEADER_BYTES})")
     body = r.raw(body_len, "header")
     head_crc = r.u32("header checksum")
-    if _crc(data[start:start + 6 + body_len]) != head_crc:
+    if crc32(data[start:start + 6 + body_len]) != head_crc:
         raise DDPMCodecError("corrupt file: the header checksum does not match")
     header = _read_body(body, version)
     payload_len = r.u64("payload length")
@@ -398,7 +400,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
         raise DDPMCodecError(f"file is truncated or padded: the header announces a payload of "
                              f"{payload_len} bytes, {r.remaining} follow")
     payload = r.raw(payload_len, "payload")
-    if _crc(payload) != payload_crc:
+    if crc32(payload) != payload_crc:
         raise DDPMCodecError("corrupt file: the payload checksum does not match")
     return header, payload
 
@@ -421,7 +423,7 @@ def unpack_prefix(data: bytes) -> tuple[Header, bytes, bool]:
                              f"{payload_len} bytes, {r.remaining} follow")
     complete = r.remaining == payload_len
     payload = r.raw(r.remaining, "payload")
-    if complete and _crc(payload) != payload_crc:
+    if complete and crc32(payload) != payload_crc:
         raise DDPMCodecError("corrupt file: the payload checksum does not match")
     return header, payload, complete
 

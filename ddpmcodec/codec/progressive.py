@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,13 +55,13 @@ from ddpmcodec.codec.base import (
     Encoded,
     Timer,
     check_compatible,
-    check_images,
-    coding_threads,
     deterministic,
-    device_kind,
+    network_p,
+    new_header,
+    start_encode,
     verify_pixels,
 )
-from ddpmcodec.codec.container import BlobReader, BlobWriter, Header
+from ddpmcodec.codec.container import BlobReader, BlobWriter
 from ddpmcodec.core.metrics import mse_per_image, psnr
 from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.data import from_model_space, to_model_space
@@ -107,7 +106,7 @@ def generator_check() -> int:
     """CRC-32 of a fixed set of candidates: a decoder whose generator differs (numpy
     version, math library) fails this before any work, with a clear error."""
     eps = ch.candidate_normals(ch.derive_key(12345, 6, 7), 3, 2, 7)
-    return zlib.crc32(np.ascontiguousarray(eps, dtype="<f8").tobytes()) & 0xFFFFFFFF
+    return container.crc32(np.ascontiguousarray(eps, dtype="<f8").tobytes())
 
 
 @dataclass(frozen=True)
@@ -185,44 +184,41 @@ def _read_leb128(buf: bytes, pos: int) -> tuple[int, int] | None:
 def latent_crc(x: torch.Tensor) -> int:
     """CRC-32 of float64 latents [N, C, H, W] (little-endian bytes)."""
     arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype="<f8")
-    return zlib.crc32(arr.tobytes()) & 0xFFFFFFFF
+    return container.crc32(arr.tobytes())
+
+
+def _packet_spans(payload: bytes) -> tuple[list[tuple[int, int]], str | None]:
+    """(offset of the CRC, offset just after the packet) of each whole packet from the
+    start, and why the walk stopped short of the end (None when every byte is in a whole
+    packet). DDPMCodecError for a malformed length."""
+    spans, pos = [], 0
+    while pos < len(payload):
+        got = _read_leb128(payload, pos)
+        if got is None:
+            return spans, "the payload ends inside a packet length"
+        nwords, p = got
+        end = p + 4 + 4 * nwords
+        if end > len(payload):
+            return spans, "a packet runs past the end of the payload"
+        spans.append((p, end))
+        pos = end
+    return spans, None
 
 
 def split_packets(payload: bytes, complete: bool = True) -> list[tuple[int, np.ndarray]]:
     """The whole packets of a payload: [(latent CRC, uint32 words)]. In a complete payload
     every byte must belong to a packet; a prefix ends at its last whole packet."""
-    packets, pos = [], 0
-    while pos < len(payload):
-        got = _read_leb128(payload, pos)
-        if got is None:
-            if complete:
-                raise DDPMCodecError("corrupt file: the payload ends inside a packet length")
-            break
-        nwords, p = got
-        if p + 4 + 4 * nwords > len(payload):
-            if complete:
-                raise DDPMCodecError("corrupt file: a packet runs past the end of the payload")
-            break
-        crc = struct.unpack("<I", payload[p:p + 4])[0]
-        words = np.frombuffer(payload[p + 4:p + 4 + 4 * nwords], dtype="<u4").astype(np.uint32)
-        packets.append((crc, words))
-        pos = p + 4 + 4 * nwords
-    return packets
+    spans, short = _packet_spans(payload)
+    if complete and short:
+        raise DDPMCodecError(f"corrupt file: {short}")
+    return [(struct.unpack("<I", payload[p:p + 4])[0],
+             np.frombuffer(payload[p + 4:end], dtype="<u4").astype(np.uint32))
+            for p, end in spans]
 
 
 def packet_ends(payload: bytes) -> list[int]:
-    """Payload byte offset just after each packet (for truncation points)."""
-    ends, pos = [], 0
-    while pos < len(payload):
-        got = _read_leb128(payload, pos)
-        if got is None:
-            break
-        nwords, p = got
-        pos = p + 4 + 4 * nwords
-        if pos > len(payload):
-            break
-        ends.append(pos)
-    return ends
+    """Payload byte offset just after each whole packet (for truncation points)."""
+    return [end for _, end in _packet_spans(payload)[0]]
 
 
 # -- per-step math ---------------------------------------------------------------------------
@@ -230,18 +226,15 @@ def _kvec(k: int, n: int) -> torch.Tensor:
     return torch.full((n,), k, dtype=torch.long)
 
 
-def network_p(model, diffusion, x: torch.Tensor, k: int, batches) -> dict:
-    """p_theta(x_{k-1} | x_k) for all images, the network called batch by batch in the
-    file's layout: dict(mean, log_variance, pred_x0) of float64 [N, C, H, W] on the CPU."""
-    den = model.denoiser()
-    outs = []
-    for a, b in batches:
-        xb = x[a:b].to(model.device)
-        kk = _kvec(k, b - a)
-        net = den(xb.to(torch.float32), diffusion.timesteps[kk].to(model.device))
-        o = diffusion.p_mean_variance(xb, kk.to(model.device), net)
-        outs.append({n: o[n].to("cpu", torch.float64) for n in ("mean", "log_variance", "pred_x0")})
-    return {n: torch.cat([o[n] for o in outs]) for n in ("mean", "log_variance", "pred_x0")}
+def _network_p(model, diffusion, x: torch.Tensor, k: int, batches) -> dict:
+    """:func:`base.network_p` as this codec has always formed it (on the model's device)."""
+    return network_p(model, diffusion, x, k, batches, math_on_model_device=True)
+
+
+# -- the fitted proposal variance ------------------------------------------------------------
+def level_variance(var_q: float, level: int) -> float:
+    """The proposal variance of a fitted level: var_q * e^(level / 256)."""
+    return var_q * math.exp(level / LEVELS_PER_NAT)
 
 
 def fitted_level(mean_q: np.ndarray, var_q: float, mean_p: np.ndarray) -> int:
@@ -251,7 +244,7 @@ def fitted_level(mean_q: np.ndarray, var_q: float, mean_p: np.ndarray) -> int:
     x = LEVELS_PER_NAT * math.log1p(v / var_q)
     best, best_kl = 0, math.inf
     for lvl in {max(0, math.floor(x)), max(0, math.ceil(x))}:
-        kl = float(ch.kl_bits(mean_q, var_q, mean_p, var_q * math.exp(lvl / LEVELS_PER_NAT)).sum())
+        kl = float(ch.kl_bits(mean_q, var_q, mean_p, level_variance(var_q, lvl)).sum())
         if kl < best_kl:
             best, best_kl = lvl, kl
     if best > MAX_LEVEL:
@@ -299,7 +292,7 @@ def _plan(model, diffusion, s: int, x: torch.Tensor | None, batches, n: int, dim
         hint = -0.5 * dims * math.log1p(-abar) / ch.LN2
         return _StepPlan(k, np.zeros((n, dims)), np.ones((n, dims)), 1.0 - abar, None, hint)
     k = K - s  # chain step of the latent we condition on; we produce k - 1
-    p = network_p(model, diffusion, x, k, batches)
+    p = _network_p(model, diffusion, x, k, batches)
     var_q = float(torch.exp(diffusion.posterior_log_variance_clipped[k]))
     return _StepPlan(k - 1, p["mean"].reshape(n, dims).numpy(),
                      torch.exp(p["log_variance"]).reshape(n, dims).numpy(), var_q, p["pred_x0"])
@@ -340,7 +333,7 @@ class ProgressiveCodec(Codec):
         """
         from ddpmcodec.progress import progress_bar
         model = self.model
-        images = check_images(images, model)
+        images, batch_size = start_encode(images, model, batch_size)
         n = len(images)
         if n * images[0].size > MAX_LATENT_VALUES:
             raise DDPMCodecError(f"{n} images are too many for one progressive file (at most "
@@ -349,15 +342,11 @@ class ProgressiveCodec(Codec):
         K = DEFAULT_STEPS if steps is None else int(steps)
         timesteps = coded_schedule(T, min(K, T))
         diffusion = model.diffusion.respace(timesteps)
-        if batch_size < 1:
-            raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
-        batch_size = min(batch_size, n, container.MAX_BATCH)
         params = ProgressiveParams(ch.ChannelParams(float(chunk_bits), float(margin_bits), int(max_log2)),
                                    variance, ch.GENERATOR_ID, generator_check()).validate()
-        threads = coding_threads()
-        header = Header("progressive", model.fingerprint, tuple(model.image_shape), n, batch_size,
-                        int(seed), T, timesteps, device_kind(model.device), threads,
-                        bytes(container.CHECKSUM_BYTES), params.pack()).validate()
+        # the pixel checksum is that of the reconstruction, known at the end
+        header = new_header("progressive", model, n, batch_size, seed, timesteps,
+                            bytes(container.CHECKSUM_BYTES), params.pack())
         batches = header.batches()
         dims = header.dims
         x0 = to_model_space(images)
@@ -367,7 +356,7 @@ class ProgressiveCodec(Codec):
         x = None
         index_model = ch.IndexModel(params.channel)
         last_level: list = [None] * n
-        with Timer() as timer, deterministic(model.device, threads), \
+        with Timer() as timer, deterministic(model.device, header.num_threads), \
                 progress_bar(n * K, "encode", "img-step", enabled=progress) as bar:
             for s in range(K):
                 with Timer() as st_timer:
@@ -386,7 +375,7 @@ class ProgressiveCodec(Codec):
                             writer.exp_golomb(level, "side", MAX_LEVEL_EXPONENT,
                                               level_octave_probs(last_level[i]))
                             last_level[i] = level
-                            var_p = np.full(dims, var_q * math.exp(level / LEVELS_PER_NAT))
+                            var_p = np.full(dims, level_variance(var_q, level))
                             hint = level_kl_hint(level, dims)
                         x_new[i] = ch.encode_gaussian(
                             writer, mean_q[i], var_q, plan.mean_p[i], var_p, params.channel,
@@ -418,7 +407,7 @@ class ProgressiveCodec(Codec):
                     "framing_bytes": len(packet) - 4 * len(words),
                     "side_bits": side_total, "seconds": st_timer.seconds,
                     "images": per})
-            final = network_p(model, diffusion, x, 0, batches)["pred_x0"]
+            final = _network_p(model, diffusion, x, 0, batches)["pred_x0"]
         recon = from_model_space(final)
         step_rows[-1]["rmse"] = _rmse_per_image(final, orig)
         header = dataclasses.replace(header, pixel_checksum=container.pixel_checksum(recon))
@@ -487,7 +476,7 @@ class ProgressiveCodec(Codec):
                     if level > MAX_LEVEL:
                         raise DDPMCodecError(f"corrupt file: a variance level of {level} at coded step {s + 1}")
                     last_level[i] = level
-                    var_p = np.full(dims, plan.var_q * math.exp(level / LEVELS_PER_NAT))
+                    var_p = np.full(dims, level_variance(plan.var_q, level))
                     hint = level_kl_hint(level, dims)
                 x_new[i] = ch.decode_gaussian(reader, plan.mean_p[i], var_p, params.channel,
                                               header.seed, (i, s), hint, index_model)
@@ -574,7 +563,7 @@ def reconstruct(model, diffusion, x: torch.Tensor, k: int, batches, recon: str =
     evenly spaced original indices from timesteps[k] down to 0, ancestral (sample) or DDIM
     with eta = 0 (flow)."""
     if recon == "mean" or int(diffusion.timesteps[k]) == 0:
-        return network_p(model, diffusion, x, k, batches)["pred_x0"].clamp(-1.0, 1.0)
+        return _network_p(model, diffusion, x, k, batches)["pred_x0"].clamp(-1.0, 1.0)
     from ddpmcodec.core.sampling import reverse_process
     if recon_steps < 1:
         raise DDPMCodecError(f"--recon-steps must be positive, got {recon_steps}")

@@ -87,7 +87,8 @@ def theory_curve(model, images: np.ndarray, timesteps, seed: int = 0, batch_size
     with the model's variance (bits per image), and the RMSE/PSNR of the uint8 mean
     reconstruction from the latent reached."""
     from ddpmcodec.codec import channel as ch
-    from ddpmcodec.codec.progressive import LEVELS_PER_NAT, fitted_level, network_p
+    from ddpmcodec.codec.base import network_p
+    from ddpmcodec.codec.progressive import fitted_level, level_variance
     from ddpmcodec.core.rng import counter_normal
     diffusion = model.diffusion.respace(tuple(timesteps))
     K = diffusion.num_steps
@@ -103,7 +104,8 @@ def theory_curve(model, images: np.ndarray, timesteps, seed: int = 0, batch_size
     kl, model_kl = prior.copy(), prior.copy()
     rows = []
     for s in range(K):
-        p = network_p(model, diffusion, x, k, batches)
+        # on the model's device, as the progressive codec forms p
+        p = network_p(model, diffusion, x, k, batches, math_on_model_device=True)
         rmse, psnr = rmse_psnr(from_model_space(p["pred_x0"]), images)
         rows.append({"step": s + 1, "t": int(diffusion.timesteps[k]) + 1,
                      "kl_bits_per_image": float(kl.mean()),
@@ -120,7 +122,7 @@ def theory_curve(model, images: np.ndarray, timesteps, seed: int = 0, batch_size
         vp = torch.exp(p["log_variance"]).reshape(n, -1).numpy()
         for i in range(n):
             lvl = fitted_level(mq[i], var_q, mp[i])
-            kl[i] += ch.kl_bits(mq[i], var_q, mp[i], var_q * math.exp(lvl / LEVELS_PER_NAT)).sum()
+            kl[i] += ch.kl_bits(mq[i], var_q, mp[i], level_variance(var_q, lvl)).sum()
             model_kl[i] += ch.kl_bits(mq[i], var_q, mp[i], vp[i]).sum()
         noise = counter_normal(seed, ids, int(diffusion.timesteps[k - 1]), x0.shape[1:])
         x = mean_q + math.sqrt(var_q) * noise
