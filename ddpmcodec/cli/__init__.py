@@ -16,7 +16,7 @@ try:  # typer >= 0.20 vendors click; the exceptions live there
 except ImportError:  # pragma: no cover - older typer on real click
     from click import exceptions as click_exc
 
-from ddpmcodec.cli import bench, decode, encode, nll, rd_curve, report, train
+from ddpmcodec.cli import bench, calibrate, decode, encode, nll, rd_curve, report, train
 from ddpmcodec.cli.common import _invoked
 from ddpmcodec.errors import DDPMCodecError
 
@@ -34,6 +34,7 @@ app.command("decode")(decode.decode)
 app.command("train")(train.train)
 app.command("report")(report.report)
 app.command("bench")(bench.bench)
+app.command("calibrate")(calibrate.calibrate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import torch
 
 from ddpmcodec.errors import DDPMCodecError
 
-VARIANCE_TYPES = ("fixedlarge", "fixedsmall", "learned")
+VARIANCE_TYPES = ("fixedlarge", "fixedsmall", "learned", "explicit")
 SCHEDULES = ("linear", "cosine")
 
 
@@ -63,13 +63,16 @@ class Diffusion:
     """A (possibly respaced) Gaussian diffusion with a fixed reverse-variance rule.
 
     Attributes are float64 tensors of shape [K] indexed by chain step k; ``timesteps[k]``
-    is the original index passed to the network.
+    is the original index passed to the network. ``variance_type="explicit"`` takes the
+    reverse variance sigma^2 of every chain step from ``reverse_variance`` [K] (step 0: the
+    decoder's), e.g. the analytic variances of :mod:`ddpmcodec.core.chains`.
     """
 
     betas: torch.Tensor
     variance_type: str = "fixedlarge"
     timesteps: torch.Tensor = None  # long [K]
     schedule: dict = field(default_factory=dict)  # how the original schedule was made
+    reverse_variance: torch.Tensor = None  # float64 [K], only with variance_type "explicit"
 
     def __post_init__(self):
         if self.variance_type not in VARIANCE_TYPES:
@@ -82,6 +85,12 @@ class Diffusion:
             self.timesteps = torch.arange(len(b))
         self.timesteps = torch.as_tensor(self.timesteps, dtype=torch.long)
         self.num_steps = len(b)
+        if (self.variance_type == "explicit") != (self.reverse_variance is not None):
+            raise DDPMCodecError("reverse_variance goes with variance_type 'explicit', and only with it")
+        if self.reverse_variance is not None:
+            v = self.reverse_variance = torch.as_tensor(self.reverse_variance, dtype=torch.float64)
+            if v.shape != (len(b),) or not bool((torch.isfinite(v) & (v > 0)).all()):
+                raise DDPMCodecError(f"reverse_variance must hold {len(b)} positive finite values")
         a = 1.0 - b
         self.alphas_cumprod = torch.cumprod(a, 0)
         self.alphas_cumprod_prev = torch.cat([b.new_ones(1), self.alphas_cumprod[:-1]])
@@ -123,9 +132,16 @@ class Diffusion:
                 or ts[0] < 0 or ts[-1] >= self.num_steps:
             raise DDPMCodecError(
                 f"respaced timesteps must be strictly increasing indices in 0..{self.num_steps - 1}")
+        if self.variance_type == "explicit":
+            raise DDPMCodecError("respace a chain with a variance rule, not explicit variances")
         abar = self.alphas_cumprod[ts]
         prev = torch.cat([abar.new_ones(1), abar[:-1]])
         return Diffusion(1.0 - abar / prev, self.variance_type, ts, dict(self.schedule))
+
+    def with_variance(self, variance_type: str, reverse_variance=None) -> "Diffusion":
+        """The same chain with another reverse-variance rule (or explicit variances [K])."""
+        return Diffusion(self.betas, variance_type, self.timesteps, dict(self.schedule),
+                         reverse_variance)
 
     def with_steps(self, steps: int | None) -> "Diffusion":
         """Respaced to ``steps`` evenly spaced steps (``None`` or T: the full chain)."""
@@ -139,8 +155,11 @@ class Diffusion:
 
     def spec(self) -> dict:
         """JSON-able description: schedule, variance type and kept timesteps."""
-        return {"schedule": dict(self.schedule), "variance_type": self.variance_type,
+        spec = {"schedule": dict(self.schedule), "variance_type": self.variance_type,
                 "num_steps": self.num_steps, "timesteps": self.timesteps.tolist()}
+        if self.reverse_variance is not None:
+            spec["reverse_variance"] = self.reverse_variance.tolist()
+        return spec
 
     # -- forward process ----------------------------------------------------------------
     def _at(self, arr: torch.Tensor, k: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -190,6 +209,8 @@ class Diffusion:
             return self._at(logvar, k, x_t).expand_as(x_t)
         if self.variance_type == "fixedsmall":
             return self._at(self.posterior_log_variance_clipped, k, x_t).expand_as(x_t)
+        if self.variance_type == "explicit":
+            return self._at(torch.log(self.reverse_variance), k, x_t).expand_as(x_t)
         if var_out is None:
             raise DDPMCodecError("learned variance needs the model's variance channels")
         frac = (var_out.to(torch.float64) + 1.0) / 2.0

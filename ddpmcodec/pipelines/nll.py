@@ -52,15 +52,18 @@ DEFAULT_NFE = 50
 
 def nll_config(model: LoadedModel, images: ImageSet, steps: int | None, seed: int,
                engine: str = "plain", estimator: str = "full", precision: str = "fp32",
-               fp32_timesteps: int = 0, plan=None, proposal=None) -> dict:
+               fp32_timesteps: int = 0, plan=None, proposal=None, chain=None,
+               chain_choice: dict | None = None) -> dict:
     """Everything the numbers depend on (a resumed run must match it exactly)."""
-    diffusion = model.diffusion.with_steps(steps)
+    diffusion = model.diffusion.with_steps(steps) if chain is None else chain
     cfg = {"model": {"fingerprint": model.fingerprint, "source": model.source},
            "data": images.spec, "chain": diffusion.spec(), "seed": int(seed),
            "estimator": estimator, "decoder_cdf": "exact",
            "model_dtype": MODEL_DTYPE_NAMES[precision], "engine": engine}
     if precision in ("tf32", "bf16") and fp32_timesteps > 0:
         cfg["fp32_timesteps"] = int(fp32_timesteps)
+    if chain_choice:
+        cfg["chain_choice"] = dict(chain_choice)
     if estimator == "importance":
         cfg["nfe"] = int(plan.nfe)
         cfg["sampling"] = plan.scheme
@@ -171,8 +174,14 @@ def run_nll(model: LoadedModel, images: ImageSet, out: str | Path, steps: int | 
             batch_size: int | None = None, seed: int = 0, overwrite: bool = False,
             progress: bool = True, *, engine: str = "plain", estimator: str = "full",
             nfe: int | None = None, proposal=None, precision: str = "fp32",
-            fp32_timesteps: int = 0, compile: bool = False, cuda_graphs: bool = False) -> dict:
+            fp32_timesteps: int = 0, compile: bool = False, cuda_graphs: bool = False,
+            chain=None, chain_choice: dict | None = None) -> dict:
     """Compute (or resume, or just read) the bound of ``images`` under ``model``.
+
+    The chain is ``model.diffusion`` respaced evenly to ``steps``, or ``chain`` (a
+    :class:`~ddpmcodec.core.diffusion.Diffusion` on the model's schedule, e.g. from
+    :func:`ddpmcodec.core.chains.build_chain`); ``chain_choice`` (JSON-able: trajectory,
+    variance, calibration) is recorded beside it.
 
     ``batch_size``: images per network call for the plain engine (default 64), (image,
     step) pairs per call for the fast one (default 512 on CUDA, 16 on the CPU).
@@ -199,7 +208,9 @@ def run_nll(model: LoadedModel, images: ImageSet, out: str | Path, steps: int | 
         raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
     if nfe is not None and estimator != "importance":
         raise DDPMCodecError("--nfe applies to --estimator importance only")
-    diffusion = model.diffusion.with_steps(steps)
+    if chain is not None and steps is not None and steps != chain.num_steps:
+        raise DDPMCodecError(f"--steps {steps} disagrees with the {chain.num_steps}-step chain given")
+    diffusion = model.diffusion.with_steps(steps) if chain is None else chain
     plan = prop = None
     if estimator == "importance":
         if proposal is None:
@@ -210,7 +221,7 @@ def run_nll(model: LoadedModel, images: ImageSet, out: str | Path, steps: int | 
             prop = est.Proposal.load(proposal).for_chain(diffusion)
         plan = est.Plan.make(prop, DEFAULT_NFE if nfe is None else nfe)
     config = nll_config(model, images, steps, seed, engine, estimator, precision,
-                        fp32_timesteps, plan, prop)
+                        fp32_timesteps, plan, prop, diffusion, chain_choice)
 
     ranks = Ranks()
     try:

@@ -1,0 +1,73 @@
+"""`ddpmcodec calibrate` and calibration files: written, found, refused when foreign or
+damaged, and turned into chains."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ddpmcodec.cli import main
+from ddpmcodec.core import chains
+from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.io.calibration import find_calibration, load_calibration
+
+
+@pytest.fixture(scope="module")
+def tiny_calibration(tiny_ckpt, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cal")
+    rng = np.random.default_rng(0)
+    np.savez(tmp / "train.npz", images=rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    out = tmp / "cal.json"
+    code = main(["calibrate", "--ckpt", str(tiny_ckpt), "--data", str(tmp / "train.npz"),
+                 "--points", "12", "-o", str(out), "--work", str(tmp / "work"),
+                 "--device", "cpu", "-q", "--json"])
+    assert code == 0
+    return out
+
+
+def test_calibration_file_round_trips(tiny_calibration, tiny_model):
+    cal = load_calibration(tiny_calibration, tiny_model.fingerprint)
+    assert cal.num_timesteps == 1000 and len(cal.indices) == 12
+    assert cal.indices[0] == 0 and cal.indices[-1] == 999
+    m = cal.m()
+    assert m.shape == (1000,) and np.all(m > 0)
+    assert np.allclose(m[cal.indices], cal.xstart_mse)  # interpolation keeps the measurements
+    assert cal.decoder_variance() in cal.decoder_variance_grid
+    # the decoder curve is a real curve with an interior optimum or an edge; its best is its min
+    assert cal.decoder_bpd[np.argmin(cal.decoder_bpd)] == cal.decoder_bpd.min()
+    assert find_calibration(tiny_model, tiny_calibration).fingerprint == tiny_model.fingerprint
+
+
+def test_analytic_dp_chain_from_a_calibration(tiny_calibration, tiny_model):
+    cal = load_calibration(tiny_calibration)
+    full = tiny_model.diffusion
+    ts = chains.chain_timesteps(full, 6, "dp", "analytic", cal.m())
+    chain = chains.build_chain(full, ts, "analytic", cal.m(), cal.decoder_variance())
+    assert chain.variance_type == "explicit" and chain.num_steps == 6
+    assert float(chain.reverse_variance[0]) == cal.decoder_variance()
+    spec = chain.spec()
+    assert spec["timesteps"] == ts and len(spec["reverse_variance"]) == 6
+
+
+def test_foreign_and_damaged_calibrations_are_refused(tiny_calibration, tmp_path, tiny_model):
+    with pytest.raises(DDPMCodecError, match="not 0123"):
+        load_calibration(tiny_calibration, "0123")
+    doc = json.loads(tiny_calibration.read_text())
+    doc["xstart_mse"] = doc["xstart_mse"][:-1]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(DDPMCodecError, match="xstart_mse"):
+        load_calibration(bad)
+    bad.write_text("{not json")
+    with pytest.raises(DDPMCodecError, match="unreadable"):
+        load_calibration(bad)
+    bad.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(DDPMCodecError, match="not a ddpmcodec calibration"):
+        load_calibration(bad)
+
+
+def test_missing_calibration_says_how_to_make_one(tiny_model, monkeypatch, tmp_path):
+    monkeypatch.setenv("DDPMCODEC_CACHE", str(tmp_path))
+    with pytest.raises(DDPMCodecError, match="ddpmcodec calibrate"):
+        find_calibration(tiny_model)
