@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 
 from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.atomic import atomic_path, save_npz_atomic
+from ddpmcodec.io.results import NPZ_DAMAGE_ERRORS
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp", ".jpg", ".jpeg")
 CIFAR10_ARCHIVE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -55,9 +57,7 @@ def _load_npz(path: Path) -> np.ndarray:
             if "images" not in f.files:
                 raise DDPMCodecError(f"{path}: no 'images' array (has {', '.join(f.files) or 'nothing'})")
             arr = f["images"]
-    except DDPMCodecError:
-        raise
-    except Exception as exc:
+    except NPZ_DAMAGE_ERRORS as exc:  # a user's file: any OSError reading it is theirs too
         raise DDPMCodecError(f"cannot read {path} as .npz: {exc}") from None
     return _check_uint8_nhwc(arr, str(path))
 
@@ -72,7 +72,7 @@ def _load_image(path: Path) -> np.ndarray:
             arr = np.asarray(im)
     except DDPMCodecError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise DDPMCodecError(f"cannot read image {path}: {exc}") from None
     return arr[..., None] if arr.ndim == 2 else arr
 
@@ -97,13 +97,15 @@ def _load_cifar10(split: str, root: Path | None) -> np.ndarray:
     try:
         return CIFAR10(str(root), train=train, download=False).data
     except RuntimeError:
-        pass  # not there yet: download it
+        pass  # torchvision's "Dataset not found or corrupted": (re)download it
     try:
         root.mkdir(parents=True, exist_ok=True)
         return CIFAR10(str(root), train=train, download=True).data
-    except Exception as exc:
+    except (OSError, RuntimeError, tarfile.TarError) as exc:
+        # offline: urllib's URLError (an OSError); an HTTP status: HTTPError; a download
+        # that fails its checksum: torchvision's RuntimeError; a damaged archive: TarError
         raise DDPMCodecError(
-            f"CIFAR-10 is not in {root} and could not be downloaded ({type(exc).__name__}). "
+            f"CIFAR-10 is not in {root} and could not be downloaded ({type(exc).__name__}: {exc}). "
             f"Download {CIFAR10_ARCHIVE} and extract it there (so that "
             f"{root / 'cifar-10-batches-py'} exists), or set DDPMCODEC_DATA, "
             f"or pass --data FILE.npz") from None

@@ -12,10 +12,13 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from ddpmcodec.core.diffusion import Diffusion
 from ddpmcodec.errors import DDPMCodecError
@@ -140,23 +143,51 @@ def _resolve(ckpt: str | os.PathLike | None) -> Path:
     if ckpt is None:
         return DEFAULT_CHECKPOINT
     path = Path(ckpt).expanduser()
-    if path.exists():
-        return path
+    if path.exists():  # links resolved once: a training run switches OUT/model's target
+        return path.resolve()
     text = str(ckpt)
     if _HUB_ID.match(text):
         return _download(text)
     raise DDPMCodecError(f"checkpoint not found: {text}")
 
 
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """What snapshot_download raises when a repo cannot be fetched, by name.
+
+    Established with huggingface_hub 2.4 on a machine without internet: offline (and with
+    HF_HUB_OFFLINE=1) it raises ``LocalEntryNotFoundError`` (no cached snapshot), caused
+    by the transport's ConnectError or by OfflineModeIsEnabled. Online the hub answers
+    with ``RepositoryNotFoundError`` / ``GatedRepoError`` / ``RevisionNotFoundError`` /
+    ``DisabledRepoError`` (all ``HfHubHTTPError``); a transfer that breaks raises the
+    HTTP client's ``HTTPError`` (httpx's, re-exported as huggingface_hub.errors.HTTPError;
+    requests' in older versions), or ConnectionError / TimeoutError; a failed Xet
+    transfer ``XetDownloadError``; a malformed id ``HFValidationError``.
+    """
+    from huggingface_hub import errors
+    names = ("LocalEntryNotFoundError", "EntryNotFoundError", "RepositoryNotFoundError",
+             "GatedRepoError", "RevisionNotFoundError", "HfHubHTTPError", "OfflineModeIsEnabled",
+             "XetDownloadError", "HFValidationError", "HTTPError")
+    found = [getattr(errors, n) for n in names if isinstance(getattr(errors, n, None), type)]
+    try:  # huggingface_hub < 1.0 talks through requests
+        from requests.exceptions import RequestException
+        found.append(RequestException)
+    except ImportError:
+        pass
+    return (*found, ConnectionError, TimeoutError)
+
+
 def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
     try:
-        from huggingface_hub import snapshot_download
         return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
-    except Exception as exc:  # offline, unknown repo, gated: all end the same way for a user
+    except _hub_errors() as exc:  # offline, unknown repo, gated: the same advice for a user
         raise DDPMCodecError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}). "
             f"On a machine with internet run `huggingface-cli download {repo_id} --local-dir DIR` "
             f"and pass --ckpt DIR") from None
+    except OSError as exc:  # the local hub cache: no space, no permission
+        raise DDPMCodecError(f"could not store {repo_id!r} in the Hugging Face cache "
+                             f"(HF_HOME): {exc}") from None
 
 
 def _unet_folder(path: Path) -> Path:
@@ -185,6 +216,25 @@ def _read_json(path: Path) -> dict:
         raise DDPMCodecError(f"unreadable {path.name} in {path.parent}: {exc}") from None
 
 
+def _load_failure(exc: BaseException) -> str | None:
+    """What is wrong with a checkpoint, if ``exc`` (raised by ``from_pretrained``) is what a
+    damaged or mismatched one raises; None for anything else (a bug: keep its traceback).
+
+    Established with diffusers 0.42 / safetensors 0.8 on tiny checkpoints: a truncated,
+    empty or garbled weights file raises OSError("Unable to load weights ...") caused by
+    safetensors' SafetensorError (whose message says what is wrong); a config whose
+    shapes disagree with the weights raises torch's RuntimeError("Error(s) in loading
+    state_dict ... size mismatch"); an invalid config (unknown block type, channels not
+    divisible by the groups, lists of different lengths) raises ValueError.
+    """
+    if isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" not in str(exc):
+        return None
+    cause = exc
+    while cause is not None and not isinstance(cause, SafetensorError):
+        cause = cause.__cause__ or cause.__context__
+    return " ".join(str(cause if cause is not None else exc).split())[:400]
+
+
 def load_model(ckpt: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                variance_type: str | None = None) -> LoadedModel:
     """Load a diffusers UNet2DModel checkpoint (local folder or hub id) in float32, eval mode.
@@ -209,10 +259,24 @@ def load_model(ckpt: str | os.PathLike | None = None, device: str | torch.device
                              config.get("in_channels", 3))  # validates the combination
     _quiet_diffusers()
     try:
-        unet = UNet2DModel.from_pretrained(folder, use_safetensors=True,
-                                           low_cpu_mem_usage=False, torch_dtype=torch.float32)
-    except Exception as exc:
-        raise DDPMCodecError(f"could not load the network in {folder}: {exc}") from None
+        unet, info = UNet2DModel.from_pretrained(
+            folder, use_safetensors=True, low_cpu_mem_usage=False, torch_dtype=torch.float32,
+            output_loading_info=True)
+    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
+        what = _load_failure(exc)
+        if what is None:
+            raise
+        raise DDPMCodecError(f"could not load the network in {folder}: {what}") from None
+    # diffusers fills weights missing from the file with random ones and drops extra ones
+    # (with a warning we silence): either way config.json does not describe the weights
+    for kind in ("missing_keys", "unexpected_keys"):
+        keys = sorted(info.get(kind) or [])
+        if keys:
+            what = ("tensors of the network it describes are not in the weights"
+                    if kind == "missing_keys" else "tensors in the weights have no place in it")
+            raise DDPMCodecError(
+                f"could not load the network in {folder}: config.json does not fit the weights "
+                f"({len(keys)} {what}, e.g. {keys[0]})")
     unet = unet.eval()
     fp = fingerprint(unet, diffusion)
     unet = unet.to(device)
@@ -221,11 +285,43 @@ def load_model(ckpt: str | os.PathLike | None = None, device: str | torch.device
 
 
 def save_model(unet: torch.nn.Module, diffusion: Diffusion, path: str | os.PathLike,
-               dtype: torch.dtype = torch.float32) -> None:
-    """Write a diffusers checkpoint folder (safetensors weights + scheduler_config.json)."""
+               dtype: torch.dtype = torch.float32, extra: dict | None = None) -> None:
+    """Write a diffusers checkpoint folder (safetensors weights + scheduler_config.json,
+    plus ``extra``: file name -> JSON-able content).
+
+    The folder is written in full under a temporary name beside ``path`` and then renamed
+    onto it, so ``path`` never holds a partial checkpoint or a mix of two: a new or empty
+    ``path`` is replaced atomically; an existing checkpoint is moved aside just before the
+    rename and deleted after it (a reader may find no folder for that instant, never half
+    of one; the trainer switches a link instead, see pipelines/train.py).
+    """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise DDPMCodecError(f"{path} is a file; give a folder for the checkpoint")
+    path.parent.mkdir(parents=True, exist_ok=True)
     _quiet_diffusers()
     to_save = unet if dtype == torch.float32 else copy.deepcopy(unet).to(dtype)
-    to_save.save_pretrained(path, safe_serialization=True)
-    write_json_atomic(path / "scheduler_config.json", scheduler_config(diffusion))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}."))
+    old = None
+    try:
+        to_save.save_pretrained(tmp, safe_serialization=True)
+        write_json_atomic(tmp / "scheduler_config.json", scheduler_config(diffusion))
+        for name, content in (extra or {}).items():
+            write_json_atomic(tmp / name, content)
+        os.chmod(tmp, 0o755)  # mkdtemp makes folders private
+        try:
+            os.rename(tmp, path)  # atomic onto a missing or empty folder
+        except OSError:
+            if not path.is_dir():
+                raise
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".old-{path.name}."))
+            os.rename(path, old / "ckpt")
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "ckpt").is_dir() and not path.exists():
+            os.rename(old / "ckpt", path)  # put the previous checkpoint back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -11,9 +11,12 @@ A results folder holds
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,40 @@ from ddpmcodec.io.atomic import _jsonable, save_npz_atomic, write_json_atomic
 RESULTS_JSON = "results.json"
 ARRAYS = "arrays.npz"
 SCHEMA_VERSION = 1
+
+# What np.load (and reading its arrays) raises on a damaged .npz, established by reading
+# every truncation and every single-byte corruption of small np.savez and
+# np.savez_compressed files: zipfile.BadZipFile (no or broken zip directory, bad CRC),
+# zlib.error (a damaged compressed member), EOFError (an empty file), ValueError (a bad
+# .npy header, array data cut short, or bytes that look like a pickle), NotImplementedError
+# (zipfile: "zip file version" / compression method), KeyError (an array that is not in
+# the archive) and OSError with errno EINVAL (a seek before the start of a cut file).
+# Other OSErrors (permissions, I/O errors) say nothing about the file and propagate.
+NPZ_DAMAGE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
+                     KeyError, OSError)
+
+
+def is_npz_damage(exc: BaseException) -> bool:
+    """True when ``exc`` (raised while reading an .npz) means the file is damaged."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.EINVAL
+    return isinstance(exc, NPZ_DAMAGE_ERRORS)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def check_out_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+    """``path`` as a Path, or a one-line error when it (or a folder above it) is a file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            where = "" if p == path else f" (in {path})"
+            raise DDPMCodecError(f"{option} {path}: {p} is a file, not a folder{where}; "
+                                 f"give a folder path")
+    return path
 
 
 def read_results(folder: str | os.PathLike) -> dict:
@@ -42,15 +79,25 @@ def load_arrays(folder: str | os.PathLike) -> dict:
     res = read_results(folder)
     if res.get("status") != "complete":
         raise DDPMCodecError(f"{folder} is not complete (status {res.get('status')!r}); rerun to resume it")
-    with np.load(Path(folder) / ARRAYS, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+    path = Path(folder) / ARRAYS
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise DDPMCodecError(f"{folder} says it is complete but has no {ARRAYS}; rerun with "
+                             f"--overwrite to recompute it") from None
+    except NPZ_DAMAGE_ERRORS as exc:
+        if not is_npz_damage(exc):
+            raise
+        raise DDPMCodecError(f"damaged {path} ({_describe(exc)}); rerun with --overwrite "
+                             f"to recompute it") from None
 
 
 class ResultsFolder:
     """A results folder being computed batch by batch (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike, kind: str, config: dict, overwrite: bool = False):
-        self.path = Path(path)
+        self.path = check_out_folder(path)
         self.kind = kind
         self.config = json.loads(json.dumps(config, default=_jsonable))
         self.shards = self.path / "shards"
@@ -76,15 +123,25 @@ class ResultsFolder:
     def complete(self) -> bool:
         return read_results(self.path).get("status") == "complete"
 
+    def _read_shard(self, shard: Path, names=None) -> dict:
+        """The arrays of one shard (``names``: only these). A damaged shard is kept and
+        reported: shards are written atomically, so a crash cannot leave half of one and a
+        damaged file says something went wrong that a user should see, not hide."""
+        try:
+            with np.load(shard, allow_pickle=False) as f:
+                return {k: f[k] for k in (f.files if names is None else names)}
+        except NPZ_DAMAGE_ERRORS as exc:
+            if not is_npz_damage(exc):
+                raise
+            raise DDPMCodecError(
+                f"damaged shard {shard} ({_describe(exc)}); it was kept. Delete that file "
+                f"and rerun the same command to recompute its images") from None
+
     def done_ids(self) -> set:
-        """Image ids already in shards."""
+        """Image ids already in shards (a damaged shard is an error; nothing is deleted)."""
         done = set()
         for shard in sorted(self.shards.glob("shard-*.npz")):
-            try:
-                with np.load(shard, allow_pickle=False) as f:
-                    done.update(int(i) for i in f["image_id"])
-            except Exception:  # a shard cut short by a crash: recompute it
-                shard.unlink()
+            done.update(int(i) for i in self._read_shard(shard, ["image_id"])["image_id"])
         return done
 
     def write_shard(self, image_ids: np.ndarray, **arrays) -> None:
@@ -96,9 +153,8 @@ class ResultsFolder:
         """All shards concatenated and sorted by image id."""
         parts: dict[str, list] = {}
         for shard in sorted(self.shards.glob("shard-*.npz")):
-            with np.load(shard, allow_pickle=False) as f:
-                for k in f.files:
-                    parts.setdefault(k, []).append(f[k])
+            for k, v in self._read_shard(shard).items():
+                parts.setdefault(k, []).append(v)
         if not parts:
             raise DDPMCodecError(f"{self.path}: nothing computed")
         arrays = {k: np.concatenate(v) for k, v in parts.items()}
