@@ -31,9 +31,12 @@ def compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size, devic
                  cuda_graphs=False):
     from ddpmcodec.io.data import load_images
     from ddpmcodec.io.models import load_model
+    from ddpmcodec.io.results import check_out_folder
     from ddpmcodec.pipelines.nll import DEFAULT_NFE, distributed_rank, run_nll
     if batch_size is not None and batch_size < 1:
         raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
+    if out:  # before the model and the data are read: a file here is a one-line error
+        check_out_folder(out)
     device = resolve_device(device)
     rank, world, local_rank = distributed_rank()
     if world > 1 and device == "cuda":  # torchrun: one GPU per local rank

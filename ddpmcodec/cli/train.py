@@ -5,6 +5,12 @@
 
 Recipe options left out come from the --config preset, or, with --resume, from the run
 being resumed (so `ddpmcodec train --out DIR --resume --data ...` continues it as it was).
+
+The run folder OUT holds each checkpoint (EMA network + exact-resume state) as one unit in
+OUT/ckpt-<step>/, and OUT/current, a symlink switched atomically to the latest one. OUT/model
+(-> current/model) is the checkpoint to pass as --ckpt to the other commands, and
+OUT/train_state.pt (-> current/train_state.pt) what --resume reads; a crash while saving
+leaves the previous checkpoint, never a network and a state that disagree.
 """
 from __future__ import annotations
 
@@ -63,8 +69,10 @@ def _saved_recipe(out: Path) -> dict | None:
 
 
 def train(
-    out: Annotated[Path, Opt("--out", "-o", help="run folder: model/ (EMA weights, diffusers), "
-                             "train_state.pt, log.csv, eval.csv")],
+    out: Annotated[Path, Opt("--out", "-o", help="run folder: ckpt-<step>/ (the latest checkpoint, "
+                             "network and training state as one unit), model (a link to its EMA "
+                             "network, diffusers format: pass OUT/model as --ckpt), train_state.pt "
+                             "(a link to its resume state), log.csv, eval.csv")],
     data: DataPath = None, dataset: Dataset = None, num_images: NumImages = None,
     eval_data: Annotated[Optional[Path], Opt(
         "--eval-data", help="held-out images for the periodic evaluation (default: the cifar10 "
@@ -113,12 +121,15 @@ def train(
     clipping, EMA, random flips, dropout; bf16 autocast on CUDA.
 
     Writes the EMA weights as a diffusers checkpoint (OUT/model, for --ckpt of every
-    other command), the exact-resume state, log.csv and eval.csv. For several GPUs or
-    nodes launch it with torchrun (DistributedDataParallel; --batch-size is global).
+    other command) and the exact-resume state, both in OUT/ckpt-<step>/ and replaced
+    together (OUT/model and OUT/train_state.pt are links to the latest), and log.csv and
+    eval.csv. For several GPUs or nodes launch it with torchrun (DistributedDataParallel;
+    --batch-size is global).
     """
+    from ddpmcodec.io.results import check_out_folder
     from ddpmcodec.pipelines.train import PRESETS, RunOptions, TrainConfig
     from ddpmcodec.pipelines.train import train as run_train
-    out = Path(out)
+    out = check_out_folder(out)
     saved = _saved_recipe(out) if resume else None
     if saved is None and (out / "train_state.pt").exists():
         raise DDPMCodecError(f"{out} already holds a training run; pass --resume to continue "

@@ -26,12 +26,25 @@ the tensors; RNG states are saved too, for completeness.
 
 Files written in ``out`` (rank 0 only):
 
-* ``model/``: the EMA weights as a diffusers checkpoint (``ddpmcodec nll --ckpt OUT/model``),
-  with ``training.json`` (recipe and latest numbers);
-* ``train_state.pt``: model, EMA, optimizer, step, elapsed time and RNG states: tensors and
-  plain Python values only, read back with ``torch.load(weights_only=True)``;
-* ``train_state.json``: a readable mirror (step, recipe, data, latest metrics);
-* ``log.csv`` (every ``log_every`` steps) and ``eval.csv`` (every evaluation).
+* ``ckpt-<step>/``: one checkpoint, written in full under a temporary name and then
+  renamed, holding
+
+  - ``model/``: the EMA weights as a diffusers checkpoint, with ``training.json`` (recipe
+    and latest numbers);
+  - ``train_state.pt``: model, EMA, optimizer, step, elapsed time and RNG states: tensors
+    and plain Python values only, read back with ``torch.load(weights_only=True)``;
+  - ``train_state.json``: a readable mirror (step, recipe, data, latest metrics);
+
+* ``current``: a symlink to the latest ``ckpt-<step>``, switched with one ``os.replace``,
+  so a checkpoint (network *and* training state) is replaced as one unit: a crash leaves
+  the previous one or the new one, never a network and a state that disagree. Older
+  ``ckpt-*`` folders are deleted after the switch;
+* ``model``, ``train_state.pt``, ``train_state.json``: fixed symlinks into ``current``:
+  ``OUT/model`` is the checkpoint path for ``--ckpt`` (``ddpmcodec nll --ckpt OUT/model``),
+  ``OUT/train_state.pt`` what a resume reads;
+* ``log.csv`` (every ``log_every`` steps) and ``eval.csv`` (every evaluation): a row is
+  appended in one write; a resume rewrites them atomically without the rows logged after
+  the checkpoint (and without a last line a crash cut short).
 """
 from __future__ import annotations
 
@@ -39,10 +52,13 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import io
 import math
 import os
+import pickle
 import random
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +74,9 @@ from ddpmcodec.core.likelihood import (
     vb_terms_bpd,
 )
 from ddpmcodec.errors import DDPMCodecError
-from ddpmcodec.io.atomic import write_json_atomic
+from ddpmcodec.io.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from ddpmcodec.io.models import build_unet, save_model, unet_config
+from ddpmcodec.io.results import check_out_folder
 from ddpmcodec.progress import progress_bar
 
 OBJECTIVES = ("simple", "vlb", "hybrid")
@@ -68,6 +85,9 @@ COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")
 STATE_FORMAT = "ddpmcodec-train-state"
 STATE_VERSION = 1
 STATE_FILE = "train_state.pt"
+STATE_JSON = "train_state.json"
+MODEL_DIR = "model"
+CURRENT = "current"  # symlink to the latest ckpt-<step> folder
 EVAL_SEED = 2020  # noise of the fixed test pairs; independent of the training seed
 
 # Defaults per network config: the paper's CIFAR-10 recipe for `paper`, the recipe of the
@@ -331,30 +351,70 @@ def _set_rng_states(s: dict) -> None:
     random.setstate((py[-1], tuple(py[:-1]), None))
 
 
+def _csv_text(fields: list, rows: list[dict], header: bool = True) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    if header:
+        w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
+    """One row, in one write (a crash can cut only this last line short, which
+    :func:`_read_csv` drops); the file itself is created atomically with its header."""
+    if not path.exists():
+        write_bytes_atomic(path, _csv_text(list(row), [row]).encode())
+        return
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+        f.write(_csv_text(list(row), [row], header=False))
+
+
+def _read_csv(path: Path) -> tuple[list | None, list[dict]]:
+    """Header and rows of a log written by :func:`_append_csv`, without a last line that a
+    crash cut short (no line end, or fewer fields than the header)."""
+    with open(path, newline="") as f:
+        text = f.read()
+    if text and not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = [r for r in reader if None not in r.values() and None not in r]
+    return reader.fieldnames, rows
 
 
 def _truncate_csv(path: Path, last_step: int) -> None:
-    """Drop rows logged after ``last_step`` (by a run that died before its next save)."""
+    """Drop rows logged after ``last_step`` (by a run that died before its next save); the
+    file is rewritten atomically."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-        fields = list(rows[0]) if rows else None
-    if fields is None:
+    fields, rows = _read_csv(path)
+    if not fields or "step" not in fields:
         path.unlink()
         return
-    keep = [r for r in rows if int(r["step"]) <= last_step]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(keep)
+    keep = [r for r in rows if r["step"].isdigit() and int(r["step"]) <= last_step]
+    write_bytes_atomic(path, _csv_text(fields, keep).encode())
+
+
+def _symlink_atomic(link: Path, target: str) -> None:
+    """Make ``link`` a symlink to ``target`` (relative), replacing what is there in one
+    ``os.replace`` (a folder that is not a link is first moved aside, then deleted)."""
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    tmp = link.with_name(f".tmp-{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    try:
+        if link.is_dir() and not link.is_symlink():  # a run written before ckpt-<step>/
+            aside = link.with_name(f".old-{link.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            link.rename(aside)
+            os.replace(tmp, link)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class _Clock:
@@ -393,7 +453,7 @@ class Trainer:
                  out: str | os.PathLike | None = None, opts: RunOptions | None = None,
                  data_spec: dict | None = None):
         self.cfg, self.opts = cfg, opts or RunOptions()
-        self.out = Path(out) if out is not None else None
+        self.out = check_out_folder(out) if out is not None else None
         self.data_spec = data_spec or {}
         device = torch.device(self.opts.device)
         self.dist = init_distributed(device.type)
@@ -630,30 +690,57 @@ class Trainer:
                 "data": self.data_spec, "last_eval": self.last_eval}
 
     def save(self) -> None:
-        """Checkpoint (EMA weights, diffusers format) and training state; rank 0 writes."""
+        """Checkpoint (EMA weights, diffusers format) and training state as one unit (see
+        the module docstring: a new ``ckpt-<step>/``, then ``current`` switched to it);
+        rank 0 writes."""
         if self.out is None or not self.dist.is_main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp, final, old = self.out / ".model.tmp", self.out / "model", self.out / ".model.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(self._export_unet(), self.diffusion, tmp)
-        write_json_atomic(tmp / "training.json", self.info())
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-        state_tmp = self.out / (STATE_FILE + ".tmp")
-        torch.save(self.state_dict(), state_tmp)
-        os.replace(state_tmp, self.out / STATE_FILE)
-        write_json_atomic(self.out / "train_state.json", self.info())
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        current = out / CURRENT
+        live = os.readlink(current) if current.is_symlink() else None
+        name = f"ckpt-{self.step:08d}"
+        k = 0
+        while name == live:  # the same step saved twice: never touch the live one
+            k += 1
+            name = f"ckpt-{self.step:08d}.{k}"
+        stage = Path(tempfile.mkdtemp(dir=out, prefix=f".tmp-{name}."))
+        try:
+            info = self.info()
+            save_model(self._export_unet(), self.diffusion, stage / MODEL_DIR,
+                       extra={"training.json": info})
+            with atomic_path(stage / STATE_FILE) as tmp:
+                torch.save(self.state_dict(), tmp)
+            write_json_atomic(stage / STATE_JSON, info)
+            os.chmod(stage, 0o755)  # mkdtemp makes folders private
+            shutil.rmtree(out / name, ignore_errors=True)  # left by a crash before a switch
+            os.rename(stage, out / name)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        _symlink_atomic(current, name)  # the one switch
+        # fixed links into `current`; a run written by an older ddpmcodec has a plain file
+        # and folder here: the state is switched first (what a resume reads)
+        for fixed in (STATE_FILE, STATE_JSON, MODEL_DIR):
+            _symlink_atomic(out / fixed, f"{CURRENT}/{fixed}")
+        for old in out.iterdir():  # earlier checkpoints and what crashed saves left
+            if old.name != name and (old.name.startswith(("ckpt-", ".tmp-ckpt-"))
+                                     or old.name in (".model.tmp", ".model.old")):
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+        (out / (STATE_FILE + ".tmp")).unlink(missing_ok=True)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a saved state (read with weights_only=True: no code runs)."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise DDPMCodecError(f"cannot read the training state {path}: {exc}") from None
+        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, OSError) as exc:
+            # what torch.load raised on every truncation and single-byte corruption of a
+            # saved state: the C++ reader's RuntimeError ("PytorchStreamReader failed ..."),
+            # UnpicklingError (also for content weights_only refuses), EOFError (empty),
+            # ValueError / UnicodeDecodeError and KeyError (a damaged pickle)
+            raise DDPMCodecError(f"cannot read the training state {path}: "
+                                 f"{' '.join(str(exc).split())[:300]}") from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise DDPMCodecError(f"{path} is not a ddpmcodec training state")
         if state.get("version") != STATE_VERSION:
@@ -778,8 +865,13 @@ def train(cfg: TrainConfig, train_images: np.ndarray, out: str | os.PathLike, st
           eval_images: np.ndarray | None = None, opts: RunOptions | None = None,
           resume: bool = False, data_spec: dict | None = None) -> dict:
     """Train (or resume) into ``out`` until ``steps`` steps; returns the summary dict."""
-    out = Path(out)
+    out = check_out_folder(out)
     state = out / STATE_FILE
+    if state.is_symlink() and not state.exists():
+        current = out / CURRENT
+        target = os.readlink(current) if current.is_symlink() else "nothing"
+        raise DDPMCodecError(f"{state} points to a checkpoint that is not there ({current} -> "
+                             f"{target}); restore it or choose another --out")
     if state.exists() and not resume:
         raise DDPMCodecError(f"{out} already holds a training run; pass --resume to continue "
                              f"it or choose another --out")
