@@ -121,3 +121,16 @@ def test_rd_curve_refuses_an_estimate_folder(tmp_path, capsys, tiny_ckpt, test_n
                       "--estimator", "importance", "--nfe", "4"])
     assert main(["rd-curve", "--results", str(out)]) == 1
     assert "estimator full" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sub", ["", "/below"])
+def test_nll_out_naming_an_existing_file_is_one_line(tmp_path, capsys, tiny_ckpt, test_npz, sub):
+    """Old code: a FileExistsError / NotADirectoryError traceback from mkdir."""
+    f = tmp_path / "results.txt"
+    f.write_text("not a folder")
+    code = main(["nll", "--ckpt", str(tiny_ckpt), "--data", str(test_npz), "-n", "1", "--steps", "2",
+                 "--device", "cpu", "-q", "-o", str(f) + sub])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "is a file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f.read_text() == "not a folder"

@@ -426,3 +426,81 @@ def test_cli_holds_out_evaluation_images_from_data(tmp_path, train_npz):
     assert data["eval"] == {"kind": "held_out", "last": 4, "digest": data["eval"]["digest"]}
     assert data["train"]["num_images"] == 36
     assert [r["step"] for r in read_csv(out / "eval.csv")] == ["0", "1"]
+
+
+# -- checkpoints are replaced as one unit ----------------------------------------------------------
+def _ckpt_agrees(out, step):
+    """OUT/model (what --ckpt loads) and OUT/train_state.pt (what --resume reads) are the
+    same checkpoint: the state's EMA is the network's weights, at the same step."""
+    import json
+    state = load_state(out)
+    model = load_model(out / "model")
+    assert state["step"] == step
+    assert json.loads((out / "model" / "training.json").read_text())["step"] == step
+    assert json.loads((out / "train_state.json").read_text())["step"] == step
+    assert all(torch.equal(v, state["ema"][k]) for k, v in model.unet.state_dict().items())
+
+
+def test_a_crash_between_network_and_state_keeps_the_previous_checkpoint(tmp_path, train_images,
+                                                                        monkeypatch):
+    """Old code renamed the new model/ into place and then wrote train_state.pt: a crash in
+    between left a step-2 network beside a step-1 state."""
+    cfg = TrainConfig.preset("tiny", batch_size=8)
+    opts = RunOptions(save_every=1, log_every=1, eval_every=0, progress=False)
+    out = tmp_path / "run"
+    real_save, calls = torch.save, []
+
+    def crash_on_second(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", crash_on_second)
+    with pytest.raises(OSError, match="No space"):
+        train(cfg, train_images[:16], out, 3, None, opts)
+    monkeypatch.undo()
+    _ckpt_agrees(out, 1)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.is_symlink()) == ["ckpt-00000001"]
+    # the run resumes from that checkpoint and ends where an uninterrupted run ends
+    train(cfg, train_images[:16], out, 3, None, opts, resume=True)
+    _ckpt_agrees(out, 3)
+    train(cfg, train_images[:16], tmp_path / "ref", 3, None, opts)
+    ref, got = load_state(tmp_path / "ref"), load_state(out)
+    assert all(torch.equal(ref["ema"][k], got["ema"][k]) for k in ref["ema"])
+    assert [r["step"] for r in read_csv(out / "log.csv")] == ["1", "2", "3"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ckpt-00000003", "current", "log.csv", "model", "train_state.json", "train_state.pt"]
+
+
+def test_a_run_saved_in_the_old_layout_resumes_into_the_new_one(tmp_path, train_images):
+    """model/ and train_state.pt as a plain folder and file (before ckpt-<step>/)."""
+    cfg = TrainConfig.preset("tiny", batch_size=8)
+    opts = RunOptions(save_every=0, eval_every=0, progress=False)
+    out = tmp_path / "run"
+    train(cfg, train_images[:16], out, 1, None, opts)
+    for name in ("model", "train_state.pt", "train_state.json"):
+        target = (out / name).resolve()
+        (out / name).unlink()
+        target.rename(out / name)
+    for p in out.glob("ckpt-*"):
+        import shutil
+        shutil.rmtree(p)
+    (out / "current").unlink()
+    _ckpt_agrees(out, 1)
+    train(cfg, train_images[:16], out, 2, None, opts, resume=True)
+    _ckpt_agrees(out, 2)
+    assert (out / "model").is_symlink() and (out / "train_state.pt").is_symlink()
+    assert not list(out.glob(".*"))
+
+
+def test_train_out_naming_a_file_is_one_line(tmp_path, train_npz, capsys):
+    f = tmp_path / "a-file"
+    f.write_text("mine")
+    for out in (f, f / "sub"):
+        code = main(["train", "--data", str(train_npz), "-n", "16", "--config", "tiny", "--steps", "1",
+                     "-b", "8", "--device", "cpu", "-q", "--eval-images", "0", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 1 and "is a file" in err and len(err.strip().splitlines()) == 1
+    assert f.read_text() == "mine"
+    with pytest.raises(DDPMCodecError, match="is a file"):
+        train(TrainConfig.preset("tiny", batch_size=8), np.zeros((16, 32, 32, 3), np.uint8), f, 1)

@@ -5,7 +5,8 @@ A results folder holds
 * ``results.json``: ``{"kind", "config", "status", "summary", "run"}``; ``config`` holds
   everything the numbers depend on (model fingerprint, data digest, chain, seed, ...);
 * ``shards/`` while running: one .npz per finished batch, written atomically, so an
-  interrupted run resumes without recomputing them;
+  interrupted run resumes without recomputing them (a shard that cannot be read is never
+  deleted: it is reported, naming the file, so that the user decides);
 * ``arrays.npz`` when complete: the merged per-image (and per-step) arrays, in image order;
 * CSV tables that pandas reads directly.
 """
@@ -153,7 +154,13 @@ class ResultsFolder:
         """All shards concatenated and sorted by image id."""
         parts: dict[str, list] = {}
         for shard in sorted(self.shards.glob("shard-*.npz")):
-            for k, v in self._read_shard(shard).items():
+            arrays = self._read_shard(shard)
+            if "image_id" not in arrays or (parts and set(arrays) != set(parts)):
+                raise DDPMCodecError(
+                    f"shard {shard} holds the arrays {', '.join(sorted(arrays)) or 'none'}, "
+                    f"not {', '.join(sorted(parts or ['image_id', '...']))}; it was kept. Delete "
+                    f"that file and rerun the same command to recompute its images")
+            for k, v in arrays.items():
                 parts.setdefault(k, []).append(v)
         if not parts:
             raise DDPMCodecError(f"{self.path}: nothing computed")
