@@ -54,11 +54,20 @@ class Calibration:
         """The grid variance with the lowest decoder bits/dim at index 0."""
         return float(self.decoder_variance_grid[int(np.argmin(self.decoder_bpd))])
 
+    def digest(self) -> str:
+        """16 hex digits of SHA-256 over the statistics (what a chain depends on)."""
+        import hashlib
+        h = hashlib.sha256()
+        for arr in (self.indices.astype("<i8"), self.xstart_mse.astype("<f8"),
+                    self.decoder_variance_grid.astype("<f8"), self.decoder_bpd.astype("<f8")):
+            h.update(arr.tobytes())
+        return h.hexdigest()[:16]
+
     def describe(self) -> dict:
         """What a results folder records about the calibration it used."""
-        return {"fingerprint": self.fingerprint, "num_images": self.meta.get("num_images"),
-                "data": self.meta.get("data"), "points": int(len(self.indices)),
-                "path": self.meta.get("path")}
+        return {"fingerprint": self.fingerprint, "digest": self.digest(),
+                "num_images": self.meta.get("num_images"), "data": self.meta.get("data"),
+                "points": int(len(self.indices))}
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": VERSION,

@@ -65,7 +65,8 @@ def shared_latent(model: LoadedModel, images: ImageSet, out, times=(1000, 750, 5
     ks = [nearest_step(chain, t) for t in times]
     folder, done = _folder(out, "shared_latent", model,
                            {"data": images.spec, "chain": chain.spec(), "seed": seed,
-                            "steps_k": ks, "num_samples": num_samples}, overwrite)
+                            "steps_k": ks, "num_samples": num_samples,
+                            "reverse_noise": "per-t"}, overwrite)
     if done:
         return read_results(out)
     t0 = time.perf_counter()
@@ -77,9 +78,11 @@ def shared_latent(model: LoadedModel, images: ImageSet, out, times=(1000, 750, 5
             noise = counter_normal(seed, torch.arange(n), chain.timesteps[k], x0.shape[1:])
             x_t = diffuse(chain, x0, k, noise.to(x0.device))
             result[:, j, 0] = _to_uint8(x_t)
-            # all images x samples in one batch; sample s of image i has noise id i*S+s
+            # all images x samples in one batch; sample s of image i at the j-th t has noise
+            # id (j*n + i)*S + s: every t gets reverse noise of its own (with one id set for
+            # all t, nearly pure x_t such as t=748 and t=1000 gave the same samples)
             xs = x_t.repeat_interleave(num_samples, 0)
-            ids = torch.arange(n * num_samples)
+            ids = j * n * num_samples + torch.arange(n * num_samples)
             r = reverse_process(model.denoiser(), chain, xs, k, ids, seed + 1, on_step=bar.update)
             result[:, j, 1:] = _to_uint8(r["x0"]).reshape(n, num_samples, *result.shape[3:])
     arrays = {"grid": result, "originals": images.images,
