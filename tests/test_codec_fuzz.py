@@ -2,6 +2,11 @@
 which must decode to the right images or raise DDPMCodecError -- never another exception,
 a wrong image, a hang or an unbounded allocation.
 
+A DDPMCodecError counts only when it was raised where the damage was detected: one that
+was converted from another exception (a programming error caught and renamed "corrupt
+file") fails the test, see :func:`assert_raised_where_detected`; and a bug inside the
+decoder must surface as itself (test_bugs_in_the_decoder_are_not_corrupt_files).
+
 Three kinds of damage: raw mutations (bit flips, byte edits, insertions, deletions,
 splices, garbage) that the container's CRCs should catch; every truncation of a file;
 and *forged* files whose payload or header was changed behind recomputed CRCs, so that
@@ -36,12 +41,28 @@ def files(tiny_model, test_images):
                    for i, (imgs, k, b) in enumerate(cases)]
 
 
+# The only exceptions a DDPMCodecError may replace: those raised on bad data by name --
+# constriction's RangeDecoder (AssertionError, see ddpmcodec/codec/coder.py) and Python's
+# ASCII decoding of header strings. Anything else in its context was a converted bug.
+DATA_ERRORS = (DDPMCodecError, AssertionError, UnicodeDecodeError)
+
+
+def assert_raised_where_detected(exc: DDPMCodecError) -> None:
+    """Fail unless ``exc`` was raised directly or from one of DATA_ERRORS (``raise ...
+    from None`` hides the context from tracebacks, not from ``__context__``)."""
+    ctx = exc.__cause__ or exc.__context__
+    assert ctx is None or isinstance(ctx, DATA_ERRORS), (
+        f"a {type(ctx).__name__} ({ctx}) was turned into DDPMCodecError({exc})")
+
+
 def check(codec, data: bytes, images: np.ndarray) -> str:
-    """Decode; return "ok" (right images) or "error" (DDPMCodecError). Anything else fails."""
+    """Decode; return "ok" (right images) or "error" (DDPMCodecError raised where the
+    damage was detected). Anything else fails."""
     t0 = time.perf_counter()
     try:
         out = codec.decode(bytes(data)).images
-    except DDPMCodecError:
+    except DDPMCodecError as exc:
+        assert_raised_where_detected(exc)
         result = "error"
     else:
         assert np.array_equal(out, images), "a wrong image was returned"
@@ -174,3 +195,37 @@ def test_forged_headers_are_bounded(files):
             assert tracemalloc.get_traced_memory()[1] < 256 << 20
     finally:
         tracemalloc.stop()
+
+
+# -- a bug is a traceback, not a corrupt file ----------------------------------------------------
+@pytest.mark.parametrize("bug", [TypeError, AttributeError, ValueError])
+def test_bugs_in_the_decoder_are_not_corrupt_files(files, monkeypatch, bug):
+    """A programming error inside the entropy-decoding step of a valid file must propagate
+    unchanged (the old decoder renamed TypeError, ValueError, ... "corrupt file")."""
+    from ddpmcodec.codec import bitsback
+    codec, cases = files
+    data, images = cases[0]
+
+    def broken_family(self, half):
+        raise bug("a bug in the decoder")
+    monkeypatch.setattr(bitsback._Stack, "_family", broken_family)
+    with pytest.raises(bug, match="a bug in the decoder"):
+        codec.decode(data)
+    monkeypatch.undo()
+    assert check(codec, data, images) == "ok"
+
+
+def test_converted_errors_are_refused_by_the_fuzz_check():
+    """The fuzz check itself: a DDPMCodecError converted from a bug fails it."""
+    try:
+        try:
+            raise TypeError("a bug")
+        except TypeError:
+            raise DDPMCodecError("corrupt file") from None
+    except DDPMCodecError as exc:
+        with pytest.raises(AssertionError, match="TypeError"):
+            assert_raised_where_detected(exc)
+    try:
+        raise DDPMCodecError("corrupt file: detected here")
+    except DDPMCodecError as exc:
+        assert_raised_where_detected(exc)

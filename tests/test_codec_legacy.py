@@ -1,0 +1,62 @@
+"""Files made by an earlier ddpmcodec still decode, bit for bit.
+
+tests/data holds two files that the code of v0.1 (before the package was reorganised into
+core/io/codec/...) encoded with the embedded default model from image 799 of
+../shared/data/cifar10-test-800.npz:
+
+* v0.1-lossless-K5.ddpm: lossless, a 5-step chain, one image;
+* v0.1-progressive-K4.ddpm: progressive, 4 coded steps, chunk_bits 8.
+
+Oracles: the decoders verify the header's pixel checksum (lossless: the image; progressive:
+the full-rate mean reconstruction) and, for the progressive file, the CRC of the latents
+after every coded step; the lossless result is also compared with the image itself when
+../shared is present. The files are tied to the CPU kind that made them (device kind in
+the header), so elsewhere the test is skipped and says why.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddpmcodec.codec import container
+from ddpmcodec.codec.base import decode_bytes, device_kind
+
+DATA = Path(__file__).parent / "data"
+LOSSLESS = DATA / "v0.1-lossless-K5.ddpm"
+PROGRESSIVE = DATA / "v0.1-progressive-K4.ddpm"
+IMAGE_INDEX = 799
+
+
+def _legacy(path: Path) -> bytes:
+    data = path.read_bytes()
+    kind, here = container.read_header(data).device_kind, device_kind("cpu")
+    if kind != here:
+        pytest.skip(f"{path.name} was encoded on {kind}; this CPU is {here}, and the codecs' "
+                    f"numbers are only reproducible on the same kind")
+    return data
+
+
+def test_legacy_lossless_file_decodes_to_the_image(embedded_model, request):
+    data = _legacy(LOSSLESS)
+    dec = decode_bytes(embedded_model, data)  # raises unless the pixel checksum matches
+    h = dec.header
+    assert (h.mode, h.num_images, h.num_steps) == ("lossless", 1, 5)
+    assert dec.images.shape == (1, 32, 32, 3) and dec.images.dtype == np.uint8
+    assert container.pixel_checksum(dec.images) == h.pixel_checksum
+    test_npz = request.getfixturevalue("test_npz")  # skips (with its reason) without ../shared
+    with np.load(test_npz, allow_pickle=False) as f:
+        assert np.array_equal(dec.images[0], f["images"][IMAGE_INDEX])
+
+
+def test_legacy_progressive_file_decodes_at_every_step(embedded_model):
+    from ddpmcodec.codec.progressive import ProgressiveCodec, ProgressiveParams
+    data = _legacy(PROGRESSIVE)
+    codec = ProgressiveCodec(embedded_model)
+    full = codec.decode(data)  # every step's latent CRC, then the pixel checksum
+    h = full.header
+    assert (h.mode, h.num_images, h.num_steps) == ("progressive", 1, 4)
+    assert ProgressiveParams.unpack(h.params).channel.chunk_bits == 8.0
+    assert full.stats.extra["complete"] and full.stats.extra["t"] == 1
+    assert container.pixel_checksum(full.images) == h.pixel_checksum
