@@ -2,6 +2,8 @@
 
     python benchmarks/bench_lossless.py --steps 100 --num-images 16 --batch-size 8
     python benchmarks/bench_lossless.py --steps 100 --num-images 64 --compare-nll
+    python benchmarks/bench_lossless.py --steps 20 100 -n 16 --compare-nll \
+        --json benchmarks/results/bench_lossless_cpu.json
 
 Encodes the first N test images (../shared/data/cifar10-test-800.npz by default), decodes
 them, checks the round trip, and prints one table row per chain length:
@@ -16,12 +18,19 @@ them, checks the round trip, and prints one table row per chain length:
   the same expectation with independent noise; the standard error of their difference is
   estimated from the per-image differences (sampled -ELBO of the path minus nll).
 
+With --json, everything (the command line, machine, model, and one row per K) is written
+to one JSON file, replaced atomically after every row, so the numbers quoted in the docs
+can point at a committed file in benchmarks/results/.
+
 Timings depend on the machine and its load: say which when you quote them.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -59,6 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-nll", action="store_true", help="also compute the nll bound")
     ap.add_argument("--skip-decode", action="store_true", help="encode only (no round trip)")
     ap.add_argument("--save", default=None, help="write the rows as JSON lines to this file")
+    ap.add_argument("--json", default=None, help="write the command, set-up and all rows to this JSON file")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,6 +88,16 @@ def main(argv=None) -> int:
     if args.compare_nll:
         cols += ["nll", "actual/nll-1", "SE", "nll s"]
     print(" | ".join(cols), flush=True)
+    report = {"benchmark": "bench_lossless",
+              "command": "python benchmarks/bench_lossless.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "model": {"fingerprint": model.fingerprint, "source": str(model.source)},
+              "data": {"path": os.path.relpath(args.data, ROOT), "num_images": len(images)},
+              "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+              "cpu_count": os.cpu_count(), "load_average_start": list(os.getloadavg()),
+              "rows": []}
+    t_start = time.perf_counter()
     for K in args.steps:
         steps = None if K == 0 else K
         t0 = time.perf_counter()
@@ -98,6 +118,8 @@ def main(argv=None) -> int:
                "actual_bpd": s.bits_per_dim, "path_bound_bpd": s.bound_bits_per_dim,
                "elbo_bpd": float(elbo.mean()), "coder_overhead": s.actual_bits / elbo.sum() / dims - 1,
                "initial_bits_per_dim": s.initial_bits_per_dim, "initial_bits": s.initial_bits,
+               "payload_bits": s.payload_bits, "header_bits": s.header_bits, "file_bytes": len(enc.data),
+               "encode_seconds": t_enc, "decode_seconds": t_dec,
                "escapes": s.extra["escapes"]}
         cells = [f"{s.num_steps}", f"{row['encode_images_per_s']:.3f}",
                  f"{row['decode_images_per_s']:.3f}", f"{s.bits_per_dim:.5f}",
@@ -117,9 +139,19 @@ def main(argv=None) -> int:
                       f"{t_nll:.0f}"]
         print(" | ".join(cells), flush=True)
         if args.save:
-            import json
             with open(args.save, "a") as f:
                 f.write(json.dumps(row) + "\n")
+        if args.json:
+            report["rows"].append(row)
+            report["wall_seconds"] = time.perf_counter() - t_start
+            report["load_average_end"] = list(os.getloadavg())
+            path = Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(report, indent=1, default=float) + "\n")
+            os.replace(tmp, path)
+    if args.json:
+        print(f"wrote {args.json}", flush=True)
     return 0
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -76,7 +78,14 @@ def main(argv=None) -> int:
               "RMSE  | b@RMSE8 (theory) | b@RMSE2 (theory) | chunks/img | s/img")
     print(header)
     print("-" * len(header))
-    results = {"num_images": n, "steps": args.steps, "margin_bits": args.margin,
+    results = {"benchmark": "progressive_overhead",
+               "command": "python benchmarks/progressive_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
+               "model": {"fingerprint": model.fingerprint, "source": str(model.source)},
+               "data": {"path": os.path.relpath(args.data, ROOT), "first": args.first},
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "machine": platform.machine(), "cpu_count": os.cpu_count(),
+               "load_average_start": list(os.getloadavg()), "theory_seconds": time.time() - t0,
+               "num_images": n, "steps": args.steps, "margin_bits": args.margin,
                "theory": theory.to_dict(orient="list"), "configs": []}
     tables = {}
     for B in chunk_sizes:
@@ -102,7 +111,9 @@ def main(argv=None) -> int:
                                    "theory_bits_at_rmse8": th8, "theory_bits_at_rmse2": th2,
                                    "file_bytes": len(enc.data), "rows": rows})
         if B == chunk_sizes[-1] or B == pg.DEFAULT_CHUNK_BITS:
+            t = time.time()
             dec = codec.decode(enc.data)
+            results["configs"][-1]["decode_seconds_per_image"] = (time.time() - t) / n
             assert np.array_equal(dec.images, codec.decode(enc.data).images)
     default = pg.DEFAULT_CHUNK_BITS if pg.DEFAULT_CHUNK_BITS in tables else chunk_sizes[-1]
     print()
@@ -114,8 +125,11 @@ def main(argv=None) -> int:
               f"{(100 * r['overhead']) if r['kl_bits_per_image'] > 50 else float('nan'):7.1f}% | "
               f"{th['kl_bits_per_image']:9.0f} | {r['rmse']:5.2f} | {th['rmse']:11.2f} | {r['psnr']:5.2f}")
     if args.json:
+        results["load_average_end"] = list(os.getloadavg())
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1, default=float))
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1, default=float))
+        os.replace(tmp, args.json)
         print(f"wrote {args.json}")
     return 0
 
