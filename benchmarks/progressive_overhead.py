@@ -11,7 +11,9 @@ model, encodes the N images into one progressive file per chunk size B and print
    also counts what the truncation of the search costs in distortion;
 2. for the default chunk size: actual bits against summed KL at every truncation point.
 
-Usage (numbers in docs/progressive.md were made with the defaults):
+Usage (the numbers in docs/progressive.md: `--chunk-bits 12 --num-images 4 --json
+benchmarks/results/progressive_overhead_b12_n4.json`; the JSON also records the command,
+the machine's load, the encoding and decoding time):
 
     OMP_NUM_THREADS=1 python benchmarks/progressive_overhead.py [--num-images 16]
         [--chunk-bits 6,8,10,12,14] [--steps K] [--margin M] [--json OUT.json]
