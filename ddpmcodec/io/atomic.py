@@ -1,6 +1,8 @@
-"""The one way the project writes a file: into a temporary file beside the target, then
-``os.replace`` onto it, so a reader (or a rerun after a crash) sees the old file or the
-new one, never half of one. Files are made world-readable (results are for sharing)."""
+"""The one way the project writes a file: into a temporary file beside the target, flushed
+to disk, then ``os.replace`` onto it, so a reader (or a rerun after a crash, even a power
+cut) sees the old file or the new one, never half of one. Files are made world-readable
+(results are for sharing). Folders written in full under a temporary name and then
+renamed (checkpoints) are flushed with :func:`fsync_tree` first."""
 from __future__ import annotations
 
 import contextlib
@@ -23,10 +25,26 @@ def atomic_path(path: str | os.PathLike, mode: int = 0o644):
     try:
         yield Path(tmp)
         os.chmod(tmp, mode)  # mkstemp makes files private
+        _fsync(tmp)  # the data on disk before the name: a power cut cannot leave it empty
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Flush every file under ``folder`` to disk (before renaming the folder into place)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            _fsync(os.path.join(root, name))
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

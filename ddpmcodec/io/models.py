@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 
 from ddpmcodec.core.diffusion import Diffusion
 from ddpmcodec.errors import DDPMCodecError
-from ddpmcodec.io.atomic import write_json_atomic
+from ddpmcodec.io.atomic import fsync_tree, write_json_atomic
 
 DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "ddpm-cifar10-4k-ch64"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -309,6 +309,7 @@ def save_model(unet: torch.nn.Module, diffusion: Diffusion, path: str | os.PathL
         for name, content in (extra or {}).items():
             write_json_atomic(tmp / name, content)
         os.chmod(tmp, 0o755)  # mkdtemp makes folders private
+        fsync_tree(tmp)
         try:
             os.rename(tmp, path)  # atomic onto a missing or empty folder
         except OSError:

@@ -74,7 +74,7 @@ from ddpmcodec.core.likelihood import (
     vb_terms_bpd,
 )
 from ddpmcodec.errors import DDPMCodecError
-from ddpmcodec.io.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from ddpmcodec.io.atomic import atomic_path, fsync_tree, write_bytes_atomic, write_json_atomic
 from ddpmcodec.io.models import build_unet, save_model, unet_config
 from ddpmcodec.io.results import check_out_folder
 from ddpmcodec.progress import progress_bar
@@ -713,6 +713,7 @@ class Trainer:
                 torch.save(self.state_dict(), tmp)
             write_json_atomic(stage / STATE_JSON, info)
             os.chmod(stage, 0o755)  # mkdtemp makes folders private
+            fsync_tree(stage)
             shutil.rmtree(out / name, ignore_errors=True)  # left by a crash before a switch
             os.rename(stage, out / name)
         except BaseException:
@@ -724,11 +725,14 @@ class Trainer:
         for fixed in (STATE_FILE, STATE_JSON, MODEL_DIR):
             _symlink_atomic(out / fixed, f"{CURRENT}/{fixed}")
         for old in out.iterdir():  # earlier checkpoints and what crashed saves left
-            if old.name != name and (old.name.startswith(("ckpt-", ".tmp-ckpt-"))
-                                     or old.name in (".model.tmp", ".model.old")):
-                if old.is_dir() and not old.is_symlink():
-                    shutil.rmtree(old, ignore_errors=True)
-        (out / (STATE_FILE + ".tmp")).unlink(missing_ok=True)
+            n = old.name
+            if n == name or not (n.startswith(("ckpt-", ".tmp-ckpt-", ".old-", ".tmp-"))
+                                 or n in (".model.tmp", ".model.old", STATE_FILE + ".tmp")):
+                continue
+            if old.is_symlink() or (old.is_file() and not n.startswith(".tmp-")):
+                old.unlink()  # a half-made link; .tmp-* files are atomic_path's own
+            elif old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a saved state (read with weights_only=True: no code runs)."""
