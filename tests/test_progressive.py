@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_codec_fuzz import assert_raised_where_detected
 
 from ddpmcodec.codec import container
 from ddpmcodec.codec import progressive as pg
@@ -232,13 +233,35 @@ def test_fuzz(codec, encoded):
                 del buf[pos:pos + int(rng.integers(1, 5))]
         try:
             dec = codec.decode(bytes(buf))
-        except DDPMCodecError:
+        except DDPMCodecError as exc:
+            assert_raised_where_detected(exc)  # not a renamed bug
             outcomes["error"] += 1
             continue
         steps = dec.stats.extra["steps_decoded"]
         assert np.array_equal(dec.images, right[steps]), f"trial {trial}: a wrong image"
         outcomes["right"] += 1
     assert outcomes["error"] > 50 and outcomes["right"] > 5
+
+
+@pytest.mark.parametrize("bug", [TypeError, AttributeError, ValueError])
+def test_bugs_in_the_decoder_are_not_corrupt_files(codec, encoded, monkeypatch, bug):
+    """A programming error inside the range decoder's call, on a valid file, propagates
+    unchanged (the old channel decoder turned any Exception into "corrupt file")."""
+    import constriction
+
+    from ddpmcodec.codec import channel
+
+    class Broken:
+        def __init__(self, words):
+            pass
+
+        def decode(self, model, n):
+            raise bug("a bug in the decoder")
+    # wherever the channel gets its RangeDecoder from (the old module bound it at import)
+    monkeypatch.setattr(constriction.stream.queue, "RangeDecoder", Broken)
+    monkeypatch.setattr(channel, "RangeDecoder", Broken, raising=False)
+    with pytest.raises(bug, match="a bug in the decoder"):
+        codec.decode(encoded.data)
 
 
 # -- command-line glue and the RD analysis ------------------------------------------------------
@@ -292,11 +315,63 @@ def test_rd_codec_small(tiny_model, test_images, tmp_path):
     else:
         assert pts["lpips"].notna().all()
     assert set(pts["recon"]) == {"mean", "flow"} and len(pts) == 6
-    # the mean points are the encoder's own truncation table (a real decode reproduces them)
-    mean = pts[pts["recon"] == "mean"]
-    assert list(mean["bits_per_image"]) == sorted(mean["bits_per_image"])
+    # the mean points are the encoder's own truncation table (a real decode reproduces them):
+    # the same encode again (deterministic) gives the same file and that table
+    mean = pts[pts["recon"] == "mean"].reset_index(drop=True)
+    enc = pg.ProgressiveCodec(tiny_model).encode(test_images[:2], steps=3, chunk_bits=6.0,
+                                                 margin_bits=2.0)
+    assert enc.data == (tmp_path / "rd" / "encoded.ddpmc").read_bytes()
+    table = pd.DataFrame(pg.truncation_table(enc.stats))
+    assert list(mean["step"]) == list(table["step"]) == [1, 2, 3]
+    for point, row in (("bits_per_image", "payload_bits_per_image"),
+                       ("file_bits_per_image", "file_bits_per_image"),
+                       ("code_bits_per_image", "code_bits_per_image"),
+                       ("kl_bits_per_image", "kl_bits_per_image"), ("overhead", "overhead")):
+        assert np.array_equal(mean[point].to_numpy(), table[row].to_numpy()), point
+    # and the decoded images are the encoder's reconstructions: same RMSE
+    assert np.allclose(mean["rmse"].to_numpy(), table["rmse"].to_numpy(), rtol=1e-9, atol=0)
     assert rate_at_rmse([0, 10], [20, 5], 10) == pytest.approx(5.0)
     assert np.isnan(rate_at_rmse([0, 10], [20, 15], 10))
+
+
+# -- the default settings ----------------------------------------------------------------------------
+# Size bound of a file at the defaults, from documented facts (docs/progressive.md, DESIGN.md):
+# PFR with an entropy-coded index costs at most ~3-4 bits per chunk beyond the chunk's KL;
+# per coded step and image, the variance level costs ~4-8 bits and a packet's framing
+# (LEB128 length, 4-byte latent CRC, the range coder's final words) 5-9 bytes (plus up to
+# 64 bits of flush). An index model that doubled the file breaks the bound.
+INDEX_OVERHEAD_PER_CHUNK = 4.0      # bits, the upper end of "3-4 bits per chunk"
+LEVEL_BITS_PER_STEP = 8.0           # bits per image and coded step (s >= 1)
+FRAMING_BITS_PER_PACKET = 8 * 9 + 64  # bits: 9 bytes of framing and the coder's flush
+
+
+def default_size_bound(stats) -> float:
+    """Most payload bits a file at the default settings may take: its summed KL, plus
+    the per-chunk index overhead and the per-step side information and framing."""
+    rows = stats.extra["steps"]
+    chunks = sum(im["chunks"] for row in rows for im in row["images"])
+    n, K = stats.num_images, stats.num_steps
+    return (stats.bound_bits + INDEX_OVERHEAD_PER_CHUNK * chunks
+            + LEVEL_BITS_PER_STEP * n * (K - 1) + FRAMING_BITS_PER_PACKET * K)
+
+
+def test_defaults_size_is_bounded_by_the_kl(embedded_model, test_images):
+    """The codec at its default settings (K = 16, B = 12, margin 2, fitted variance) on
+    the embedded model, one image: the file decodes bit for bit, and its payload is within
+    the documented overheads of the KL the channel conveyed."""
+    codec = pg.ProgressiveCodec(embedded_model)
+    enc = codec.encode(test_images[5:6], keep_latents=True)
+    st = enc.stats
+    assert st.num_steps == pg.DEFAULT_STEPS and enc.header.timesteps == pg.coded_schedule(1000, 16)
+    params = pg.ProgressiveParams.unpack(enc.header.params).channel
+    assert (params.chunk_bits, params.margin_bits) == (pg.DEFAULT_CHUNK_BITS, pg.DEFAULT_MARGIN_BITS)
+    dec = codec.decode(enc.data, keep_latents=True)
+    assert _same_latents(dec.stats.extra["latents"], st.extra["latents"])
+    kl, bound = st.bound_bits, default_size_bound(st)
+    assert 0.9 * kl <= st.payload_bits <= bound, (st.payload_bits, kl, bound)
+    # the bound is tight enough to matter: twice the payload would break it
+    assert 2 * st.payload_bits > bound
+    assert pg.truncation_table(st)[-1]["rmse"] < 3.0
 
 
 # -- heavier checks (pytest -m slow) ---------------------------------------------------------------

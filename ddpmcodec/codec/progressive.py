@@ -497,8 +497,7 @@ class ProgressiveCodec(Codec):
         ``upto_step`` coded steps; reconstruct x0 by ``recon`` (mean, sample or flow; the
         latter two run ``recon_steps`` network steps from the reached latent to t = 0)."""
         from ddpmcodec.progress import progress_bar
-        if recon not in RECONS:
-            raise DDPMCodecError(f"--recon must be one of {', '.join(RECONS)}, got {recon!r}")
+        _check_recons([recon])
         header, params, payload, packets, complete = self._open(data, upto_step, max_bytes)
         model = self.model
         n, K = header.num_images, header.num_steps
@@ -530,9 +529,7 @@ class ProgressiveCodec(Codec):
         """Decode once and reconstruct at every truncation point: a list with one dict per
         coded step: step, t, bytes_used (file prefix), images {recon: uint8 NHWC}."""
         from ddpmcodec.progress import progress_bar
-        for r in recons:
-            if r not in RECONS:
-                raise DDPMCodecError(f"--recon must be one of {', '.join(RECONS)}, got {r!r}")
+        _check_recons(recons)
         header, params, payload, packets, _ = self._open(data, None, None)
         model = self.model
         diffusion = model.diffusion.respace(header.timesteps)
@@ -549,6 +546,13 @@ class ProgressiveCodec(Codec):
                 out.append({"step": s + 1, "t": int(header.timesteps[k]) + 1,
                             "bytes_used": hsize + ends[s], "images": images})
         return out
+
+
+def _check_recons(recons) -> None:
+    """DDPMCodecError for a reconstruction name that is not one of RECONS."""
+    for r in recons:
+        if r not in RECONS:
+            raise DDPMCodecError(f"--recon must be one of {', '.join(RECONS)}, got {r!r}")
 
 
 def _rmse_per_image(pred_x0: torch.Tensor, orig: np.ndarray) -> list:
