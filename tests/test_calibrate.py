@@ -71,3 +71,40 @@ def test_missing_calibration_says_how_to_make_one(tiny_model, monkeypatch, tmp_p
     monkeypatch.setenv("DDPMCODEC_CACHE", str(tmp_path))
     with pytest.raises(DDPMCodecError, match="ddpmcodec calibrate"):
         find_calibration(tiny_model)
+
+
+def test_nll_on_an_analytic_dp_chain(tiny_calibration, tiny_ckpt, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "test.npz", images=rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    out = tmp_path / "nll"
+    argv = ["nll", "--ckpt", str(tiny_ckpt), "--data", str(tmp_path / "test.npz"), "--steps", "4",
+            "--trajectory", "dp", "--variance", "analytic", "--calibration", str(tiny_calibration),
+            "--device", "cpu", "-o", str(out), "-q", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    res = json.loads((out / "results.json").read_text())
+    chain = res["config"]["chain"]
+    assert chain["variance_type"] == "explicit" and len(chain["reverse_variance"]) == 4
+    assert res["config"]["chain_choice"]["trajectory"] == "dp"
+    assert res["config"]["chain_choice"]["calibration"]["fingerprint"] == summary["fingerprint"]
+    cal = load_calibration(tiny_calibration)
+    m = cal.m()
+    import ddpmcodec.io.models as models
+    full = models.load_model(tiny_ckpt).diffusion
+    assert chain["timesteps"] == chains.chain_timesteps(full, 4, "dp", "analytic", m)
+    # a plain even chain records no choice (results folders of earlier versions still match)
+    assert main(argv[:5] + ["--steps", "4", "--device", "cpu", "-o", str(tmp_path / "even"),
+                            "-q", "--json"]) == 0
+    assert "chain_choice" not in json.loads((tmp_path / "even" / "results.json").read_text())["config"]
+
+
+def test_analytic_without_calibration_is_one_line(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DDPMCODEC_CACHE", str(tmp_path))
+    np.savez(tmp_path / "t.npz", images=np.zeros((1, 32, 32, 3), np.uint8))
+    code = main(["nll", "--ckpt", str(tiny_ckpt), "--data", str(tmp_path / "t.npz"), "--steps",
+                 "4", "--variance", "analytic", "--device", "cpu", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "ddpmcodec calibrate" in err and len(err.strip().splitlines()) == 1
+    code = main(["nll", "--ckpt", str(tiny_ckpt), "--data", str(tmp_path / "t.npz"),
+                 "--trajectory", "sideways", "--device", "cpu", "-o", str(tmp_path / "o")])
+    assert code == 1 and "--trajectory must be one of" in capsys.readouterr().err

@@ -23,7 +23,7 @@ DataPath = Annotated[Optional[Path], typer.Option(
 NumImages = Annotated[Optional[int], typer.Option(
     "--num-images", "-n", help="use the first N images (fixed order)")]
 Steps = Annotated[Optional[int], typer.Option(
-    "--steps", "-K", help="respaced chain of K evenly spaced steps (default: the full chain)")]
+    "--steps", "-K", help="a chain of K steps (default: the full chain)")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="images per network call")]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto")]
 Seed = Annotated[int, typer.Option("--seed", help="seed of the counter-based noise")]

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ddpmcodec.cli.chain_options import CalibrationFile, TimestepsFile, Trajectory, Variance
 from ddpmcodec.cli.common import (
     Ckpt,
     DataPath,
@@ -28,7 +29,10 @@ from ddpmcodec.errors import DDPMCodecError
 def compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size, device, seed,
                  out, overwrite, quiet, *, engine="fast", estimator="full", nfe=None,
                  proposal=None, precision="fp32", fp32_timesteps=0, compile=False,
-                 cuda_graphs=False):
+                 cuda_graphs=False, chain_options=None):
+    """The nll run of a command's options; ``chain_options`` (a ChainOptions) chooses the
+    chain (default: ``steps`` evenly spaced with the model's variance)."""
+    from ddpmcodec.io.chain_choice import ChainOptions, select_chain
     from ddpmcodec.io.data import load_images
     from ddpmcodec.io.models import load_model
     from ddpmcodec.io.results import check_out_folder
@@ -42,26 +46,35 @@ def compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size, devic
     if world > 1 and device == "cuda":  # torchrun: one GPU per local rank
         device = f"cuda:{local_rank}"
     model = load_model(ckpt, device)
-    model.diffusion.with_steps(steps)  # validates --steps before reading data
+    opts = (chain_options or ChainOptions(steps)).validate()
+    chain, choice = None, None
+    if opts.is_default:
+        model.diffusion.with_steps(steps)  # validates --steps before reading data
+    else:  # the chain (and its calibration) is checked before the data is read
+        chain, choice = select_chain(model, opts)
     images = load_images(data, dataset, split, num_images)
-    K = steps or model.diffusion.num_steps
+    K = chain.num_steps if chain is not None else steps or model.diffusion.num_steps
     if out:
         out = Path(out)
     else:  # non-default choices get their own folder, so runs never collide
         out = default_out("nll", model.fingerprint, images.spec, K, seed)
-        suffix = "".join([f"-M{nfe or DEFAULT_NFE}" if estimator == "importance" else "",
+        suffix = "".join([f"-{choice['trajectory']}-{choice['variance']}" if choice else "",
+                          f"-M{nfe or DEFAULT_NFE}" if estimator == "importance" else "",
                           "" if precision == "fp32" else f"-{precision}",
                           "-plain" if engine == "plain" else ""])
         out = out.with_name(out.name + suffix)
-    res = run_nll(model, images, out, steps, batch_size, seed, overwrite, not quiet and rank == 0,
-                  engine=engine, estimator=estimator, nfe=nfe, proposal=proposal,
-                  precision=precision, fp32_timesteps=fp32_timesteps, compile=compile,
-                  cuda_graphs=cuda_graphs)
+    res = run_nll(model, images, out, None if chain is not None else steps, batch_size, seed,
+                  overwrite, not quiet and rank == 0, engine=engine, estimator=estimator,
+                  nfe=nfe, proposal=proposal, precision=precision,
+                  fp32_timesteps=fp32_timesteps, compile=compile, cuda_graphs=cuda_graphs,
+                  chain=chain, chain_choice=choice)
     return res, out
 
 
 def nll(ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
         data: DataPath = None, num_images: NumImages = None, steps: Steps = None,
+        trajectory: Trajectory = "even", variance: Variance = "model",
+        timesteps: TimestepsFile = None, calibration: CalibrationFile = None,
         batch_size: Annotated[Optional[int], typer.Option(
             "--batch-size", "-b", help="network batch: (image, timestep) pairs per call for the "
                                        "fast engine (default 512 on CUDA, 16 on the CPU), images "
@@ -98,16 +111,23 @@ def nll(ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
     """Negative log-likelihood bound in bits/dim: prior + KL terms + discretized decoder,
     per image and per timestep, exactly as the official DDPM code defines it.
 
+    With --steps K (and --trajectory, --variance, --timesteps) the bound is that of the
+    K-step chain: a valid negative ELBO of that K-step model in its own right, reported
+    as such, not an estimate of the full chain's bound.
+
     Writes a results folder (results.json, arrays.npz, per_image.csv, per_step.csv); an
     interrupted run resumes from its finished batches. Under torchrun every rank computes
     a share of the images into the same folder and rank 0 merges them.
     """
+    from ddpmcodec.io.chain_choice import ChainOptions
     from ddpmcodec.pipelines.nll import distributed_rank
     res, out = compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size,
                             device, seed, out, overwrite, quiet, engine=engine,
                             estimator=estimator, nfe=nfe, proposal=proposal,
                             precision=precision, fp32_timesteps=fp32_timesteps,
-                            compile=compile, cuda_graphs=cuda_graphs)
+                            compile=compile, cuda_graphs=cuda_graphs,
+                            chain_options=ChainOptions(steps, trajectory, variance, timesteps,
+                                                       calibration))
     if distributed_rank()[0] != 0:
         return
     s = res["summary"]
@@ -122,8 +142,12 @@ def nll(ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
                  f"  rate (prior + KL): {s['rate_bpd']:.4f}   prior: {s['prior_bpd']:.6f}   "
                  f"decoder: {s['decoder_bpd']:.4f} ± {s['decoder_se']:.4f}"]
     else:
+        choice = res["config"].get("chain_choice")
+        what = (f"{s['num_steps']} steps" if choice is None else
+                f"{s['num_steps']}-step chain: {choice['trajectory']} trajectory, "
+                f"{choice['variance']} variance")
         lines = [f"NLL bound: {s['total_bpd']:.4f} ± {s['total_se']:.4f} bits/dim "
-                 f"({s['num_images']} images, {s['num_steps']} steps)",
+                 f"({s['num_images']} images, {what})",
                  f"  rate (prior + KL): {s['rate_bpd']:.4f} ± {s['rate_se']:.4f}   "
                  f"prior: {s['prior_bpd']:.6f}   decoder: {s['decoder_bpd']:.4f} ± {s['decoder_se']:.4f}"]
     emit(summary, as_json, lines + [f"  results: {out}"])
