@@ -10,10 +10,10 @@ import typer
 
 from ddpmcodec.cli.common import (
     Ckpt,
-    DataPath,
     Dataset,
     Device,
     Json,
+    SampleDataPath,
     Seed,
     Split,
     Steps,
@@ -37,7 +37,7 @@ def bench(ckpt: Ckpt = None,
           random_init: Annotated[Optional[str], Opt(
               "--random-init", help="benchmark a randomly initialised network of this "
                                     "config instead (paper: 35.7M, small, tiny)")] = None,
-          dataset: Dataset = None, split: Split = "test", data: DataPath = None,
+          dataset: Dataset = None, split: Split = "test", data: SampleDataPath = None,
           num_images: Annotated[int, Opt("--num-images", "-n", help="images")] = 4,
           steps: Steps = None,
           batch_size: Annotated[Optional[int], Opt(
@@ -69,7 +69,7 @@ def bench(ckpt: Ckpt = None,
     same images, noise and device, and the estimator's error bar against its network
     evaluations; printed and written as JSON + Markdown."""
     from ddpmcodec.io.atomic import write_json_atomic, write_text_atomic
-    from ddpmcodec.io.data import check_fits, load_images
+    from ddpmcodec.io.data import check_fits, data_or_sample, load_images
     from ddpmcodec.io.models import load_model
     from ddpmcodec.pipelines.bench import random_model, run_bench, table_lines
     dev = resolve_device(device)
@@ -79,7 +79,7 @@ def bench(ckpt: Ckpt = None,
     model.diffusion.with_steps(steps)
     if num_images < 1:
         raise DDPMCodecError(f"--num-images must be positive, got {num_images}")
-    images = load_images(data, dataset, split, num_images)
+    images = load_images(data_or_sample(data, dataset), dataset, split, num_images)
     check_fits(images.images, model.image_shape)
     cuda = torch.device(dev).type == "cuda"
     precs = _parse_list(precisions or ("fp32,tf32,bf16" if cuda else "fp32,bf16"), str, "--precisions")

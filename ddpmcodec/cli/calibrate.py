@@ -7,8 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from ddpmcodec.cli.common import (Ckpt, Dataset, DataPath, Device, Json, NumImages, Quiet, Seed,
-                                  emit, invoked_command, resolve_device)
+from ddpmcodec.cli.common import (
+    Ckpt,
+    DataPath,
+    Dataset,
+    Device,
+    Json,
+    NumImages,
+    Quiet,
+    Seed,
+    emit,
+    invoked_command,
+    resolve_device,
+)
 from ddpmcodec.errors import DDPMCodecError
 
 Opt = typer.Option

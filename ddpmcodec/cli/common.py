@@ -20,6 +20,10 @@ Dataset = Annotated[Optional[str], typer.Option(
 Split = Annotated[str, typer.Option("--split", help="dataset split: test or train")]
 DataPath = Annotated[Optional[Path], typer.Option(
     "--data", help=".npz with a uint8 NHWC 'images' array, a folder of PNGs, or one image")]
+SampleDataPath = Annotated[Optional[Path], typer.Option(
+    "--data", help=".npz with a uint8 NHWC 'images' array, a folder of PNGs, or one image "
+                   "(default, without --dataset: the 8 CIFAR-10 test images shipped in the "
+                   "package)")]
 NumImages = Annotated[Optional[int], typer.Option(
     "--num-images", "-n", help="use the first N images (fixed order)")]
 Steps = Annotated[Optional[int], typer.Option(

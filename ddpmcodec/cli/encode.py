@@ -34,10 +34,11 @@ Opt = typer.Option
 
 
 def encode(
-    paths: Annotated[List[Path], typer.Argument(
-        help="PNG image(s), a folder of images, or an .npz with a uint8 NHWC 'images' array",
-        show_default=False)],
     out: Annotated[Path, Opt("--out", "-o", help="the compressed file to write")],
+    paths: Annotated[Optional[List[Path]], typer.Argument(
+        help="PNG image(s), a folder of images, or an .npz with a uint8 NHWC 'images' array "
+             "(default: the 8 CIFAR-10 test images shipped in the package)",
+        show_default=False)] = None,
     lossless: Annotated[bool, Opt(
         "--lossless", help="bits-back ANS through the latent chain, exact pixels (the default)")] = False,
     steps: Steps = None, ckpt: Ckpt = None, num_images: NumImages = None,
@@ -66,7 +67,7 @@ def encode(
     prefix of the file decodes (`ddpmcodec decode --bytes N`)."""
     from ddpmcodec.codec.base import get_codec
     from ddpmcodec.io.atomic import write_bytes_atomic
-    from ddpmcodec.io.data import load_images
+    from ddpmcodec.io.data import SAMPLE_IMAGES, load_images
     from ddpmcodec.io.models import load_model
     if batch_size < 1:
         raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
@@ -84,7 +85,8 @@ def encode(
             coded_schedule(model.diffusion.num_steps, steps)
     else:
         model.diffusion.with_steps(steps)  # validates --steps before reading data
-    images = load_images([str(p) for p in paths], None, "test", num_images)
+    images = load_images([str(p) for p in paths] if paths else SAMPLE_IMAGES, None, "test",
+                         num_images)
     if progressive:
         opts = {k: v for k, v in (("chunk_bits", chunk_bits), ("margin_bits", margin))
                 if v is not None}

@@ -6,16 +6,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from ddpmcodec.cli.chain_options import CalibrationFile, TimestepsFile, Trajectory, Variance
+from ddpmcodec.cli.chain_options import (
+    CalibrationFile,
+    TimestepsFile,
+    Trajectory,
+    Variance,
+)
 from ddpmcodec.cli.common import (
     Ckpt,
-    DataPath,
     Dataset,
     Device,
     Json,
     NumImages,
     Overwrite,
     Quiet,
+    SampleDataPath,
     Seed,
     Split,
     Steps,
@@ -33,7 +38,7 @@ def compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size, devic
     """The nll run of a command's options; ``chain_options`` (a ChainOptions) chooses the
     chain (default: ``steps`` evenly spaced with the model's variance)."""
     from ddpmcodec.io.chain_choice import ChainOptions, select_chain
-    from ddpmcodec.io.data import load_images
+    from ddpmcodec.io.data import data_or_sample, load_images
     from ddpmcodec.io.models import load_model
     from ddpmcodec.io.results import check_out_folder
     from ddpmcodec.pipelines.nll import DEFAULT_NFE, distributed_rank, run_nll
@@ -52,7 +57,7 @@ def compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size, devic
         model.diffusion.with_steps(steps)  # validates --steps before reading data
     else:  # the chain (and its calibration) is checked before the data is read
         chain, choice = select_chain(model, opts)
-    images = load_images(data, dataset, split, num_images)
+    images = load_images(data_or_sample(data, dataset), dataset, split, num_images)
     K = chain.num_steps if chain is not None else steps or model.diffusion.num_steps
     if out:
         out = Path(out)
@@ -72,7 +77,7 @@ def compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size, devic
 
 
 def nll(ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
-        data: DataPath = None, num_images: NumImages = None, steps: Steps = None,
+        data: SampleDataPath = None, num_images: NumImages = None, steps: Steps = None,
         trajectory: Trajectory = "even", variance: Variance = "model",
         timesteps: TimestepsFile = None, calibration: CalibrationFile = None,
         batch_size: Annotated[Optional[int], typer.Option(

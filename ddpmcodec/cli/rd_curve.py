@@ -10,13 +10,13 @@ import typer
 from ddpmcodec.cli.common import (
     BatchSize,
     Ckpt,
-    DataPath,
     Dataset,
     Device,
     Json,
     NumImages,
     Overwrite,
     Quiet,
+    SampleDataPath,
     Seed,
     Split,
     Steps,
@@ -32,7 +32,7 @@ def rd_curve(results: Annotated[Optional[Path], typer.Option(
                  "--results", "-r", help="an nll results folder (else one is computed; with "
                                          "--codec progressive: a full-chain curve to overlay)")] = None,
              ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
-             data: DataPath = None, num_images: NumImages = None, steps: Steps = None,
+             data: SampleDataPath = None, num_images: NumImages = None, steps: Steps = None,
              batch_size: BatchSize = 64, device: Device = "auto", seed: Seed = 0,
              out: Annotated[Optional[Path], typer.Option(
                  "--out", "-o", help="where to write table4.csv, rd_curve.csv, figure5.png "
@@ -55,13 +55,13 @@ def rd_curve(results: Annotated[Optional[Path], typer.Option(
     weights are present) over the theoretical one, with JPEG and WebP on the same images."""
     if codec == "progressive":
         from ddpmcodec.analysis.rd_codec import summary_lines
-        from ddpmcodec.io.data import load_images
+        from ddpmcodec.io.data import data_or_sample, load_images
         from ddpmcodec.io.models import load_model
         from ddpmcodec.pipelines.rd_codec import run_rd_codec
         if batch_size < 1:
             raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
         model = load_model(ckpt, resolve_device(device))
-        images = load_images(data, dataset, split, num_images)
+        images = load_images(data_or_sample(data, dataset), dataset, split, num_images)
         where = Path(out) if out else default_out("rd-codec", model.fingerprint, images.spec,
                                                   steps or 16, seed)
         info = run_rd_codec(model, images.images, where, steps=steps, chunk_bits=chunk_bits,

@@ -9,12 +9,12 @@ import typer
 from ddpmcodec.cli.common import (
     BatchSize,
     Ckpt,
-    DataPath,
     Dataset,
     Device,
     Json,
     NumImages,
     Quiet,
+    SampleDataPath,
     Seed,
     emit,
     invoked_command,
@@ -28,7 +28,7 @@ QuickOpt = Annotated[bool, typer.Option("--quick", help="tiny sizes (a pipeline 
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="report folder")]
 
 
-def report(out: OutDir, ckpt: Ckpt = None, dataset: Dataset = None, data: DataPath = None,
+def report(out: OutDir, ckpt: Ckpt = None, dataset: Dataset = None, data: SampleDataPath = None,
            train_data: TrainData = None, num_images: NumImages = None, quick: QuickOpt = False,
            batch_size: BatchSize = 64, device: Device = "auto", seed: Seed = 0,
            as_json: Json = False, quiet: Quiet = False):
@@ -36,11 +36,11 @@ def report(out: OutDir, ckpt: Ckpt = None, dataset: Dataset = None, data: DataPa
     Table 4 and Figure 5 (rate-distortion), Figure 6 (progressive generation), Figure 7
     (samples sharing a latent), Figure 8 (interpolation). Writes OUT/README.md with the
     tables inline and the figures linked; finished parts are reused when rerun."""
-    from ddpmcodec.io.data import load_images
+    from ddpmcodec.io.data import data_or_sample, load_images
     from ddpmcodec.io.models import load_model
     from ddpmcodec.pipelines.report import build_report
     model = load_model(ckpt, resolve_device(device))
-    test = load_images(data, dataset, "test", num_images)
+    test = load_images(data_or_sample(data, dataset), dataset, "test", num_images)
     train = None
     if train_data is not None:
         train = load_images(train_data, None, "train", num_images)

@@ -32,6 +32,17 @@ class ImageSet:
         return len(self.images)
 
 
+SAMPLE_IMAGES = Path(__file__).parents[1] / "samples" / "cifar10-test-first8.npz"
+SAMPLE_HELP = ("without --data or --dataset: the 8 CIFAR-10 test images shipped in the "
+               "package")
+
+
+def data_or_sample(data, dataset):
+    """``data``, or the shipped sample images when neither ``data`` nor ``dataset`` is given
+    (so a command runs on a fresh machine with no data set and no internet)."""
+    return SAMPLE_IMAGES if data is None and dataset is None else data
+
+
 def data_root() -> Path:
     """Where torchvision data lives: $DDPMCODEC_DATA or ~/.cache/ddpmcodec."""
     return Path(os.environ.get("DDPMCODEC_DATA", Path.home() / ".cache" / "ddpmcodec"))
