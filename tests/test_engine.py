@@ -3,7 +3,8 @@
 * With an exact float64 denoiser (the analytic oracle) the two are bitwise equal, on the
   full chain and a respaced one: same noise, same float64 term math.
 * With real networks in float32 the only difference is the network's rounding in other
-  batch compositions: a micro UNet on the full chain, the embedded model on 8 test images.
+  batch compositions: a micro UNet on the full chain, the embedded model on a 25-step
+  chain of 4 test images.
 * Fixed-shape padding, precision routing, results folders, resume and torchrun sharding.
 """
 from __future__ import annotations
@@ -89,15 +90,25 @@ def test_engine_equals_plain_loop_micro_unet(steps, variance_type):
     assert float((got["total"] - ref["total"]).abs().max()) < 1e-4
 
 
-def test_embedded_model_fast_equals_plain_on_test_images(embedded_model, test_images):
-    chain = embedded_model.diffusion.with_steps(25)  # the full chain: docs/engine.md
-    x0 = to_model_space(test_images[:8])
-    ids = torch.arange(8)
+def test_embedded_model_fast_equals_plain_25_steps(embedded_model, test_images):
+    """A 25-step chain (not the full chain, to keep it fast), 4 test images, seed 0.
+
+    Tolerance 1e-6 bits/dim, per image and per term: docs/engine.md measured the fast
+    engine against the plain loop on the full chain of test images 0-7 at 4.1e-8 per
+    image (3.4e-8 in any single term); on this 25-step chain (images 0-7, batch 48) the
+    two were bitwise equal. 1e-6 leaves 25x the documented difference for float32
+    rounding on other CPUs and batch layouts, and is far below any real difference in
+    noise or term math: noise seed 1 instead of 0 moves test image 0's 100-step total by
+    5.6e-4 bits/dim, which the former tolerance of 0.002 let through."""
+    chain = embedded_model.diffusion.with_steps(25)
+    x0 = to_model_space(test_images[:4])
+    ids = torch.arange(4)
     ref = bound_plain_loop(embedded_model.denoiser(), chain, x0, ids, seed=0)
     got = Engine.for_model(embedded_model, chain, seed=0, batch=48).bound(x0, ids)
     diff = (got["total"] - ref["total"]).abs()
-    assert float(diff.max()) < 0.002, diff
-    assert float((got["vb"] - ref["vb"]).abs().max()) < 1e-4
+    assert float(diff.max()) < 1e-6, diff
+    assert float((got["vb"] - ref["vb"]).abs().max()) < 1e-6
+    assert float((got["xstart_mse"] - ref["xstart_mse"]).abs().max()) < 1e-6
 
 
 def test_fixed_shape_padding_changes_nothing():
