@@ -17,7 +17,9 @@ Rows (each on a freshly initialised network, same config and batch):
 Each row runs ``--warmup-steps`` untimed steps (compilation happens there; its time is
 reported) and then ``--steps`` timed ones between device synchronisations. The table goes
 to stdout and everything to a JSON file. Reference points: the paper's TPU v3-8 ran
-21 steps/s; a plain bf16 loop measured 13.9 steps/s on one H200; the goal is >= 30.
+21 steps/s (the paper); a plain bf16 loop ran 13.9 steps/s on one H200 (an anchor given
+with the goal, issue 14; not measured by this project, which has not run on a GPU yet);
+the goal is >= 30.
 """
 from __future__ import annotations
 
@@ -213,7 +215,8 @@ def main(argv=None) -> int:
         else:
             verdict = "not comparable with the GPU goal, see the note"
         print(f"best trainer row: {best['variant']} {best['steps_per_s']:.2f} steps/s ({verdict}; "
-              f"references at batch 128: plain bf16 loop on one H200 {REFERENCES['plain_bf16_h200']}, "
+              f"references at batch 128, not measured here: plain bf16 loop on one H200 "
+              f"{REFERENCES['plain_bf16_h200']} (given with the goal), "
               f"paper TPU v3-8 {REFERENCES['paper_tpu_v3_8']} steps/s)")
     result = {"benchmark": "train_step", "config": args.config, "batch_size": args.batch_size,
               "steps": args.steps, "warmup_steps": args.warmup_steps, "device": name,

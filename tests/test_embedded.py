@@ -8,9 +8,10 @@ totals whatever the batch size; only the float32 network's rounding in other bat
 compositions may differ.
 
 Measured (this CPU, images 0 and 1 at 64, 16 and 200 pairs per call): |recomputed -
-committed| <= 1.7e-8 bits/dim per image; docs/engine.md: the fast engine and the plain
-loop agree to 4.1e-8 on the full chain. Tolerance 1e-6 bits/dim: about 25x the documented
-and 60x the measured disagreement, and 560x below what a change of noise alone does to
+committed| <= 1.7e-8 bits/dim per image; the fast engine and the plain loop agree to
+2.1e-8 per image on a 20-step chain (benchmarks/results/bench_engine_cpu_K20.json, quoted in
+docs/engine.md). Tolerance 1e-6 bits/dim: about 50x the committed and 60x the measured
+disagreement, and 560x below what a change of noise alone does to
 one image's total (measured: seed 1 instead of 0 moves image 0 by 5.6e-4 bits/dim).
 """
 from __future__ import annotations
