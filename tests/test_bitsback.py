@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -213,6 +214,16 @@ def test_params_round_trip_and_bounds():
         LosslessParams.unpack(p.pack()[:-1], h)
     with pytest.raises(DDPMCodecError):
         LosslessParams.unpack(p.pack() + b"\0", h)
+    # explicit variances travel exactly; a forged non-positive one is a corrupt file
+    explicit = dataclasses.replace(p, variance_rule="explicit", variances=(1.5e-4, 0.25))
+    q = LosslessParams.unpack(explicit.pack(), h)
+    assert q.variance_rule == "explicit" and q.variances == (1.5e-4, 0.25)
+    forged = explicit.pack()[:-8] + struct.pack("<d", -1.0)
+    with pytest.raises(DDPMCodecError, match="reverse variance"):
+        LosslessParams.unpack(forged, h)
+    # version 1 (no variance field) still reads, as the model's rule
+    v1 = bytes([1]) + p.pack()[1:-1]
+    assert LosslessParams.unpack(v1, h).variance_rule == "model"
 
 
 def test_decoder_probs_match_the_likelihood():

@@ -15,6 +15,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from ddpmcodec.cli.chain_options import CalibrationFile, TimestepsFile, Variance
 from ddpmcodec.cli.common import (
     BatchSize,
     Ckpt,
@@ -41,7 +42,15 @@ def encode(
         show_default=False)] = None,
     lossless: Annotated[bool, Opt(
         "--lossless", help="bits-back ANS through the latent chain, exact pixels (the default)")] = False,
-    steps: Steps = None, ckpt: Ckpt = None, num_images: NumImages = None,
+    steps: Steps = None,
+    trajectory: Annotated[Optional[str], Opt(
+        "--trajectory", help="which K timesteps: even, quadratic or dp (the K-subset that "
+                             "minimises the expected bound, from the model's calibration); "
+                             "default: even for --lossless, the codec's geometric schedule "
+                             "for --progressive")] = None,
+    variance: Variance = "model",
+    timesteps: TimestepsFile = None, calibration: CalibrationFile = None,
+    ckpt: Ckpt = None, num_images: NumImages = None,
     batch_size: BatchSize = 8, seed: Seed = 0,
     device: Annotated[str, Opt(
         "--device", help="cpu or cuda[:N]; the file decodes only on the same kind of device")] = "cpu",
@@ -64,7 +73,10 @@ def encode(
     the net size approaches the negative ELBO of the chain (what `ddpmcodec nll
     --steps K` reports). Larger --batch-size is faster but costs more one-off initial
     bits (about 13 bits/dim per image of the first batch). --progressive: lossy; every
-    prefix of the file decodes (`ddpmcodec decode --bytes N`)."""
+    prefix of the file decodes (`ddpmcodec decode --bytes N`); with --variance other than
+    model its proposals use the chain's variance, else a variance fitted per image and step.
+    The chain (timesteps and variances) is recorded in the file: decoding needs only the
+    file and the model."""
     from ddpmcodec.codec.base import get_codec
     from ddpmcodec.io.atomic import write_bytes_atomic
     from ddpmcodec.io.data import SAMPLE_IMAGES, load_images
@@ -79,27 +91,26 @@ def encode(
         raise DDPMCodecError(f"-o {out} is a folder; give the path of the file to write")
     device = resolve_device(device)
     model = load_model(ckpt, device)
-    if progressive:
-        from ddpmcodec.codec.progressive import coded_schedule
-        if steps is not None:  # validates --steps before reading data
-            coded_schedule(model.diffusion.num_steps, steps)
-    else:
-        model.diffusion.with_steps(steps)  # validates --steps before reading data
+    # the chain (and its calibration) is checked before the data is read
+    chain = _chain(model, progressive, steps, trajectory, variance, timesteps, calibration)
     images = load_images([str(p) for p in paths] if paths else SAMPLE_IMAGES, None, "test",
                          num_images)
     if progressive:
         opts = {k: v for k, v in (("chunk_bits", chunk_bits), ("margin_bits", margin))
                 if v is not None}
+        if chain is not None and variance != "model":
+            opts["variance"] = "model"  # propose with the chain's own variances
         enc = get_codec("progressive")(model).encode(
-            images.images, steps=steps, batch_size=batch_size, seed=seed, progress=not quiet,
-            **opts)
+            images.images, steps=steps if chain is None else None, batch_size=batch_size,
+            seed=seed, progress=not quiet, chain=chain, **opts)
         write_bytes_atomic(out, enc.data)
         summary, lines = _progressive_summary(enc, out, model)
         emit(summary, as_json, lines)
         return
     enc = get_codec("lossless")(model).encode(
-        images.images, steps=steps, batch_size=batch_size, seed=seed, progress=not quiet,
-        grid_log2=grid_log2, support_sigmas=support_sigmas)
+        images.images, steps=steps if chain is None else None, batch_size=batch_size,
+        seed=seed, progress=not quiet, grid_log2=grid_log2, support_sigmas=support_sigmas,
+        chain=chain)
     write_bytes_atomic(out, enc.data)
     s = enc.stats
     summary = {"file": str(out), "mode": "lossless", "fingerprint": model.fingerprint,
@@ -108,6 +119,23 @@ def encode(
     emit(summary, as_json, [
         f"wrote {out}: {s.num_images} image(s), {s.num_steps}-step chain, lossless, "
         f"model {model.fingerprint} on {enc.header.device_kind}"] + stats_lines(s))
+
+
+def _chain(model, progressive: bool, steps, trajectory, variance, timesteps, calibration):
+    """The chain the options ask for, or None for the codec's default chain."""
+    from ddpmcodec.io.chain_choice import ChainOptions, select_chain
+    if progressive and trajectory is None and timesteps is None:
+        from ddpmcodec.codec.progressive import DEFAULT_STEPS, coded_schedule
+        coded = coded_schedule(model.diffusion.num_steps, steps or DEFAULT_STEPS)  # validates
+        if variance == "model":
+            return None  # the codec's own schedule and fitted proposals
+        timesteps = list(coded)
+    opts = ChainOptions(steps if timesteps is None else None, trajectory or "even", variance,
+                        timesteps, calibration).validate()
+    if opts.is_default:
+        model.diffusion.with_steps(steps)  # validates --steps
+        return None
+    return select_chain(model, opts)[0]
 
 
 def _progressive_summary(enc, out: Path, model) -> tuple[dict, list[str]]:

@@ -40,7 +40,7 @@ from typing import ClassVar
 import numpy as np
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.container import Header
+from ddpmcodec.codec.container import BlobReader, BlobWriter, Header
 from ddpmcodec.errors import DDPMCodecError
 
 # cuBLAS is deterministic only with a fixed workspace; it reads this when CUDA starts.
@@ -239,11 +239,63 @@ def check_compatible(header: Header, model, mode: str | None = None) -> None:
                              f"{here}; decode on the encoder's kind of device")
 
 
-def chain_for(header: Header, model):
-    """The (respaced) Diffusion of the file's chain."""
+# the reverse-variance rule of a coded chain, as codecs record it in their params blob
+VARIANCE_RULES = ("model", "fixedlarge", "fixedsmall", "explicit")
+
+
+def chain_for(header: Header, model, rule: str = "model", variances=None):
+    """The (respaced) Diffusion of the file's chain, with the file's variance rule
+    (``model``: the checkpoint's; ``explicit``: the K variances the file holds)."""
     if header.timesteps == tuple(range(model.diffusion.num_steps)):
-        return model.diffusion
-    return model.diffusion.respace(header.timesteps)
+        chain = model.diffusion
+    else:
+        chain = model.diffusion.respace(header.timesteps)
+    if rule == "model":
+        return chain
+    return chain.with_variance(rule, variances)
+
+
+def check_chain(chain, model):
+    """A chain given to an encoder must be the model's schedule (respaced): anything else
+    could not be rebuilt by the decoder from the header's timesteps."""
+    import torch
+    full = model.diffusion
+    ts = chain.timesteps
+    if int(ts[-1]) >= full.num_steps or not torch.allclose(
+            chain.alphas_cumprod, full.alphas_cumprod[ts], rtol=1e-12, atol=0):
+        raise DDPMCodecError("the chain is not a respacing of the model's schedule")
+
+
+def variance_rule_of(chain, model) -> tuple[str, tuple | None]:
+    """(rule, explicit variances or None) of a chain on ``model``'s schedule."""
+    if chain.variance_type == model.diffusion.variance_type:
+        return "model", None
+    if chain.variance_type == "explicit":
+        return "explicit", tuple(chain.reverse_variance.tolist())
+    return chain.variance_type, None
+
+
+def pack_variance_rule(writer: BlobWriter, rule: str, variances=None) -> BlobWriter:
+    """u8 rule (an index of VARIANCE_RULES), then for ``explicit`` K float64 variances
+    (stored exactly: the decoder must form the same p_theta bit for bit)."""
+    writer.u8(VARIANCE_RULES.index(rule))
+    if rule == "explicit":
+        for v in variances:
+            writer.f64(float(v))
+    return writer
+
+
+def read_variance_rule(reader: BlobReader, num_steps: int) -> tuple[str, list | None]:
+    """(rule, variances or None) as :func:`pack_variance_rule` wrote them; the variances
+    are checked (positive, finite) when the chain is built."""
+    rule = VARIANCE_RULES[reader.bounded("variance rule", reader.u8("variance rule"), 0,
+                                         len(VARIANCE_RULES) - 1)]
+    if rule != "explicit":
+        return rule, None
+    values = [reader.f64("reverse variance") for _ in range(num_steps)]
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise DDPMCodecError("corrupt file: a reverse variance is not a positive number")
+    return rule, values
 
 
 def network_p(model, diffusion, x, k: int, batches, *, math_on_model_device: bool = False) -> dict:

@@ -81,11 +81,15 @@ from ddpmcodec.codec.base import (
     Encoded,
     Timer,
     chain_for,
+    check_chain,
     check_compatible,
     deterministic,
     network_p,
     new_header,
+    pack_variance_rule,
+    read_variance_rule,
     start_encode,
+    variance_rule_of,
     verify_pixels,
 )
 from ddpmcodec.codec.container import BlobReader, BlobWriter, Header
@@ -94,7 +98,7 @@ from ddpmcodec.core.rng import stream_keys, uniform_bits
 from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.data import to_model_space
 
-PARAMS_VERSION = 1
+PARAMS_VERSION = 2          # 2 adds the chain's reverse-variance rule; 1 still decodes
 DEFAULT_GRID_LOG2 = 5        # 32..64 grid points per (smaller) standard deviation
 DEFAULT_SUPPORT_SIGMAS = 5.0  # alphabet half-width in standard deviations
 MAX_HALF = (1 << 18) - 1     # largest alphabet half-width
@@ -116,6 +120,9 @@ class LosslessParams:
     prefix_words: P leading words of the final stack that equal the seeded words, so they
         are regenerated instead of stored.
     bound_bits, elbo_bits: the encoder's bound and sampled -ELBO (for the decoder's report).
+    variance_rule, variances: the chain's reverse variance (base.VARIANCE_RULES; explicit
+        variances stored as K float64), so the decoder needs nothing but the file and the
+        model (version 1 files: the model's rule).
     """
 
     grid_log2: int
@@ -124,21 +131,26 @@ class LosslessParams:
     prefix_words: int
     bound_bits: float
     elbo_bits: float
+    variance_rule: str = "model"
+    variances: tuple | None = None
 
     def pack(self) -> bytes:
-        return (BlobWriter().u8(PARAMS_VERSION).u8(self.grid_log2)
-                .u16(int(round(self.support_sigmas * 16)))
-                .u32(self.initial_words).u32(self.prefix_words).f64(self.bound_bits)
-                .f64(self.elbo_bits).getvalue())
+        w = (BlobWriter().u8(PARAMS_VERSION).u8(self.grid_log2)
+             .u16(int(round(self.support_sigmas * 16)))
+             .u32(self.initial_words).u32(self.prefix_words).f64(self.bound_bits)
+             .f64(self.elbo_bits))
+        return pack_variance_rule(w, self.variance_rule, self.variances).getvalue()
 
     @classmethod
     def unpack(cls, blob: bytes, header: Header) -> "LosslessParams":
         r = BlobReader(blob, "lossless parameters")
         version = r.u8("version")
-        if version != PARAMS_VERSION:
+        if version not in (1, PARAMS_VERSION):
             raise DDPMCodecError(f"lossless parameters version {version} is not supported")
-        p = cls(r.u8("grid_log2"), r.u16("support_sigmas") / 16, r.u32("initial_words"),
-                r.u32("prefix_words"), r.f64("bound_bits"), r.f64("elbo_bits"))
+        fields = (r.u8("grid_log2"), r.u16("support_sigmas") / 16, r.u32("initial_words"),
+                  r.u32("prefix_words"), r.f64("bound_bits"), r.f64("elbo_bits"))
+        rule, values = read_variance_rule(r, header.num_steps) if version >= 2 else ("model", None)
+        p = cls(*fields, rule, None if values is None else tuple(values))
         r.end()
         return p.validate(header)
 
@@ -424,10 +436,17 @@ class BitsBackCodec(Codec):
     # -- encoding --------------------------------------------------------------------------
     def encode(self, images: np.ndarray, *, steps: int | None = None, batch_size: int = 8,
                seed: int = 0, progress: bool = False, grid_log2: int = DEFAULT_GRID_LOG2,
-               support_sigmas: int = DEFAULT_SUPPORT_SIGMAS) -> Encoded:
+               support_sigmas: int = DEFAULT_SUPPORT_SIGMAS, chain=None) -> Encoded:
+        """Compress ``images`` on ``chain`` (a Diffusion on the model's schedule with any
+        variance rule, e.g. from :func:`ddpmcodec.core.chains.build_chain`), or on ``steps``
+        evenly spaced steps with the model's variance."""
         model = self.model
         images, batch_size = start_encode(images, model, batch_size)
-        diffusion = model.diffusion.with_steps(steps)
+        if chain is not None:
+            if steps is not None and steps != chain.num_steps:
+                raise DDPMCodecError(f"--steps {steps} disagrees with the {chain.num_steps}-step chain")
+            check_chain(chain, model)
+        diffusion = model.diffusion.with_steps(steps) if chain is None else chain
         header = new_header("lossless", model, len(images), batch_size, seed,
                             diffusion.timesteps, container.pixel_checksum(images))
         LosslessParams(grid_log2, support_sigmas, 4, 0, 0.0, 0.0).validate(header)
@@ -448,7 +467,7 @@ class BitsBackCodec(Codec):
         final = stack.ans.words()
         P = _common_prefix(final, init)
         params = LosslessParams(grid_log2, support_sigmas, W, P, float(bound.sum()),
-                                float(elbo.sum()))
+                                float(elbo.sum()), *variance_rule_of(diffusion, model))
         header = dataclasses.replace(header, params=params.pack())
         payload = np.ascontiguousarray(final[P:], dtype="<u4").tobytes()
         data = container.pack(header, payload)
@@ -522,7 +541,7 @@ class BitsBackCodec(Codec):
         header, payload = container.unpack(data)
         check_compatible(header, self.model, self.mode)
         params = LosslessParams.unpack(header.params, header)
-        diffusion = chain_for(header, self.model)
+        diffusion = chain_for(header, self.model, params.variance_rule, params.variances)
         grids = latent_grids(diffusion, params.grid_log2, params.support_sigmas)
         init = initial_words(header.seed, params.initial_words)
         if len(payload) % 4:

@@ -54,11 +54,16 @@ from ddpmcodec.codec.base import (
     Decoded,
     Encoded,
     Timer,
+    chain_for,
+    check_chain,
     check_compatible,
     deterministic,
     network_p,
     new_header,
+    pack_variance_rule,
+    read_variance_rule,
     start_encode,
+    variance_rule_of,
     verify_pixels,
 )
 from ddpmcodec.codec.container import BlobReader, BlobWriter
@@ -66,7 +71,7 @@ from ddpmcodec.core.metrics import mse_per_image, psnr
 from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.data import from_model_space, to_model_space
 
-PARAMS_VERSION = 1
+PARAMS_VERSION = 2   # 2 adds the chain's reverse-variance rule; 1 still decodes
 DEFAULT_STEPS = 16
 DEFAULT_CHUNK_BITS = 12.0
 DEFAULT_MARGIN_BITS = 2.0
@@ -111,12 +116,16 @@ def generator_check() -> int:
 
 @dataclass(frozen=True)
 class ProgressiveParams:
-    """The progressive codec's ``params`` blob: channel constants and the variance rule."""
+    """The progressive codec's ``params`` blob: channel constants, the proposal's variance
+    rule (``fit`` per image and step, or ``model``: the chain's), the generator, and the
+    chain's reverse-variance rule (base.VARIANCE_RULES, explicit variances as K float64)."""
 
     channel: ch.ChannelParams
     variance: str = "fit"
     generator: str = ch.GENERATOR_ID
     generator_crc: int = 0
+    chain_rule: str = "model"
+    chain_variances: tuple | None = None
 
     def validate(self) -> "ProgressiveParams":
         self.channel.validate()
@@ -131,16 +140,17 @@ class ProgressiveParams:
                 abs(quarter(c.margin_bits) / 4 - c.margin_bits) > 1e-12:
             raise DDPMCodecError("--chunk-bits and the margin must be multiples of 0.25")
         gen = self.generator.encode("ascii")
-        return (BlobWriter().u8(PARAMS_VERSION).u16(quarter(c.chunk_bits))
-                .u16(quarter(c.margin_bits)).u8(c.max_log2)
-                .u8(VARIANCES.index(self.variance)).u8(len(gen)).raw(gen)
-                .u32(self.generator_crc).getvalue())
+        w = (BlobWriter().u8(PARAMS_VERSION).u16(quarter(c.chunk_bits))
+             .u16(quarter(c.margin_bits)).u8(c.max_log2)
+             .u8(VARIANCES.index(self.variance)).u8(len(gen)).raw(gen)
+             .u32(self.generator_crc))
+        return pack_variance_rule(w, self.chain_rule, self.chain_variances).getvalue()
 
     @classmethod
-    def unpack(cls, blob: bytes) -> "ProgressiveParams":
+    def unpack(cls, blob: bytes, num_steps: int = 0) -> "ProgressiveParams":
         r = BlobReader(blob, "progressive parameters")
         version = r.u8("params version")
-        if version != PARAMS_VERSION:
+        if version not in (1, PARAMS_VERSION):
             raise DDPMCodecError(f"progressive parameters version {version} is not supported")
         chunk = r.u16("chunk bits") / 4
         margin = r.u16("margin") / 4
@@ -148,12 +158,14 @@ class ProgressiveParams:
         var = r.bounded("variance rule", r.u8("variance rule"), 0, len(VARIANCES) - 1)
         gen = r.raw(r.u8("generator id length"), "generator id")
         crc = r.u32("generator check")
+        rule, values = read_variance_rule(r, num_steps) if version >= 2 else ("model", None)
         r.end()
         try:
             gen_id = gen.decode("ascii")
         except UnicodeDecodeError:
             raise DDPMCodecError("progressive parameters: generator id is not ASCII") from None
-        return cls(ch.ChannelParams(chunk, margin, max_log2), VARIANCES[var], gen_id, crc).validate()
+        return cls(ch.ChannelParams(chunk, margin, max_log2), VARIANCES[var], gen_id, crc, rule,
+                   None if values is None else tuple(values)).validate()
 
 
 # -- framing ---------------------------------------------------------------------------------
@@ -323,8 +335,10 @@ class ProgressiveCodec(Codec):
     def encode(self, images: np.ndarray, *, steps: int | None = None, batch_size: int = 8,
                seed: int = 0, progress: bool = False, chunk_bits: float = DEFAULT_CHUNK_BITS,
                margin_bits: float = DEFAULT_MARGIN_BITS, max_log2: int = DEFAULT_MAX_LOG2,
-               variance: str = "fit", keep_latents: bool = False) -> Encoded:
-        """Compress ``images`` (uint8 NHWC). ``steps`` = K coded latents (default 16).
+               variance: str = "fit", keep_latents: bool = False, chain=None) -> Encoded:
+        """Compress ``images`` (uint8 NHWC). ``steps`` = K coded latents (default 16) on
+        :func:`coded_schedule`, or the latents of ``chain`` (a Diffusion on the model's
+        schedule from t = 0 to T - 1, whose reverse variance the ``model`` proposal uses).
 
         stats.bound_bits is the summed KL of the codec's own proposals along the coded path
         (the information the channel had to convey); stats.extra["steps"] has, per coded
@@ -339,11 +353,22 @@ class ProgressiveCodec(Codec):
             raise DDPMCodecError(f"{n} images are too many for one progressive file (at most "
                                  f"{MAX_LATENT_VALUES // images[0].size}); split them")
         T = model.diffusion.num_steps
-        K = DEFAULT_STEPS if steps is None else int(steps)
-        timesteps = coded_schedule(T, min(K, T))
-        diffusion = model.diffusion.respace(timesteps)
+        if chain is None:
+            K = DEFAULT_STEPS if steps is None else int(steps)
+            timesteps = coded_schedule(T, min(K, T))
+            diffusion = model.diffusion.respace(timesteps)
+        else:
+            check_chain(chain, model)
+            if steps is not None and steps != chain.num_steps:
+                raise DDPMCodecError(f"--steps {steps} disagrees with the {chain.num_steps}-step chain")
+            if chain.num_steps < 2 or int(chain.timesteps[0]) != 0 or int(chain.timesteps[-1]) != T - 1:
+                raise DDPMCodecError(f"a progressive chain runs from t = 0 to T - 1 in at least "
+                                     f"2 steps")
+            K, diffusion = chain.num_steps, chain
+            timesteps = tuple(int(t) for t in chain.timesteps)
         params = ProgressiveParams(ch.ChannelParams(float(chunk_bits), float(margin_bits), int(max_log2)),
-                                   variance, ch.GENERATOR_ID, generator_check()).validate()
+                                   variance, ch.GENERATOR_ID, generator_check(),
+                                   *variance_rule_of(diffusion, model)).validate()
         # the pixel checksum is that of the reconstruction, known at the end
         header = new_header("progressive", model, n, batch_size, seed, timesteps,
                             bytes(container.CHECKSUM_BYTES), params.pack())
@@ -431,7 +456,7 @@ class ProgressiveCodec(Codec):
             data = bytes(data)[:max_bytes]
         header, payload, complete = container.unpack_prefix(data)
         check_compatible(header, self.model, "progressive")
-        params = ProgressiveParams.unpack(header.params)
+        params = ProgressiveParams.unpack(header.params, header.num_steps)
         if params.generator != ch.GENERATOR_ID or params.generator_crc != generator_check():
             raise DDPMCodecError(
                 f"this file's candidate generator ({params.generator}) does not reproduce here "
@@ -459,7 +484,7 @@ class ProgressiveCodec(Codec):
         """Yield (coded step s, latents x float64 [N, C, H, W], chain step k of x), each
         verified against the encoder's CRC. Run inside :func:`deterministic`."""
         model = self.model
-        diffusion = model.diffusion.respace(header.timesteps)
+        diffusion = chain_for(header, model, params.chain_rule, params.chain_variances)
         n, dims, K = header.num_images, header.dims, header.num_steps
         batches = header.batches()
         index_model = ch.IndexModel(params.channel)
@@ -507,7 +532,7 @@ class ProgressiveCodec(Codec):
             for s, x, k in self._latents(header, params, packets, bar):
                 if keep_latents:
                     latents.append(x.clone())
-            diffusion = model.diffusion.respace(header.timesteps)
+            diffusion = chain_for(header, model, params.chain_rule, params.chain_variances)
             x0_hat = reconstruct(model, diffusion, x, k, header.batches(), recon, recon_steps,
                                  header.seed)
         images = from_model_space(x0_hat)
@@ -532,7 +557,7 @@ class ProgressiveCodec(Codec):
         _check_recons(recons)
         header, params, payload, packets, _ = self._open(data, None, None)
         model = self.model
-        diffusion = model.diffusion.respace(header.timesteps)
+        diffusion = chain_for(header, model, params.chain_rule, params.chain_variances)
         hsize = container.header_size(header)
         ends = packet_ends(payload)
         out = []

@@ -17,7 +17,7 @@ class ChainOptions:
     steps: int | None = None
     trajectory: str = "even"
     variance: str = "model"
-    timesteps: str | os.PathLike | None = None   # a file of original indices
+    timesteps: str | os.PathLike | list | None = None   # a file of original indices, or a list
     calibration: str | os.PathLike | None = None
 
     def validate(self) -> "ChainOptions":
@@ -70,7 +70,9 @@ def select_chain(model, options: ChainOptions):
     full = model.diffusion
     cal = find_calibration(model, opts.calibration) if opts.needs_calibration else None
     m = cal.m() if cal is not None else None
-    if opts.timesteps is not None:
+    if isinstance(opts.timesteps, (list, tuple)):
+        ts = [int(t) for t in opts.timesteps]
+    elif opts.timesteps is not None:
         ts = read_timesteps(opts.timesteps, full.num_steps)
         if opts.steps is not None and opts.steps != len(ts):
             raise DDPMCodecError(f"--steps {opts.steps} disagrees with the {len(ts)} indices "
