@@ -12,8 +12,8 @@ them, checks the round trip, and prints one table row per chain length:
 * the actual net size in bits/dim (payload minus the one-off initial bits), the bound
   along the coding path, the sampled negative ELBO of the path, the coder's overhead
   (actual / sampled ELBO - 1, a nearly noise-free number), and the initial bits;
-* with --compare-nll, the bound that `ddpmcodec nll --steps K` computes for the same
-  images (bound_plain_loop, seed 0), the relative difference actual / nll - 1, and its
+* with --compare-nll, the bound that `ddpmcodec nll --steps K` (with the same
+  --trajectory and --variance) computes for the same images (bound_plain_loop, seed 0), the relative difference actual / nll - 1, and its
   standard error. The codec's size and the nll estimate are two Monte-Carlo estimates of
   the same expectation with independent noise; the standard error of their difference is
   estimated from the per-image differences (sampled -ELBO of the path minus nll).
@@ -42,11 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-test-800.npz"
 
 
-def nll_bound(model, images: np.ndarray, steps, batch_size: int) -> np.ndarray:
-    """Per-image bound in bits/dim, as `ddpmcodec nll` computes it (seed 0)."""
+def nll_bound(model, images: np.ndarray, diffusion, batch_size: int) -> np.ndarray:
+    """Per-image bound in bits/dim of the chain ``diffusion``, as `ddpmcodec nll` computes
+    it (seed 0)."""
     from ddpmcodec.core.likelihood import bound_plain_loop
     from ddpmcodec.io.data import to_model_space
-    diffusion = model.diffusion.with_steps(steps)
     out = []
     for a in range(0, len(images), batch_size):
         x0 = to_model_space(images[a:a + batch_size], model.device)
@@ -66,6 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compare-nll", action="store_true", help="also compute the nll bound")
+    ap.add_argument("--trajectory", default="even", help="even, quadratic or dp (as `encode`)")
+    ap.add_argument("--variance", default="model", help="model, fixedlarge, fixedsmall or analytic")
     ap.add_argument("--skip-decode", action="store_true", help="encode only (no round trip)")
     ap.add_argument("--save", default=None, help="write the rows as JSON lines to this file")
     ap.add_argument("--json", default=None, help="write the command, set-up and all rows to this JSON file")
@@ -74,6 +76,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     from ddpmcodec.codec.bitsback import BitsBackCodec
+    from ddpmcodec.io.chain_choice import ChainOptions, select_chain
     from ddpmcodec.io.data import load_images
     from ddpmcodec.io.models import load_model
     model = load_model(args.ckpt, args.device)
@@ -93,6 +96,7 @@ def main(argv=None) -> int:
               "model": {"fingerprint": model.fingerprint, "source": str(model.source)},
               "data": {"path": os.path.relpath(args.data, ROOT), "num_images": len(images)},
               "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
+              "trajectory": args.trajectory, "variance": args.variance,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
               "cpu_count": os.cpu_count(), "load_average_start": list(os.getloadavg()),
@@ -100,8 +104,9 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     for K in args.steps:
         steps = None if K == 0 else K
+        chain, _ = select_chain(model, ChainOptions(steps, args.trajectory, args.variance))
         t0 = time.perf_counter()
-        enc = codec.encode(images, steps=steps, batch_size=args.batch_size, seed=args.seed)
+        enc = codec.encode(images, chain=chain, batch_size=args.batch_size, seed=args.seed)
         t_enc = time.perf_counter() - t0
         t_dec = float("nan")
         if not args.skip_decode:
@@ -113,7 +118,9 @@ def main(argv=None) -> int:
                 return 1
         s = enc.stats
         elbo = np.array(s.extra["elbo_bits_per_image"]) / dims
-        row = {"K": s.num_steps, "num_images": len(images), "batch_size": args.batch_size,
+        row = {"K": s.num_steps, "timesteps": chain.timesteps.tolist(),
+               "variance_type": chain.variance_type,
+               "num_images": len(images), "batch_size": args.batch_size,
                "encode_images_per_s": len(images) / t_enc, "decode_images_per_s": len(images) / t_dec,
                "actual_bpd": s.bits_per_dim, "path_bound_bpd": s.bound_bits_per_dim,
                "elbo_bpd": float(elbo.mean()), "coder_overhead": s.actual_bits / elbo.sum() / dims - 1,
@@ -127,7 +134,7 @@ def main(argv=None) -> int:
                  f"{100 * row['coder_overhead']:+.4f}%", f"{s.initial_bits_per_dim:.3f}"]
         if args.compare_nll:
             t0 = time.perf_counter()
-            ref = nll_bound(model, images, steps, args.batch_size)
+            ref = nll_bound(model, images, chain, args.batch_size)
             t_nll = time.perf_counter() - t0
             d = elbo - ref
             se = d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
