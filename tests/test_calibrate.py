@@ -3,6 +3,7 @@ damaged, and turned into chains."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,15 @@ def test_analytic_without_calibration_is_one_line(tiny_ckpt, tmp_path, capsys, m
     code = main(["nll", "--ckpt", str(tiny_ckpt), "--data", str(tmp_path / "t.npz"),
                  "--trajectory", "sideways", "--device", "cpu", "-o", str(tmp_path / "o")])
     assert code == 1 and "--trajectory must be one of" in capsys.readouterr().err
+
+
+def test_rd_curve_on_a_chosen_chain(tiny_calibration, tiny_ckpt, tmp_path, capsys):
+    np.savez(tmp_path / "t.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
+    out = tmp_path / "rd"
+    assert main(["rd-curve", "--ckpt", str(tiny_ckpt), "--data", str(tmp_path / "t.npz"),
+                 "--steps", "5", "--trajectory", "dp", "--variance", "analytic", "--calibration",
+                 str(tiny_calibration), "--device", "cpu", "-o", str(out), "-q", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    cfg = json.loads((Path(results) / "results.json").read_text())["config"]
+    assert cfg["chain_choice"]["trajectory"] == "dp" and cfg["chain"]["variance_type"] == "explicit"
+    assert (out / "table4.csv").is_file()

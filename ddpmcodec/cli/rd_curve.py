@@ -7,6 +7,12 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from ddpmcodec.cli.chain_options import (
+    CalibrationFile,
+    TimestepsFile,
+    Trajectory,
+    Variance,
+)
 from ddpmcodec.cli.common import (
     BatchSize,
     Ckpt,
@@ -33,6 +39,8 @@ def rd_curve(results: Annotated[Optional[Path], typer.Option(
                                          "--codec progressive: a full-chain curve to overlay)")] = None,
              ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
              data: SampleDataPath = None, num_images: NumImages = None, steps: Steps = None,
+             trajectory: Trajectory = "even", variance: Variance = "model",
+             timesteps: TimestepsFile = None, calibration: CalibrationFile = None,
              batch_size: BatchSize = 64, device: Device = "auto", seed: Seed = 0,
              out: Annotated[Optional[Path], typer.Option(
                  "--out", "-o", help="where to write table4.csv, rd_curve.csv, figure5.png "
@@ -60,6 +68,10 @@ def rd_curve(results: Annotated[Optional[Path], typer.Option(
         from ddpmcodec.pipelines.rd_codec import run_rd_codec
         if batch_size < 1:
             raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
+        if (trajectory, variance, timesteps) != ("even", "model", None):
+            raise DDPMCodecError("--codec progressive measures the codec on its own coded "
+                                 "schedule; --trajectory, --variance and --timesteps apply to "
+                                 "the theoretical curve (encode --progressive takes them)")
         model = load_model(ckpt, resolve_device(device))
         images = load_images(data_or_sample(data, dataset), dataset, split, num_images)
         where = Path(out) if out else default_out("rd-codec", model.fingerprint, images.spec,
@@ -74,10 +86,16 @@ def rd_curve(results: Annotated[Optional[Path], typer.Option(
         raise DDPMCodecError(f"--codec must be theory or progressive, got {codec!r}")
     if chunk_bits is not None or margin is not None or recon:
         raise DDPMCodecError("--chunk-bits, --margin and --recon apply to --codec progressive")
+    from ddpmcodec.io.chain_choice import ChainOptions
+    chain_options = ChainOptions(steps, trajectory, variance, timesteps, calibration)
     from ddpmcodec.analysis.rd_curve import write_rd
     if results is None:
         _, results = compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size,
-                                  device, seed, None, overwrite, quiet)
+                                  device, seed, None, overwrite, quiet,
+                                  chain_options=chain_options)
+    elif not chain_options.is_default:
+        raise DDPMCodecError("--trajectory, --variance and --timesteps choose the chain of a "
+                             "new nll run; --results already has its chain")
     info = write_rd(results, out or results)
     summary = {"results": str(results), **info}
     lines = ["reverse_step   rate(bits/dim)   RMSE[0,255]   PSNR(dB)"]
