@@ -111,7 +111,8 @@ def test_analytic_without_calibration_is_one_line(tiny_ckpt, tmp_path, capsys, m
     assert code == 1 and "--trajectory must be one of" in capsys.readouterr().err
 
 
-def test_rd_curve_on_a_chosen_chain(tiny_calibration, tiny_ckpt, tmp_path, capsys):
+def test_rd_curve_on_a_chosen_chain(tiny_calibration, tiny_ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the nll run goes to the default runs/nll/... folder
     np.savez(tmp_path / "t.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
     out = tmp_path / "rd"
     assert main(["rd-curve", "--ckpt", str(tiny_ckpt), "--data", str(tmp_path / "t.npz"),
