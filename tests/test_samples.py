@@ -32,3 +32,15 @@ def test_commands_default_to_the_sample(tiny_ckpt, tmp_path, capsys):
 def _help(command: str, capsys) -> str:
     main([command, "--help"])
     return " ".join(capsys.readouterr().out.split())
+
+
+def test_out_naming_a_file_is_one_line_for_every_folder_command(tiny_ckpt, tmp_path, capsys):
+    """report, bench and rd-curve write folders: -o naming a file is a user's mistake."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv in (["report", "--quick"], ["bench", "-n", "1", "--steps", "2", "--nfe", "",
+                                         "--reference-images", "0"],
+                 ["rd-curve", "-n", "1", "--steps", "2"]):
+        code = main(argv + ["--ckpt", str(tiny_ckpt), "-o", str(afile), "--device", "cpu", "-q"])
+        err = capsys.readouterr().err
+        assert code == 1 and "is a file" in err and len(err.strip().splitlines()) == 1, argv

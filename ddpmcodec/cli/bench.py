@@ -72,6 +72,9 @@ def bench(ckpt: Ckpt = None,
     from ddpmcodec.io.data import check_fits, data_or_sample, load_images
     from ddpmcodec.io.models import load_model
     from ddpmcodec.pipelines.bench import random_model, run_bench, table_lines
+    from ddpmcodec.io.results import check_out_folder
+    if out is not None:
+        check_out_folder(out)  # before any work: a file here is a one-line error
     dev = resolve_device(device)
     if ckpt is not None and random_init is not None:
         raise DDPMCodecError("give --ckpt or --random-init, not both")

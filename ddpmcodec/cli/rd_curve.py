@@ -61,6 +61,9 @@ def rd_curve(results: Annotated[Optional[Path], typer.Option(
     the paper's Table 4 as CSV and Figure 5 as a three-panel PNG. With --codec progressive,
     the real progressive codec's curve (actual bits beside KL, RMSE, PSNR, LPIPS when its
     weights are present) over the theoretical one, with JPEG and WebP on the same images."""
+    from ddpmcodec.io.results import check_out_folder
+    if out is not None:
+        check_out_folder(out)  # before any work: a file here is a one-line error
     if codec == "progressive":
         from ddpmcodec.analysis.rd_codec import summary_lines
         from ddpmcodec.io.data import data_or_sample, load_images

@@ -37,6 +37,8 @@ def report(out: OutDir, ckpt: Ckpt = None, dataset: Dataset = None, data: Sample
     (samples sharing a latent), Figure 8 (interpolation). Writes OUT/README.md with the
     tables inline and the figures linked; finished parts are reused when rerun."""
     from ddpmcodec.io.data import data_or_sample, load_images
+    from ddpmcodec.io.results import check_out_folder
+    check_out_folder(out)  # before any work: a file here is a one-line error
     from ddpmcodec.io.models import load_model
     from ddpmcodec.pipelines.report import build_report
     model = load_model(ckpt, resolve_device(device))
