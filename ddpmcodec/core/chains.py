@@ -107,6 +107,9 @@ def dp_trajectory(cost: np.ndarray, steps: int) -> tuple[list[int], float]:
     T = cost.shape[0]
     if not 2 <= steps <= T:
         raise DDPMCodecError(f"a dp trajectory needs 2 <= K <= {T} steps, got {steps}")
+    if steps == T:  # the only K-subset
+        every = list(range(T))
+        return every, chain_cost(cost, every)
     best = np.full(T, np.inf)   # best[t]: cheapest path of k+1 indices from 0 ending at t
     best[0] = 0.0
     choice = np.zeros((steps, T), dtype=np.int64)
