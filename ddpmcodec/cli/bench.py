@@ -71,8 +71,8 @@ def bench(ckpt: Ckpt = None,
     from ddpmcodec.io.atomic import write_json_atomic, write_text_atomic
     from ddpmcodec.io.data import check_fits, data_or_sample, load_images
     from ddpmcodec.io.models import load_model
-    from ddpmcodec.pipelines.bench import random_model, run_bench, table_lines
     from ddpmcodec.io.results import check_out_folder
+    from ddpmcodec.pipelines.bench import random_model, run_bench, table_lines
     if out is not None:
         check_out_folder(out)  # before any work: a file here is a one-line error
     dev = resolve_device(device)

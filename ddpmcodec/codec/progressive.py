@@ -362,8 +362,8 @@ class ProgressiveCodec(Codec):
             if steps is not None and steps != chain.num_steps:
                 raise DDPMCodecError(f"--steps {steps} disagrees with the {chain.num_steps}-step chain")
             if chain.num_steps < 2 or int(chain.timesteps[0]) != 0 or int(chain.timesteps[-1]) != T - 1:
-                raise DDPMCodecError(f"a progressive chain runs from t = 0 to T - 1 in at least "
-                                     f"2 steps")
+                raise DDPMCodecError("a progressive chain runs from t = 0 to T - 1 in at least "
+                                     "2 steps")
             K, diffusion = chain.num_steps, chain
             timesteps = tuple(int(t) for t in chain.timesteps)
         params = ProgressiveParams(ch.ChannelParams(float(chunk_bits), float(margin_bits), int(max_log2)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -92,3 +93,25 @@ def savefig_atomic(fig, path: str | os.PathLike, **kwargs) -> None:
     kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, **kwargs)
+
+
+def symlink_atomic(link: Path, target: str) -> None:
+    """Make ``link`` a symlink to ``target`` (relative), replacing what is there in one
+    ``os.replace`` (a folder that is not a link is first moved aside, then deleted)."""
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    tmp = link.with_name(f".tmp-{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    try:
+        if link.is_dir() and not link.is_symlink():  # a run written before ckpt-<step>/
+            aside = link.with_name(f".old-{link.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            link.rename(aside)
+            os.replace(tmp, link)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -18,7 +18,11 @@ import numpy as np
 import torch
 
 from ddpmcodec.core.chains import quadratic_timesteps
-from ddpmcodec.core.likelihood import LN2, discretized_gaussian_log_likelihood, mean_flat
+from ddpmcodec.core.likelihood import (
+    LN2,
+    discretized_gaussian_log_likelihood,
+    mean_flat,
+)
 from ddpmcodec.core.rng import counter_normal
 from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.calibration import Calibration

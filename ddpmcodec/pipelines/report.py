@@ -118,7 +118,7 @@ def build_report(model: LoadedModel, test: ImageSet, train: ImageSet | None, out
                 str(p.relative_to(out)) for p in out.iterdir() if p.is_file())}
 
 
-def _calibration(model, train, res: Path, sizes, seed, batch_size, progress):
+def _calibration(model, train, res: Path, sizes, seed, progress):
     """(the model's calibration, where it came from), made from the training images into
     ``res`` when the model has none; (None, why) without training images."""
     from ddpmcodec.errors import DDPMCodecError
@@ -146,7 +146,7 @@ def _chain_study(model, test, train, res: Path, out: Path, sizes, seed, batch_si
     from ddpmcodec.analysis.chains import chain_table, draw_chain_figure
     from ddpmcodec.core.chains import build_chain, chain_timesteps, cost_variance
     from ddpmcodec.errors import DDPMCodecError
-    cal, source = _calibration(model, train, res, sizes, seed, batch_size, progress)
+    cal, source = _calibration(model, train, res, sizes, seed, progress)
     if cal is None:
         return {"skipped": source}
     sub = _subset(test, min(sizes.chain_images, sizes.nll_full_images))

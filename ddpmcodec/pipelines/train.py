@@ -74,7 +74,13 @@ from ddpmcodec.core.likelihood import (
     vb_terms_bpd,
 )
 from ddpmcodec.errors import DDPMCodecError
-from ddpmcodec.io.atomic import atomic_path, fsync_tree, write_bytes_atomic, write_json_atomic
+from ddpmcodec.io.atomic import (
+    atomic_path,
+    fsync_tree,
+    symlink_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from ddpmcodec.io.models import build_unet, save_model, unet_config
 from ddpmcodec.io.results import check_out_folder
 from ddpmcodec.progress import progress_bar
@@ -395,28 +401,6 @@ def _truncate_csv(path: Path, last_step: int) -> None:
     write_bytes_atomic(path, _csv_text(fields, keep).encode())
 
 
-def _symlink_atomic(link: Path, target: str) -> None:
-    """Make ``link`` a symlink to ``target`` (relative), replacing what is there in one
-    ``os.replace`` (a folder that is not a link is first moved aside, then deleted)."""
-    if link.is_symlink() and os.readlink(link) == target:
-        return
-    tmp = link.with_name(f".tmp-{link.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    try:
-        if link.is_dir() and not link.is_symlink():  # a run written before ckpt-<step>/
-            aside = link.with_name(f".old-{link.name}")
-            shutil.rmtree(aside, ignore_errors=True)
-            link.rename(aside)
-            os.replace(tmp, link)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class _Clock:
     """Training time only: adds to ``trainer.elapsed`` and to the current log interval."""
 
@@ -719,11 +703,11 @@ class Trainer:
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
-        _symlink_atomic(current, name)  # the one switch
+        symlink_atomic(current, name)  # the one switch
         # fixed links into `current`; a run written by an older ddpmcodec has a plain file
         # and folder here: the state is switched first (what a resume reads)
         for fixed in (STATE_FILE, STATE_JSON, MODEL_DIR):
-            _symlink_atomic(out / fixed, f"{CURRENT}/{fixed}")
+            symlink_atomic(out / fixed, f"{CURRENT}/{fixed}")
         for old in out.iterdir():  # earlier checkpoints and what crashed saves left
             n = old.name
             if n == name or not (n.startswith(("ckpt-", ".tmp-ckpt-", ".old-", ".tmp-"))
