@@ -106,7 +106,10 @@ def main(argv=None) -> int:
         steps = None if K == 0 else K
         chain, _ = select_chain(model, ChainOptions(steps, args.trajectory, args.variance))
         t0 = time.perf_counter()
-        enc = codec.encode(images, chain=chain, batch_size=args.batch_size, seed=args.seed)
+        # the coder alone: every image bits-back, no WebP seeds (bench_lossless_files.py
+        # measures whole files with the defaults)
+        enc = codec.encode(images, chain=chain, batch_size=args.batch_size, seed=args.seed,
+                           method="bitsback", seed_images=0)
         t_enc = time.perf_counter() - t0
         t_dec = float("nan")
         if not args.skip_decode:

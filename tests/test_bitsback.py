@@ -20,8 +20,11 @@ from ddpmcodec.codec.bitsback import (
     decoder_probs,
     initial_words,
     latent_grids,
+    log2_variance_codes,
     max_initial_words,
+    variances_of_codes,
 )
+from ddpmcodec.codec.container import BlobWriter
 from ddpmcodec.core.likelihood import (
     bound_plain_loop,
     discretized_gaussian_log_likelihood,
@@ -42,9 +45,14 @@ def mixed(test_images) -> np.ndarray:
     return np.concatenate([test_images[:3], edge_images()])  # 6 images
 
 
+# the coder's mechanics: bits-back for every image, no WebP seeds (tests of the defaults,
+# seeds and the fallback are in test_lossless_files.py)
+MECHANICS = dict(method="bitsback", seed_images=0)
+
+
 def round_trip(model, images, **kw):
     codec = BitsBackCodec(model)
-    enc = codec.encode(images, **kw)
+    enc = codec.encode(images, **{**MECHANICS, **kw})
     dec = codec.decode(enc.data)
     assert dec.images.dtype == np.uint8 and dec.images.shape == images.shape
     assert np.array_equal(dec.images, images)
@@ -57,14 +65,14 @@ def test_round_trip_real_and_edge_images_respaced(tiny_model, mixed, steps):
     s, h = enc.stats, enc.header
     assert h.num_steps == steps and h.batch_size == 4 and h.num_images == 6
     assert h.timesteps == tuple(tiny_model.diffusion.with_steps(steps).timesteps.tolist())
-    assert s.payload_bits == 8 * (len(enc.data) - container.header_size(h))
+    assert s.payload_bits == 8 * len(container.unpack(enc.data)[1])
     assert s.initial_bits > 0 and s.actual_bits > 0
     # the coder spends what the coded path's negative ELBO says, to a fraction of a percent
     assert abs(s.actual_bits / s.extra["elbo_bits"] - 1) < 0.005
     # the decoder reports the same sizes from the file alone
     assert dec.stats.payload_bits == s.payload_bits
     assert dec.stats.initial_bits == pytest.approx(s.initial_bits)
-    assert dec.stats.bound_bits == pytest.approx(s.bound_bits)
+    assert math.isnan(dec.stats.bound_bits)  # the file leaves the encoder's bound out
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +85,7 @@ def tiny_model_t200(tmp_path_factory):
 
 
 def _full_chain(model, images):
-    enc, _ = round_trip(model, images, batch_size=2)
+    enc, _ = round_trip(model, images, batch_size=2, steps=model.diffusion.num_steps)
     assert enc.header.timesteps == tuple(range(model.diffusion.num_steps))
     assert abs(enc.stats.actual_bits / enc.stats.extra["elbo_bits"] - 1) < 0.01
 
@@ -108,7 +116,7 @@ def test_embedded_model_round_trip(embedded_model, test_images):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("steps", [100, None])
+@pytest.mark.parametrize("steps", [100, 1000])
 def test_embedded_model_round_trip_long_chains(embedded_model, test_images, steps):
     enc, _ = round_trip(embedded_model, np.concatenate([test_images[:2], edge_images()]),
                         steps=steps, batch_size=5)
@@ -117,16 +125,16 @@ def test_embedded_model_round_trip_long_chains(embedded_model, test_images, step
 
 def test_encoding_is_deterministic_and_seeded(tiny_model, test_images):
     codec = BitsBackCodec(tiny_model)
-    a = codec.encode(test_images[:2], steps=3).data
-    assert codec.encode(test_images[:2], steps=3).data == a
-    b = codec.encode(test_images[:2], steps=3, seed=1)
+    a = codec.encode(test_images[:2], steps=3, **MECHANICS).data
+    assert codec.encode(test_images[:2], steps=3, **MECHANICS).data == a
+    b = codec.encode(test_images[:2], steps=3, seed=1, **MECHANICS)
     assert b.data != a and np.array_equal(codec.decode(b.data).images, test_images[:2])
 
 
 def test_initial_bits_are_paid_once(tiny_model, test_images):
     codec = BitsBackCodec(tiny_model)
-    one = codec.encode(test_images[:2], steps=3, batch_size=2).stats
-    three = codec.encode(test_images[:6], steps=3, batch_size=2).stats
+    one = codec.encode(test_images[:2], steps=3, batch_size=2, **MECHANICS).stats
+    three = codec.encode(test_images[:6], steps=3, batch_size=2, **MECHANICS).stats
     # three batches pay about what one batch pays (the first batch's dip), not three times
     assert three.initial_bits < 1.3 * one.initial_bits
     assert three.actual_bits > 2.5 * one.actual_bits
@@ -144,7 +152,8 @@ def test_bound_matches_nll_statistically(tiny_model, test_images):
     estimate one expectation; with 12 images they agree within a few standard errors."""
     images = test_images[:12]
     steps = 4
-    enc = BitsBackCodec(tiny_model).encode(images, steps=steps, batch_size=12)
+    enc = BitsBackCodec(tiny_model).encode(images, steps=steps, batch_size=12,
+                                           **MECHANICS)
     dims = 3072
     path = np.array(enc.stats.extra["bound_bits_per_image"]) / dims
     elbo = np.array(enc.stats.extra["elbo_bits_per_image"]) / dims
@@ -159,11 +168,12 @@ def test_bound_matches_nll_statistically(tiny_model, test_images):
 
 def test_wrong_model_names_both_fingerprints(tmp_path, tiny_model, test_images):
     from ddpmcodec.io.models import load_model
-    data = BitsBackCodec(tiny_model).encode(test_images[:1], steps=2).data
+    data = BitsBackCodec(tiny_model).encode(test_images[:1], steps=2, **MECHANICS).data
     other = load_model(make_tiny_ckpt(tmp_path / "other", seed=5))
     with pytest.raises(DDPMCodecError) as err:
         decode_bytes(other, data)
-    assert tiny_model.fingerprint in str(err.value) and other.fingerprint in str(err.value)
+    # the file holds the model id (the fingerprint's first 8 digits)
+    assert tiny_model.fingerprint[:8] in str(err.value) and other.fingerprint in str(err.value)
 
 
 def _repack(data: bytes, **changes) -> bytes:
@@ -174,7 +184,7 @@ def _repack(data: bytes, **changes) -> bytes:
 
 def test_incompatible_setups_and_corrupt_streams(tiny_model, test_images):
     codec = BitsBackCodec(tiny_model)
-    enc = codec.encode(test_images[:2], steps=3)
+    enc = codec.encode(test_images[:2], steps=3, **MECHANICS)
     with pytest.raises(DDPMCodecError, match="device"):
         codec.decode(_repack(enc.data, device_kind="cpu:SOMETHING_ELSE"))
     with pytest.raises(DDPMCodecError, match="T=500"):
@@ -200,29 +210,40 @@ def test_incompatible_setups_and_corrupt_streams(tiny_model, test_images):
 
 
 def test_params_round_trip_and_bounds():
-    h = container.Header("lossless", "0" * 16, (3, 32, 32), 4, 2, 0, 1000, (0, 999), "cpu:X", 1,
-                         bytes(16))
-    p = LosslessParams(5, 4.5, 100, 20, 123.5, 124.25)
+    h = container.Header("lossless", "0" * 8, (3, 32, 32), 6, 2, 0, 1000, (0, 999), "cpu:X", 1,
+                         bytes(4))
+    p = LosslessParams(5, 4.5, 100, 20, variance_rule="explicit",
+                       variances=variances_of_codes([-3000, -100]), seed_lengths=(1500, 7),
+                       layout=(1, 1, 2), terminator=True)
     assert LosslessParams.unpack(p.pack(), h) == p
+    assert p.batches(h) == [(2, 3), (3, 4), (4, 6)]
+    default = LosslessParams(2, 5.0, 1000, 0, variance_rule="model")
+    assert len(default.pack()) == 1 + 1 + 2 + 1 + 1  # version, flags, W, P, rule
     for bad in (dataclasses.replace(p, initial_words=max_initial_words(2, 3072) + 1),
                 dataclasses.replace(p, prefix_words=101), dataclasses.replace(p, grid_log2=13),
                 dataclasses.replace(p, support_sigmas=1.0),
-                dataclasses.replace(p, bound_bits=float("nan"))):
+                dataclasses.replace(p, layout=(1, 1, 1)),  # does not cover the images
+                dataclasses.replace(p, layout=(4,)),  # beyond the batch size
+                dataclasses.replace(p, seed_lengths=(1,) * 6)):  # every image a seed
         with pytest.raises(DDPMCodecError):
             LosslessParams.unpack(bad.pack(), h)
     with pytest.raises(DDPMCodecError):
         LosslessParams.unpack(p.pack()[:-1], h)
     with pytest.raises(DDPMCodecError):
         LosslessParams.unpack(p.pack() + b"\0", h)
-    # explicit variances travel exactly; a forged non-positive one is a corrupt file
-    explicit = dataclasses.replace(p, variance_rule="explicit", variances=(1.5e-4, 0.25))
-    q = LosslessParams.unpack(explicit.pack(), h)
-    assert q.variance_rule == "explicit" and q.variances == (1.5e-4, 0.25)
-    forged = explicit.pack()[:-8] + struct.pack("<d", -1.0)
+    # explicit variances are stored as round(256 log2 v): what both sides code with
+    q = log2_variance_codes((1.5e-4, 0.25))
+    assert variances_of_codes(q)[1] == 0.25 and abs(variances_of_codes(q)[0] / 1.5e-4 - 1) < 2e-3
+    # versions 1 and 2 (fixed-width fields, exact float64 variances) still read
+    from ddpmcodec.codec.base import pack_variance_rule
+    v2 = BlobWriter().u8(2).u8(5).u16(72).u32(100).u32(20).f64(123.5).f64(124.25)
+    v2 = pack_variance_rule(v2, "explicit", (1.5e-4, 0.25)).getvalue()
+    r = LosslessParams.unpack(v2, h)
+    assert (r.grid_log2, r.support_sigmas, r.bound_bits, r.variances) == (5, 4.5, 123.5, (1.5e-4, 0.25))
+    forged = v2[:-8] + struct.pack("<d", -1.0)
     with pytest.raises(DDPMCodecError, match="reverse variance"):
         LosslessParams.unpack(forged, h)
-    # version 1 (no variance field) still reads, as the model's rule
-    v1 = bytes([1]) + p.pack()[1:-1]
+    v1 = bytes([1]) + v2[1:-17]
     assert LosslessParams.unpack(v1, h).variance_rule == "model"
 
 
@@ -261,13 +282,13 @@ def test_registry_and_bad_inputs(tiny_model, test_images):
     assert get_codec("lossless") is BitsBackCodec
     codec = BitsBackCodec(tiny_model)
     with pytest.raises(DDPMCodecError, match="uint8"):
-        codec.encode(test_images[:1].astype(np.int16))
+        codec.encode(test_images[:1].astype(np.int16), **MECHANICS)
     with pytest.raises(DDPMCodecError, match="16x16|expects"):
         codec.encode(np.zeros((1, 16, 16, 3), np.uint8))
     with pytest.raises(DDPMCodecError, match="steps"):
-        codec.encode(test_images[:1], steps=0)
+        codec.encode(test_images[:1], steps=0, **MECHANICS)
     with pytest.raises(DDPMCodecError, match="batch"):
-        codec.encode(test_images[:1], batch_size=0)
+        codec.encode(test_images[:1], batch_size=0, **MECHANICS)
 
 
 def test_whitening_makes_pops_follow_q():

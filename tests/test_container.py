@@ -23,10 +23,10 @@ from ddpmcodec.errors import DDPMCodecError
 
 
 def make_header(**over) -> Header:
-    fields = dict(mode="lossless", fingerprint="0123456789abcdef", image_shape=(3, 32, 32),
+    fields = dict(mode="lossless", fingerprint="0123abcd", image_shape=(3, 32, 32),
                   num_images=5, batch_size=2, seed=7, num_timesteps=1000,
                   timesteps=container.evenly_spaced(1000, 20), device_kind="cpu:AVX2",
-                  num_threads=2, pixel_checksum=bytes(range(16)), params=b"\x01\x02params")
+                  num_threads=2, pixel_checksum=bytes(range(4)), params=b"\x01\x02params")
     fields.update(over)
     return Header(**fields)
 
@@ -40,15 +40,44 @@ def test_round_trip_every_field(timesteps):
     h2, p2 = unpack(data)
     assert h2 == h
     assert p2 == payload
-    assert len(data) == container.header_size(h) + len(payload)
+    assert len(data) == container.header_size(h, len(payload)) + len(payload)
 
 
 def test_chain_encodings_are_compact():
     full = pack(make_header(timesteps=tuple(range(1000))), b"")
     even = pack(make_header(timesteps=container.evenly_spaced(1000, 100)), b"")
     explicit = pack(make_header(timesteps=tuple(range(0, 1000, 10))), b"")  # not evenly spaced
-    assert len(full) == len(even) < 200
-    assert len(explicit) == len(even) + 4 * 100
+    assert len(full) == len(even) + 1  # K = 1000 takes a 2-byte varint, K = 100 one byte
+    assert len(even) < 40
+    assert len(explicit) == len(even) + 100  # a one-byte gap per step
+    far = pack(make_header(timesteps=(0, 1, 999)), b"")
+    assert len(far) == len(even) + 4  # 0, 0, 997 (two bytes)
+
+
+def test_default_header_is_a_few_bytes():
+    """The whole framing of a default file: magic, version, model id, shape, counts, chain,
+    device, threads, pixel checksum, params length, header CRC, payload length and CRC."""
+    h = make_header(timesteps=container.evenly_spaced(1000, 10), seed=0, params=b"")
+    assert container.header_size(h, 1000) == 32
+    free = container.model_free_header("webp-lossless", (3, 32, 32), 1)
+    assert container.header_size(free, 1000) == 15
+    data = pack(free, b"x" * 1000)
+    assert unpack(data) == (free, b"x" * 1000)
+
+
+def test_varints_round_trip_and_are_canonical():
+    values = [0, 1, 127, 128, 300, (1 << 32) - 1, (1 << 64) - 1]
+    w = BlobWriter()
+    for v in values:
+        w.uvar(v).svar(-v // 2).svar(v // 2)
+    r = BlobReader(w.getvalue())
+    assert [(r.uvar(), r.svar(), r.svar()) for _ in values] == [(v, -v // 2, v // 2) for v in values]
+    r.end()
+    for bad in (b"\x80\x00", b"\xff" * 10 + b"\x01", b"\x80"):
+        with pytest.raises(DDPMCodecError):
+            BlobReader(bad).uvar()
+    with pytest.raises(DDPMCodecError):
+        BlobWriter().uvar(-1)
 
 
 def test_evenly_spaced_matches_diffusion():
@@ -69,13 +98,13 @@ def test_pixel_checksum_sees_every_byte_and_the_shape():
 
 
 @pytest.mark.parametrize("over, msg", [
-    (dict(mode="lossy"), "mode"), (dict(fingerprint="xyz"), "fingerprint"),
+    (dict(mode="lossy"), "mode"), (dict(fingerprint="xyz"), "model id"),
     (dict(image_shape=(0, 32, 32)), "channels"), (dict(image_shape=(3, 5000, 32)), "height"),
     (dict(num_images=0), "number of images"), (dict(batch_size=6), "batch size"),
     (dict(seed=-1), "seed"), (dict(timesteps=(5, 5)), "timesteps"),
     (dict(timesteps=(1000,)), "timesteps"), (dict(device_kind=""), "device"),
     (dict(device_kind="cpu\n"), "device"), (dict(num_threads=5000), "num_threads"),
-    (dict(pixel_checksum=b"short"), "checksum"),
+    (dict(pixel_checksum=b"short"), "checksum"), (dict(fingerprint="0123456789abcdef"), "model id"),
     (dict(params=bytes(container.MAX_PARAMS_BYTES + 1)), "params"),
     (dict(image_shape=(16, 4096, 256), num_images=1 << 20), "total pixels"),
 ])
@@ -112,17 +141,22 @@ def test_garbage_and_wrong_magic():
         unpack(b"PK\x03\x04" + bytes(100))
 
 
-def _forge(body: bytes, version: int = 1, payload: bytes = b"", payload_len=None) -> bytes:
+def _forge(body: bytes, mode: int = 1, version: int = 2, payload: bytes = b"",
+           payload_len=None) -> bytes:
     """A file with a hand-made header body and valid CRCs (a hostile, well-formed file)."""
-    head = struct.pack("<HI", version, len(body)) + body
+    head = MAGIC + bytes([version << 4 | mode]) + body
     plen = len(payload) if payload_len is None else payload_len
-    return (MAGIC + head + struct.pack("<I", zlib.crc32(head)) +
-            struct.pack("<QI", plen, zlib.crc32(payload)) + payload)
+    return (head + struct.pack("<H", container.crc16(head)) + BlobWriter().uvar(plen).getvalue()
+            + struct.pack("<I", zlib.crc32(payload)) + payload)
 
 
 def _body(**over) -> bytes:
-    h = make_header(**over)
-    return container._write_body(h)
+    return container._write_body(make_header(**over))
+
+
+def _fields(n=1, batch=1, T=1000) -> BlobWriter:
+    """model id, shape, N, batch, seed, T of a hand-made body."""
+    return BlobWriter().raw(bytes(4)).uvar(3).uvar(32).uvar(32).uvar(n).uvar(batch).uvar(0).uvar(T)
 
 
 def test_hostile_but_checksummed_headers():
@@ -130,42 +164,36 @@ def test_hostile_but_checksummed_headers():
     unpack(_forge(ok))  # the forging helper itself makes valid files
     with pytest.raises(DDPMCodecError, match="version 9"):
         unpack(_forge(ok, version=9))
-    # a header length far beyond the bound, without the bytes behind it
-    huge = MAGIC + struct.pack("<HI", 1, 1 << 31)
-    with pytest.raises(DDPMCodecError, match="at most"):
-        unpack(huge)
+    with pytest.raises(DDPMCodecError, match="mode"):
+        unpack(_forge(ok, mode=9))
     # an enormous payload length is compared with the bytes present, never allocated
     with pytest.raises(DDPMCodecError, match="truncated or padded"):
         unpack(_forge(ok, payload_len=(1 << 64) - 1))
-    # field-level hostility with correct CRCs
-    body = bytearray(ok)
-    body[0] = 9  # mode
-    with pytest.raises(DDPMCodecError, match="mode"):
-        unpack(_forge(bytes(body)))
     # num_images = 2^32-1: rejected by the bound, not allocated
-    off = 1 + 8 + 6
-    body = bytearray(ok)
-    body[off:off + 4] = struct.pack("<I", 0xFFFFFFFF)
     with pytest.raises(DDPMCodecError, match="number of images"):
-        unpack(_forge(bytes(body)))
+        unpack(_forge(_fields(n=(1 << 32) - 1).getvalue()))
     # an explicit chain claiming 2^32-1 timesteps
-    w = BlobWriter().u8(1).raw(bytes(8)).u16(3).u16(32).u16(32).u32(1).u32(1).u64(0).u32(1000)
-    w.u8(2).u32(0xFFFFFFFF)
     with pytest.raises(DDPMCodecError, match="num_steps"):
-        unpack(_forge(w.getvalue()))
+        unpack(_forge(_fields().u8(2).uvar((1 << 32) - 1).getvalue()))
+    # explicit timesteps that run past T
+    with pytest.raises(DDPMCodecError, match="timestep"):
+        unpack(_forge(_fields().u8(2).uvar(2).uvar(500).uvar(600).getvalue()))
     # params length beyond its bound
-    tail = BlobWriter().u8(3).raw(b"cpu").u16(1).raw(bytes(16)).u32(1 << 30).getvalue()
-    w = BlobWriter().u8(1).raw(bytes(8)).u16(3).u16(32).u16(32).u32(1).u32(1).u64(0)
-    w.u32(10).u8(0).u32(10).raw(tail)
+    tail = BlobWriter().u8(2).uvar(1).raw(bytes(4)).uvar(1 << 30).getvalue()
     with pytest.raises(DDPMCodecError, match="params"):
-        unpack(_forge(w.getvalue()))
-    # a full chain whose K disagrees with T, trailing bytes inside the header
-    w = BlobWriter().u8(1).raw(bytes(8)).u16(3).u16(32).u16(32).u32(1).u32(1).u64(0)
-    w.u32(10).u8(0).u32(9)
+        unpack(_forge(_fields().u8(1).uvar(10).raw(tail).getvalue()))
+    # an unknown device code, a full chain whose K disagrees with T
+    with pytest.raises(DDPMCodecError, match="device"):
+        unpack(_forge(_fields().u8(1).uvar(10).u8(200).getvalue()))
     with pytest.raises(DDPMCodecError, match="full chain"):
-        unpack(_forge(w.getvalue()))
-    with pytest.raises(DDPMCodecError, match="trailing"):
+        unpack(_forge(_fields(T=10).u8(0).uvar(9).getvalue()))
+    # bytes after the header that are not a valid payload framing
+    with pytest.raises(DDPMCodecError):
         unpack(_forge(ok + b"\x00"))
+    # a model-free header with a model field is refused before writing
+    free = container.model_free_header("webp-lossless", (3, 32, 32), 1)
+    with pytest.raises(DDPMCodecError, match="no model fields"):
+        pack(dataclasses.replace(free, seed=1), b"")
 
 
 def test_blob_reader_bounds():
@@ -185,5 +213,5 @@ def test_header_helpers():
     assert h.batches() == [(0, 2), (2, 4), (4, 5)]
     assert h.num_batches == 3 and h.dims == 3072 and h.num_steps == 20
     s = h.summary()
-    assert s["num_steps"] == 20 and s["pixel_checksum"] == bytes(range(16)).hex()
+    assert s["num_steps"] == 20 and s["pixel_checksum"] == bytes(range(4)).hex()
     assert dataclasses.replace(h, seed=8) != h

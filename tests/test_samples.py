@@ -23,7 +23,7 @@ def test_commands_default_to_the_sample(tiny_ckpt, tmp_path, capsys):
     capsys.readouterr()
     spec = json.loads((tmp_path / "nll" / "results.json").read_text())["config"]["data"]
     assert spec["path"].endswith(SAMPLE_IMAGES.name) and spec["num_images"] == 1
-    assert main(["encode", "--ckpt", str(tiny_ckpt), "-n", "1", "--steps", "2",
+    assert main(["encode", "--ckpt", str(tiny_ckpt), "-n", "1", "--steps", "2", "--trajectory", "even",
                  "-o", str(tmp_path / "a.ddpm"), "-q", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_images"] == 1
     assert "shipped in the package" in _help("nll", capsys)

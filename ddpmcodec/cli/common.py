@@ -87,10 +87,14 @@ def stats_summary(stats) -> dict:
 
 def stats_lines(stats) -> list[str]:
     s = stats
-    return [
-        f"  net rate: {s.bits_per_dim:.5f} bits/dim   bound for this chain: "
-        f"{s.bound_bits_per_dim:.5f} bits/dim   overhead: {_pct(s.overhead)}",
-        f"  initial bits (one-off): {s.initial_bits:.0f} ({s.initial_bits_per_dim:.4f} bits/dim "
-        f"over these images)   whole file: {s.file_bits_per_dim:.5f} bits/dim "
-        f"({s.file_bits // 8} bytes)",
-        f"  time: {s.seconds:.2f} s ({s.images_per_second:.3f} images/s)"]
+    lines = [f"  whole file: {s.file_bits_per_dim:.5f} bits/dim ({s.file_bits // 8} bytes, "
+             f"header {s.header_bits // 8} bytes)"]
+    if s.net_dims:
+        m = s.num_images - s.net_dims // s.dims
+        lines += [
+            f"  net rate of the {s.net_dims // s.dims} bits-back image(s): {s.bits_per_dim:.5f} "
+            f"bits/dim   bound for this chain: {s.bound_bits_per_dim:.5f} bits/dim   "
+            f"overhead: {_pct(s.overhead)}",
+            f"  {m} WebP-lossless seed image(s): {s.side_bits:.0f} bits   initial bits nobody "
+            f"paid back: {s.initial_bits:.0f} ({s.initial_bits_per_dim:.4f} bits/dim)"]
+    return lines + [f"  time: {s.seconds:.2f} s ({s.images_per_second:.3f} images/s)"]

@@ -75,7 +75,8 @@ def decode(
         raise DDPMCodecError("--upto-step, --bytes, --recon and --recon-steps apply to "
                              f"progressive files; {file} is a {header.mode} file")
     header = read_header(data)  # a complete file: every CRC checked before any work
-    model = load_model(ckpt, decode_device(header))
+    # a webp-lossless file (the lossless codec's fallback) needs no model
+    model = None if header.model_free else load_model(ckpt, decode_device(header))
     dec = get_codec(header.mode)(model).decode(data, progress=not quiet)
     written = save_images(dec.images, out)
     s = dec.stats
@@ -83,6 +84,8 @@ def decode(
                "fingerprint": header.fingerprint, "num_images": s.num_images,
                "num_steps": s.num_steps, "device_kind": header.device_kind,
                "files_written": len(written), **stats_summary(s)}
+    how, check = ((f"{s.num_steps}-step chain", "pixels verified") if not header.model_free
+                  else ("WebP-lossless streams", "streams' checksum verified"))
     emit(summary, as_json, [
-        f"decoded {s.num_images} image(s) from {file} ({header.mode}, {s.num_steps}-step "
-        f"chain) into {out}; pixels verified"] + stats_lines(s))
+        f"decoded {s.num_images} image(s) from {file} ({header.mode}, {how}) into {out}; "
+        f"{check}"] + stats_lines(s))

@@ -1,7 +1,7 @@
 """`ddpmcodec encode`: images into one compressed file, lossless or progressive.
 
-    ddpmcodec encode img.png -o img.ddpm --lossless --steps 100
-    ddpmcodec encode ../shared/data/cifar10-test-800.npz -n 16 -o test16.ddpm --lossless
+    ddpmcodec encode img.png -o img.ddpm --lossless
+    ddpmcodec encode ../shared/data/cifar10-test-800.npz -n 16 -o test16.ddpm --lossless --steps 25
     ddpmcodec encode img.png -o img.ddpm --progressive        # lossy; any prefix decodes
 
 A file decodes only with the model that encoded it (its fingerprint is in the header) and
@@ -15,9 +15,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ddpmcodec.cli.chain_options import CalibrationFile, TimestepsFile, Variance
+from ddpmcodec.cli.chain_options import CalibrationFile, TimestepsFile
 from ddpmcodec.cli.common import (
-    BatchSize,
     Ckpt,
     Json,
     NumImages,
@@ -48,17 +47,30 @@ def encode(
                              "minimises the expected bound, from the model's calibration); "
                              "default: even for --lossless, the codec's geometric schedule "
                              "for --progressive")] = None,
-    variance: Variance = "model",
+    variance: Annotated[Optional[str], Opt(
+        "--variance", help="reverse variance of every step: model, fixedlarge, fixedsmall or "
+                           "analytic (from the model's calibration); default: analytic for "
+                           "--lossless, the codec's fitted proposals for --progressive")] = None,
     timesteps: TimestepsFile = None, calibration: CalibrationFile = None,
     ckpt: Ckpt = None, num_images: NumImages = None,
-    batch_size: BatchSize = 8, seed: Seed = 0,
+    batch_size: Annotated[int, Opt(
+        "--batch-size", "-b", help="images per network call at most (lossless: batches grow "
+                                   "to this as the stack grows)")] = 16,
+    seed: Seed = 0,
     device: Annotated[str, Opt(
         "--device", help="cpu or cuda[:N]; the file decodes only on the same kind of device")] = "cpu",
     grid_log2: Annotated[int, Opt(
-        "--grid-log2", help="lossless: at least 2^G latent grid points per standard deviation")] = 5,
+        "--grid-log2", help="lossless: at least 2^G latent grid points per standard deviation")] = 2,
     support_sigmas: Annotated[float, Opt(
         "--support-sigmas", help="lossless: latent alphabets span this many standard "
                                  "deviations each side (a multiple of 1/16)")] = 5.0,
+    method: Annotated[str, Opt(
+        "--method", help="lossless: auto (the shorter file of bits-back and WebP-lossless, "
+                         "weighed up to 64 images), bitsback, or webp")] = "auto",
+    seed_images: Annotated[Optional[int], Opt(
+        "--seed-images", help="lossless: how many first images are stored as WebP-lossless "
+                              "to give the bits-back stack its initial bits (default: as "
+                              "many as the first image's dip needs)")] = None,
     progressive: Annotated[bool, Opt(
         "--progressive", help="lossy and progressive: reverse channel coding of the latent "
                               "chain; any prefix of the file decodes (see docs/progressive.md)")] = False,
@@ -69,10 +81,14 @@ def encode(
                          "(default 2)")] = None,
     as_json: Json = False, quiet: Quiet = False,
 ):
-    """Compress images into one file. --lossless: bits-back coding in Bit-Swap order;
-    the net size approaches the negative ELBO of the chain (what `ddpmcodec nll
-    --steps K` reports). Larger --batch-size is faster but costs more one-off initial
-    bits (about 13 bits/dim per image of the first batch). --progressive: lossy; every
+    """Compress images into one file. --lossless (the default): bits-back coding in
+    Bit-Swap order on a 10-step chain chosen by dynamic programming with analytic variances
+    (needs the model's calibration; the embedded model has one); the net size approaches
+    the negative ELBO of the chain (what `ddpmcodec nll --steps 10 --trajectory dp
+    --variance analytic` reports). The first image(s) are stored as WebP-lossless and give
+    the stack its initial bits; a file is written as plain WebP-lossless streams when that
+    is shorter (always for one image). The size reported first is the whole file.
+    --progressive: lossy; every
     prefix of the file decodes (`ddpmcodec decode --bytes N`); with --variance other than
     model its proposals use the chain's variance, else a variance fitted per image and step.
     The chain (timesteps and variances) is recorded in the file: decoding needs only the
@@ -87,6 +103,8 @@ def encode(
         raise DDPMCodecError("give one of --lossless and --progressive")
     if not progressive and (chunk_bits is not None or margin is not None):
         raise DDPMCodecError("--chunk-bits and --margin apply to --progressive")
+    if progressive and (method != "auto" or seed_images is not None):
+        raise DDPMCodecError("--method and --seed-images apply to --lossless")
     if out.is_dir():
         raise DDPMCodecError(f"-o {out} is a folder; give the path of the file to write")
     device = resolve_device(device)
@@ -98,7 +116,7 @@ def encode(
     if progressive:
         opts = {k: v for k, v in (("chunk_bits", chunk_bits), ("margin_bits", margin))
                 if v is not None}
-        if chain is not None and variance != "model":
+        if chain is not None and variance not in (None, "model"):
             opts["variance"] = "model"  # propose with the chain's own variances
         enc = get_codec("progressive")(model).encode(
             images.images, steps=steps if chain is None else None, batch_size=batch_size,
@@ -110,15 +128,18 @@ def encode(
     enc = get_codec("lossless")(model).encode(
         images.images, steps=steps if chain is None else None, batch_size=batch_size,
         seed=seed, progress=not quiet, grid_log2=grid_log2, support_sigmas=support_sigmas,
-        chain=chain)
+        chain=chain, method=method, seed_images=seed_images)
     write_bytes_atomic(out, enc.data)
     s = enc.stats
-    summary = {"file": str(out), "mode": "lossless", "fingerprint": model.fingerprint,
-               "num_images": s.num_images, "num_steps": s.num_steps,
-               "device_kind": enc.header.device_kind, **stats_summary(s)}
+    summary = {"file": str(out), "mode": "lossless", "method": s.extra["method"],
+               "fingerprint": model.fingerprint, "num_images": s.num_images,
+               "num_steps": s.num_steps, "device_kind": enc.header.device_kind,
+               **stats_summary(s)}
+    how = (f"{s.num_steps}-step chain, {s.extra['seed_images']} WebP seed image(s)"
+           if s.extra["method"] == "bitsback" else "as WebP-lossless streams (shorter here)")
     emit(summary, as_json, [
-        f"wrote {out}: {s.num_images} image(s), {s.num_steps}-step chain, lossless, "
-        f"model {model.fingerprint} on {enc.header.device_kind}"] + stats_lines(s))
+        f"wrote {out}: {s.num_images} image(s), lossless, {how}, model "
+        f"{model.fingerprint} on {device_kind_of(enc, model)}"] + stats_lines(s))
 
 
 def _chain(model, progressive: bool, steps, trajectory, variance, timesteps, calibration):
@@ -127,15 +148,35 @@ def _chain(model, progressive: bool, steps, trajectory, variance, timesteps, cal
     if progressive and trajectory is None and timesteps is None:
         from ddpmcodec.codec.progressive import DEFAULT_STEPS, coded_schedule
         coded = coded_schedule(model.diffusion.num_steps, steps or DEFAULT_STEPS)  # validates
-        if variance == "model":
+        if variance in (None, "model"):
             return None  # the codec's own schedule and fitted proposals
         timesteps = list(coded)
-    opts = ChainOptions(steps if timesteps is None else None, trajectory or "even", variance,
-                        timesteps, calibration).validate()
+    if progressive:
+        variance = variance or "model"
+    elif trajectory is None and timesteps is None and variance is None:
+        from ddpmcodec.codec.bitsback import (
+            DEFAULT_STEPS,
+            DEFAULT_TRAJECTORY,
+            DEFAULT_VARIANCE,
+        )
+        try:
+            return select_chain(model, ChainOptions(steps or DEFAULT_STEPS, DEFAULT_TRAJECTORY,
+                                                    DEFAULT_VARIANCE, None, calibration))[0]
+        except DDPMCodecError as exc:
+            raise DDPMCodecError(f"the default lossless chain (dp steps, analytic variances) "
+                                 f"needs the model's calibration: {exc}; or choose a chain "
+                                 f"without one (--trajectory even --variance model)") from None
+    opts = ChainOptions(steps if timesteps is None else None, trajectory or "even",
+                        variance or "model", timesteps, calibration).validate()
     if opts.is_default:
         model.diffusion.with_steps(steps)  # validates --steps
         return None
     return select_chain(model, opts)[0]
+
+
+def device_kind_of(enc, model) -> str:
+    """Where a file's numbers were made (a WebP-lossless file needs no particular device)."""
+    return enc.header.device_kind or "any device"
 
 
 def _progressive_summary(enc, out: Path, model) -> tuple[dict, list[str]]:

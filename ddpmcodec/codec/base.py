@@ -19,12 +19,17 @@ and it evaluates the network and the float64 coding math exactly as the encoder 
 count; and the header's batch layout).
 A decoder must finish with :func:`verify_pixels`, so that a wrong image is never returned.
 
-Bits: ``payload_bits`` is the payload's size (8 per byte); ``initial_bits`` is the one-off
-part of it that does not belong to the images (bits-back's initial bits; 0 for codecs
-without); ``actual_bits = payload_bits - initial_bits`` is what the images cost;
-``bound_bits`` is the variational bound (negative ELBO) for the same chain and images, the
-ideal the codec is measured against; ``overhead = actual_bits / bound_bits - 1``.
-All "per dim" numbers divide by N*C*H*W.
+Bits. The headline is the whole file: ``file_bits`` (header, side information and
+initial bits included), ``file_bits_per_dim`` over all N images. Beside it, the net rate
+of the images the model coded: ``payload_bits`` is the payload's size (8 per byte);
+``initial_bits`` is the one-off part of it that belongs to no image (bits-back's initial
+bits that nothing paid back; 0 for codecs without); ``side_bits`` is what the payload
+spends on images coded without the model (the lossless codec's WebP-lossless seeds);
+``actual_bits = payload_bits - initial_bits - side_bits`` is what the ``net_images``
+images coded through the chain cost (default: all N); ``bound_bits`` is the variational
+bound (negative ELBO) of the same chain and images, the ideal the codec is measured
+against; ``overhead = actual_bits / bound_bits - 1``. The net "per dim" numbers divide by
+net_images*C*H*W.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 CODECS = {
     "lossless": "ddpmcodec.codec.bitsback:BitsBackCodec",
     "progressive": "ddpmcodec.codec.progressive:ProgressiveCodec",
+    "webp-lossless": "ddpmcodec.codec.classical:WebPLosslessCodec",
 }
 
 
@@ -70,14 +76,20 @@ class CodecStats:
     bound_bits: float
     seconds: float
     extra: dict = field(default_factory=dict)
+    side_bits: float = 0.0
+    net_images: int | None = None  # images coded through the chain (None: all)
 
     @property
     def total_dims(self) -> int:
         return self.num_images * self.dims
 
     @property
+    def net_dims(self) -> int:
+        return (self.num_images if self.net_images is None else self.net_images) * self.dims
+
+    @property
     def actual_bits(self) -> float:
-        return self.payload_bits - self.initial_bits
+        return self.payload_bits - self.initial_bits - self.side_bits
 
     @property
     def file_bits(self) -> int:
@@ -85,11 +97,11 @@ class CodecStats:
 
     @property
     def bits_per_dim(self) -> float:
-        return self.actual_bits / self.total_dims
+        return self.actual_bits / self.net_dims if self.net_dims else float("nan")
 
     @property
     def bound_bits_per_dim(self) -> float:
-        return self.bound_bits / self.total_dims
+        return self.bound_bits / self.net_dims if self.net_dims else float("nan")
 
     @property
     def file_bits_per_dim(self) -> float:
@@ -102,7 +114,7 @@ class CodecStats:
     @property
     def overhead(self) -> float:
         """actual / bound - 1 (NaN when the bound is unknown or zero)."""
-        if not self.bound_bits or not math.isfinite(self.bound_bits):
+        if not self.bound_bits or not math.isfinite(self.bound_bits) or not self.net_dims:
             return float("nan")
         return self.actual_bits / self.bound_bits - 1.0
 
@@ -112,7 +124,7 @@ class CodecStats:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for name in ("actual_bits", "file_bits", "bits_per_dim", "bound_bits_per_dim",
+        for name in ("net_dims", "actual_bits", "file_bits", "bits_per_dim", "bound_bits_per_dim",
                      "file_bits_per_dim", "initial_bits_per_dim", "overhead", "images_per_second"):
             d[name] = getattr(self, name)
         return d
@@ -223,7 +235,9 @@ def check_compatible(header: Header, model, mode: str | None = None) -> None:
     """Clear errors, before any work, when ``model`` cannot decode ``header``'s file."""
     if mode is not None and header.mode != mode:
         raise DDPMCodecError(f"this is a {header.mode} file, not a {mode} one")
-    if header.fingerprint != model.fingerprint:
+    if header.model_free:
+        return
+    if not model.fingerprint.startswith(header.fingerprint):
         raise DDPMCodecError(
             f"this file was encoded with model {header.fingerprint}, but the model given "
             f"({model.source}) is {model.fingerprint}; pass the encoder's --ckpt")
@@ -345,7 +359,8 @@ def new_header(mode: str, model, num_images: int, batch_size: int, seed: int, ti
     """The validated header of a file this machine encodes now with ``model``: its
     fingerprint, image shape and full chain length, this device kind and the CPU threads
     (:func:`coding_threads`) under which the encoder must run (``header.num_threads``)."""
-    return Header(mode, model.fingerprint, tuple(model.image_shape), num_images, batch_size,
+    return Header(mode, container.model_id(model.fingerprint), tuple(model.image_shape),
+                  num_images, batch_size,
                   int(seed), model.diffusion.num_steps, tuple(int(t) for t in timesteps),
                   device_kind(model.device), coding_threads(), pixel_checksum,
                   params).validate()
@@ -365,7 +380,7 @@ def check_images(images: np.ndarray, model) -> np.ndarray:
 
 def verify_pixels(images: np.ndarray, header: Header) -> np.ndarray:
     """Return ``images`` if they match the header's checksum, else DDPMCodecError."""
-    if container.pixel_checksum(images) != header.pixel_checksum:
+    if container.pixel_checksum(images, len(header.pixel_checksum)) != header.pixel_checksum:
         raise DDPMCodecError(
             "decoding failed: the decoded pixels do not match the file's checksum (corrupt "
             "file, or a different torch/library version or device evaluated the network)")

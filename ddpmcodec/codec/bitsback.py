@@ -12,13 +12,33 @@ on one ANS stack (constriction's AnsCoder)::
     push x_{K-1} with N(0, I)
 
 where b_k are the chain's (respaced) betas, so the kernels compose to q(x_k | x0). The
-decoder runs the mirror image, last step first. A pop before the first push needs bits on
-the stack: the encoder starts from ``W`` seeded pseudo-random words ("initial bits"); only
-the part of them that the chain consumed is stored, and the decoder, which regenerates
-them from the seed, must end with exactly those words left — a free integrity check on
-top of the pixel checksum. Each step pops one latent and then pushes the previous one, so
-the stack dips by about one step's worth of bits at most (the Bit-Swap property); many
-images in one stream pay the initial bits once.
+decoder runs the mirror image, last step first.
+
+Initial bits. A pop before the first push needs bits on the stack, and an image's coding
+sinks the stack below its starting size before it rises (its *dip*: the first two pops
+come before anything of their size is pushed back; ~6.6 bits/dim on the default chain).
+Those bits would be a one-off cost that nobody pays back (13.9 bits/dim per image of the
+first batch in version 2 files). Three things remove it:
+
+* seeds (HiLLoC, Townsend et al. 2020): the first m images are stored as WebP-lossless
+  bitstreams (:mod:`ddpmcodec.codec.classical`), and those bytes *are* the initial stack,
+  so the first pops read bits that belong to real images. m is the fewest images whose
+  streams cover one image's dip (:func:`dip_bits`); a seed costs its WebP size instead
+  of its bits-back size (~0.5 bits/dim), an uncovered dip bit costs a whole bit;
+* a growing batch layout: each batch holds as many images as the stack above the seeded
+  words can carry through their dips (the dip measured on the batches so far), up to
+  ``batch_size``; the layout is recorded in the file;
+* coarse latent grids (``grid_log2`` 2: 4..8 points per standard deviation), which make
+  every pop, and so the dip, 3 bits/dim smaller than 32..64 points for +0.1% of net rate
+  (measured: K = 12, 8 images: 4.4022 -> 4.4078 bits/dim, dip 12.7 -> 6.6).
+
+Beneath the seeds lie ``W`` seeded pseudo-random words for whatever the seeds do not
+cover; only the part of them that the chain consumed is stored, and the decoder, which
+regenerates them from the seed, must end with exactly those words and then the seeds'
+words -- a free integrity check on top of the pixel checksum. For a file of one image
+(nothing to seed with) or a model that codes the images badly, the WebP-lossless file of
+the images is shorter: ``method="auto"`` writes whichever file is shorter (the
+``webp-lossless`` mode, recorded in the file's mode byte).
 
 Expected net length = the negative ELBO of the chain,
 ``L_prior + sum_{k>=1} KL(q(x_{k-1}|x_k,x0) || p(x_{k-1}|x_k)) + L_0``, the bound that
@@ -61,8 +81,13 @@ pop would not follow q (measured: +3.5% at K=100). Before every pop but the very
 keys (:meth:`_Stack.whiten`: bit-neutral and its own inverse).
 
 All Gaussians are evaluated in float64 from the float32 network output; one constriction
-call per step per batch (two when a step has escapes, plus the whitening). The payload is the final stack
-minus the leading seeded words it still shares with the initial stack.
+call per step per batch (two when a step has escapes, plus the whitening). The payload is
+the final stack minus the leading seeded words it still shares with the initial stack.
+
+The default chain (:func:`default_chain`): 10 steps chosen by dynamic programming on the
+model's calibration, with analytic variances, which both sides code with as the file
+stores them (round(256 log2 v)). K = 10 is the longest chain that encodes and decodes at
+2 images/s on a 2-core CPU (the network is 80% of the time); see benchmarks/results.
 """
 from __future__ import annotations
 
@@ -75,6 +100,7 @@ import torch
 
 from ddpmcodec.codec import coder, container
 from ddpmcodec.codec.base import (
+    VARIANCE_RULES,
     Codec,
     CodecStats,
     Decoded,
@@ -86,7 +112,6 @@ from ddpmcodec.codec.base import (
     deterministic,
     network_p,
     new_header,
-    pack_variance_rule,
     read_variance_rule,
     start_encode,
     variance_rule_of,
@@ -98,15 +123,23 @@ from ddpmcodec.core.rng import stream_keys, uniform_bits
 from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.data import to_model_space
 
-PARAMS_VERSION = 2          # 2 adds the chain's reverse-variance rule; 1 still decodes
-DEFAULT_GRID_LOG2 = 5        # 32..64 grid points per (smaller) standard deviation
+PARAMS_VERSION = 3           # 3: compact, WebP seeds and a batch layout; 1 and 2 still decode
+DEFAULT_STEPS = 10           # the default chain: K dp-chosen steps with analytic variances
+DEFAULT_TRAJECTORY = "dp"
+DEFAULT_VARIANCE = "analytic"
+DEFAULT_BATCH = 16           # images per network call at most (the CPU's best throughput)
+DEFAULT_GRID_LOG2 = 2        # 4..8 grid points per (smaller) standard deviation
 DEFAULT_SUPPORT_SIGMAS = 5.0  # alphabet half-width in standard deviations
+METHODS = ("auto", "bitsback", "webp")
+AUTO_COMPARE_MAX = 64        # method auto weighs the all-WebP file up to this many images
+LOG2_VARIANCE_STEPS = 256    # explicit variances are stored as round(256 log2 v)
 MAX_HALF = (1 << 18) - 1     # largest alphabet half-width
 EXCESS_MAX = (1 << 20) - 1   # largest escape excess, in grid points
 _INIT_STREAM = 0x1B17        # tag of the initial-words stream (any fixed number)
 _WHITEN_STREAM = 0x3A7E      # tag of the whitening keys
 _WHITEN_MARGIN = 1.05        # whiten 5% more bits than a pop is expected to read
 _CAT_CHUNK = 16384           # pixels per Categorical call (bounds the table's memory)
+_FLAG_GRID, _FLAG_SUPPORT, _FLAG_SEEDS, _FLAG_LAYOUT, _FLAG_TERMINATOR = 1, 2, 4, 8, 16
 
 
 # -- parameters in the header ------------------------------------------------------------
@@ -116,41 +149,108 @@ class LosslessParams:
 
     grid_log2: at least 2^grid_log2 grid points per standard deviation.
     support_sigmas: alphabet half-width in standard deviations.
-    initial_words: W seeded 32-bit words the encoder's stack starts with.
+    initial_words: W seeded 32-bit words at the bottom of the encoder's stack.
     prefix_words: P leading words of the final stack that equal the seeded words, so they
-        are regenerated instead of stored.
-    bound_bits, elbo_bits: the encoder's bound and sampled -ELBO (for the decoder's report).
+        are regenerated instead of stored (P <= W).
     variance_rule, variances: the chain's reverse variance (base.VARIANCE_RULES; explicit
-        variances stored as K float64), so the decoder needs nothing but the file and the
-        model (version 1 files: the model's rule).
+        variances, version 3: quantized to 1/256 of a doubling, the values both sides use).
+    seed_lengths: byte lengths of the WebP-lossless streams of images 0..m-1, which sit on
+        the stack above the seeded words (empty: no seeds).
+    layout: batch sizes of the bits-back images m..N-1 in encoding order (empty: the
+        header's batch size throughout).
+    terminator: a word 1 follows the seed streams (their last word was zero).
+    bound_bits, elbo_bits: the encoder's bound and sampled -ELBO (versions 1 and 2 only;
+        version 3 leaves them out of the file: NaN).
     """
 
     grid_log2: int
     support_sigmas: float  # stored in sixteenths
     initial_words: int
     prefix_words: int
-    bound_bits: float
-    elbo_bits: float
+    bound_bits: float = float("nan")
+    elbo_bits: float = float("nan")
     variance_rule: str = "model"
     variances: tuple | None = None
+    seed_lengths: tuple = ()
+    layout: tuple = ()
+    terminator: bool = False
+    version: int = PARAMS_VERSION
 
     def pack(self) -> bytes:
-        w = (BlobWriter().u8(PARAMS_VERSION).u8(self.grid_log2)
-             .u16(int(round(self.support_sigmas * 16)))
-             .u32(self.initial_words).u32(self.prefix_words).f64(self.bound_bits)
-             .f64(self.elbo_bits))
-        return pack_variance_rule(w, self.variance_rule, self.variances).getvalue()
+        """Version 3: u8 version, u8 flags, [u8 grid_log2], [v support in sixteenths], v W,
+        v P, the variance rule (u8; explicit: K signed varints, the first quantized log2
+        variance and then differences), [v m, m v seed lengths], [v runs, (v size, v count)
+        per run of equal batch sizes]. Fields at their defaults cost nothing but a flag."""
+        flags = ((_FLAG_GRID if self.grid_log2 != DEFAULT_GRID_LOG2 else 0)
+                 | (_FLAG_SUPPORT if self.support_sigmas != DEFAULT_SUPPORT_SIGMAS else 0)
+                 | (_FLAG_SEEDS if self.seed_lengths else 0)
+                 | (_FLAG_LAYOUT if self.layout else 0)
+                 | (_FLAG_TERMINATOR if self.terminator else 0))
+        w = BlobWriter().u8(PARAMS_VERSION).u8(flags)
+        if flags & _FLAG_GRID:
+            w.u8(self.grid_log2)
+        if flags & _FLAG_SUPPORT:
+            w.uvar(int(round(self.support_sigmas * 16)))
+        w.uvar(self.initial_words).uvar(self.prefix_words)
+        w.u8(VARIANCE_RULES.index(self.variance_rule))
+        if self.variance_rule == "explicit":
+            q = log2_variance_codes(self.variances)
+            for i, v in enumerate(q):
+                w.svar(v if i == 0 else v - q[i - 1])
+        if flags & _FLAG_SEEDS:
+            w.uvar(len(self.seed_lengths))
+            for n in self.seed_lengths:
+                w.uvar(n)
+        if flags & _FLAG_LAYOUT:
+            runs = _runs(self.layout)
+            w.uvar(len(runs))
+            for size, count in runs:
+                w.uvar(size).uvar(count)
+        return w.getvalue()
 
     @classmethod
     def unpack(cls, blob: bytes, header: Header) -> "LosslessParams":
         r = BlobReader(blob, "lossless parameters")
         version = r.u8("version")
-        if version not in (1, PARAMS_VERSION):
+        if version in (1, 2):
+            fields = (r.u8("grid_log2"), r.u16("support_sigmas") / 16, r.u32("initial_words"),
+                      r.u32("prefix_words"), r.f64("bound_bits"), r.f64("elbo_bits"))
+            rule, values = read_variance_rule(r, header.num_steps) if version == 2 else ("model", None)
+            p = cls(*fields, rule, None if values is None else tuple(values), version=version)
+        elif version == PARAMS_VERSION:
+            flags = r.u8("flags")
+            if flags >= 32:
+                raise DDPMCodecError(f"lossless parameters: unknown flags {flags}")
+            grid = r.u8("grid_log2") if flags & _FLAG_GRID else DEFAULT_GRID_LOG2
+            support = (r.bounded("support_sigmas", r.uvar("support_sigmas"), 32, 640) / 16
+                       if flags & _FLAG_SUPPORT else DEFAULT_SUPPORT_SIGMAS)
+            W, P = r.uvar("initial_words"), r.uvar("prefix_words")
+            rule = VARIANCE_RULES[r.bounded("variance rule", r.u8("variance rule"), 0,
+                                            len(VARIANCE_RULES) - 1)]
+            values = None
+            if rule == "explicit":
+                q = [r.svar("log2 variance")]
+                for _ in range(header.num_steps - 1):
+                    q.append(q[-1] + r.svar("log2 variance"))
+                if any(not -64 * LOG2_VARIANCE_STEPS <= v <= 16 * LOG2_VARIANCE_STEPS for v in q):
+                    raise DDPMCodecError("corrupt file: a reverse variance is out of range")
+                values = variances_of_codes(q)
+            seeds = ()
+            if flags & _FLAG_SEEDS:
+                m = r.bounded("seed images", r.uvar("seed images"), 1, header.num_images)
+                seeds = tuple(r.bounded("seed length", r.uvar("seed length"), 1, 1 << 30)
+                              for _ in range(m))
+            layout = ()
+            if flags & _FLAG_LAYOUT:
+                runs = [(r.bounded("batch size", r.uvar("batch size"), 1, header.num_images),
+                         r.bounded("batches", r.uvar("batches"), 1, header.num_images))
+                        for _ in range(r.bounded("runs", r.uvar("runs"), 1, header.num_images))]
+                layout = tuple(size for size, count in runs for _ in range(count))
+            p = cls(grid, support, W, P, variance_rule=rule, variances=values,
+                    seed_lengths=seeds, layout=layout,
+                    terminator=bool(flags & _FLAG_TERMINATOR), version=version)
+        else:
             raise DDPMCodecError(f"lossless parameters version {version} is not supported")
-        fields = (r.u8("grid_log2"), r.u16("support_sigmas") / 16, r.u32("initial_words"),
-                  r.u32("prefix_words"), r.f64("bound_bits"), r.f64("elbo_bits"))
-        rule, values = read_variance_rule(r, header.num_steps) if version >= 2 else ("model", None)
-        p = cls(*fields, rule, None if values is None else tuple(values))
         r.end()
         return p.validate(header)
 
@@ -164,10 +264,51 @@ class LosslessParams:
         r.bounded("initial_words", self.initial_words, 4,
                   max_initial_words(header.batch_size, header.dims))
         r.bounded("prefix_words", self.prefix_words, 0, self.initial_words)
-        for name in ("bound_bits", "elbo_bits"):
-            if not math.isfinite(getattr(self, name)):
-                raise DDPMCodecError(f"lossless parameters: {name} is not finite")
+        m = len(self.seed_lengths)
+        if m >= header.num_images:
+            raise DDPMCodecError("lossless parameters: every image is a seed")
+        if self.layout and (sum(self.layout) != header.num_images - m
+                            or max(self.layout) > header.batch_size):
+            raise DDPMCodecError("lossless parameters: the batch layout does not cover the "
+                                 "images")
+        if not self.layout and m:
+            raise DDPMCodecError("lossless parameters: seeds without a batch layout")
+        if self.version < PARAMS_VERSION:
+            for name in ("bound_bits", "elbo_bits"):
+                if not math.isfinite(getattr(self, name)):
+                    raise DDPMCodecError(f"lossless parameters: {name} is not finite")
         return self
+
+    def batches(self, header: Header) -> list[tuple[int, int]]:
+        """(start, stop) of the bits-back batches in encoding order (after the seeds)."""
+        if not self.layout:
+            return header.batches()
+        out, a = [], len(self.seed_lengths)
+        for size in self.layout:
+            out.append((a, a + size))
+            a += size
+        return out
+
+
+def _runs(sizes) -> list[tuple[int, int]]:
+    runs = []
+    for v in sizes:
+        if runs and runs[-1][0] == v:
+            runs[-1] = (v, runs[-1][1] + 1)
+        else:
+            runs.append((v, 1))
+    return runs
+
+
+def log2_variance_codes(variances) -> list[int]:
+    """round(256 log2 v) of each variance (the stored form of explicit variances)."""
+    return [int(round(math.log2(float(v)) * LOG2_VARIANCE_STEPS)) for v in variances]
+
+
+def variances_of_codes(codes) -> tuple:
+    """The variances both sides code with: 2^(code / 256) (a relative step of 0.27%,
+    which moves a Gaussian KL by ~1e-6 nats per dimension)."""
+    return tuple(2.0 ** (c / LOG2_VARIANCE_STEPS) for c in codes)
 
 
 def max_initial_words(batch_size: int, dims: int) -> int:
@@ -296,7 +437,7 @@ class _Stack:
 
     def __init__(self, words: np.ndarray, seed: int = 0):
         self.ans = coder.Stack(words)
-        self.low_water = self.ans.num_words()
+        self.low_water = self.batch_low = self.ans.num_words()
         self.escapes = 0
         self.seed = seed
         self._excess = coder.quantized_laplace(0, EXCESS_MAX)
@@ -338,7 +479,10 @@ class _Stack:
         return c.astype(np.int64), np.ascontiguousarray(m - c), np.ascontiguousarray(s)
 
     def _track(self):
-        self.low_water = min(self.low_water, self.ans.num_words())
+        """The stack's lowest size, over the whole encoding and since ``batch_low`` was set."""
+        words = self.ans.num_words()
+        self.low_water = min(self.low_water, words)
+        self.batch_low = min(self.batch_low, words)
 
     # q(x_k | x_{k-1}): popped by the encoder, pushed back by the decoder; never escapes
     def pop_q(self, mean: torch.Tensor, std: float, delta: float, half: int) -> torch.Tensor:
@@ -415,9 +559,14 @@ class _Stack:
 class BitsBackCodec(Codec):
     """Lossless bits-back codec (see the module docstring).
 
-    encode options: ``steps`` (K; default the full chain), ``batch_size`` (images per
-    network call: larger is faster but costs more initial bits), ``seed`` (of the initial
-    words), ``grid_log2`` and ``support_sigmas`` (the latent grids).
+    encode options: ``chain`` (a Diffusion on the model's schedule; default
+    :func:`default_chain`) or ``steps`` (K evenly spaced steps with the model's variance),
+    ``batch_size`` (images per network call at most: larger is faster), ``seed`` (of the
+    initial words and whitening keys), ``grid_log2`` and ``support_sigmas`` (the latent
+    grids), ``method`` (auto: the shorter of bits-back and all-WebP-lossless, the latter
+    weighed up to AUTO_COMPARE_MAX images; bitsback; webp) and ``seed_images`` (images
+    coded with WebP-lossless as the stack's initial bits; None: as many as the first
+    batch's dip needs, see :func:`dip_bits`; 0: none).
     """
 
     mode = "lossless"
@@ -434,47 +583,109 @@ class BitsBackCodec(Codec):
         return p["mean"], torch.exp(log_scale), log_scale, p["out"]
 
     # -- encoding --------------------------------------------------------------------------
-    def encode(self, images: np.ndarray, *, steps: int | None = None, batch_size: int = 8,
-               seed: int = 0, progress: bool = False, grid_log2: int = DEFAULT_GRID_LOG2,
-               support_sigmas: int = DEFAULT_SUPPORT_SIGMAS, chain=None) -> Encoded:
-        """Compress ``images`` on ``chain`` (a Diffusion on the model's schedule with any
-        variance rule, e.g. from :func:`ddpmcodec.core.chains.build_chain`), or on ``steps``
-        evenly spaced steps with the model's variance."""
+    def encode(self, images: np.ndarray, *, steps: int | None = None,
+               batch_size: int = DEFAULT_BATCH, seed: int = 0, progress: bool = False,
+               grid_log2: int = DEFAULT_GRID_LOG2,
+               support_sigmas: float = DEFAULT_SUPPORT_SIGMAS, chain=None,
+               method: str = "auto", seed_images: int | None = None) -> Encoded:
+        """Compress ``images``; see the class docstring for the options."""
+        from ddpmcodec.codec import classical
         model = self.model
         images, batch_size = start_encode(images, model, batch_size)
+        if method not in METHODS:
+            raise DDPMCodecError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        webp_ok = classical.supports(model.image_shape)
+        if method == "webp" and not webp_ok:
+            raise DDPMCodecError(f"WebP-lossless codes 1 or 3 channels, the model's images "
+                                 f"have {model.image_shape[0]}")
+        if seed_images is not None and not 0 <= seed_images < len(images):
+            raise DDPMCodecError(f"seed_images must be in 0..{len(images) - 1}, got {seed_images}")
+        if seed_images and not webp_ok:
+            raise DDPMCodecError("seed images are WebP-lossless, which codes 1 or 3 channels")
+        n = len(images)
+        compare = method == "webp" or (method == "auto" and webp_ok and n <= AUTO_COMPARE_MAX)
+        with Timer() as webp_timer:
+            streams = [classical.webp_stream(im) for im in images] if compare else []
+        if method == "webp":
+            return classical.encoded(images, streams, webp_timer.seconds)
+        diffusion = self._chain(chain, steps)
+        header = new_header("lossless", model, n, batch_size, seed, diffusion.timesteps,
+                            container.pixel_checksum(images))
+        LosslessParams(grid_log2, support_sigmas, 4, 0).validate(header)
+        grids = latent_grids(diffusion, grid_log2, support_sigmas)
+        dip = dip_bits(grids, header.dims)
+        with Timer() as timer, deterministic(model.device, header.num_threads):
+            if seed_images is None:
+                seed_images = _seed_count(images, streams, dip) if webp_ok else 0
+            for i in range(len(streams), seed_images):
+                streams.append(classical.webp_stream(images[i]))
+            seeds = streams[:seed_images]
+            enc = self._encode_bitsback(images, diffusion, grids, header, seeds, dip,
+                                        (grid_log2, support_sigmas), progress)
+        enc.stats.seconds = timer.seconds + webp_timer.seconds
+        enc.stats.extra["bitsback_file_bytes"] = len(enc.data)
+        if compare:
+            alt = classical.encoded(images, streams, enc.stats.seconds)
+            enc.stats.extra["webp_file_bytes"] = len(alt.data)
+            if len(alt.data) < len(enc.data):
+                alt.stats.extra.update({k: enc.stats.extra[k] for k in (
+                    "bitsback_file_bytes", "webp_file_bytes")})
+                return alt
+        return enc
+
+    def _chain(self, chain, steps):
+        model = self.model
         if chain is not None:
             if steps is not None and steps != chain.num_steps:
                 raise DDPMCodecError(f"--steps {steps} disagrees with the {chain.num_steps}-step chain")
             check_chain(chain, model)
-        diffusion = model.diffusion.with_steps(steps) if chain is None else chain
-        header = new_header("lossless", model, len(images), batch_size, seed,
-                            diffusion.timesteps, container.pixel_checksum(images))
-        LosslessParams(grid_log2, support_sigmas, 4, 0, 0.0, 0.0).validate(header)
-        grids = latent_grids(diffusion, grid_log2, support_sigmas)
-        W = self._initial_estimate(grids, batch_size * header.dims)
-        W_cap = max_initial_words(batch_size, header.dims)
-        with Timer() as timer, deterministic(model.device, header.num_threads):
-            while True:
-                W = min(W, W_cap)
-                init = initial_words(seed, W)
-                stack, bound, elbo = self._encode_all(images, diffusion, grids, header, init,
-                                                      progress)
-                if stack.low_water >= 3:  # two head words + one untouched word: never ran dry
-                    break
-                if W == W_cap:
-                    raise DDPMCodecError("the bits-back stack ran dry; cannot encode these images")
-                W *= 4
+        elif steps is not None:
+            chain = model.diffusion.with_steps(steps)
+        else:
+            chain = default_chain(model)
+        rule, values = variance_rule_of(chain, model)
+        if rule == "explicit":  # the file holds them quantized: code with what it holds
+            chain = chain.with_variance("explicit", variances_of_codes(
+                log2_variance_codes(values)))
+        return chain
+
+    def _encode_bitsback(self, images, diffusion, grids, header, seeds, dip, grid, progress):
+        model = self.model
+        W = self._initial_estimate(grids, header.batch_size * header.dims)
+        W_cap = max_initial_words(header.batch_size, header.dims)
+        top, terminator = seed_words(seeds)
+        while True:
+            W = min(W, W_cap)
+            base = initial_words(header.seed, W)
+            init = np.concatenate([base, top])
+            stack, bound, elbo, layout = self._encode_all(images, diffusion, grids, header, init,
+                                                          len(base), len(seeds), dip, progress)
+            if stack.low_water >= 3:  # two head words + one untouched word: never ran dry
+                break
+            if W == W_cap:
+                raise DDPMCodecError("the bits-back stack ran dry; cannot encode these images")
+            W *= 4
         final = stack.ans.words()
-        P = _common_prefix(final, init)
-        params = LosslessParams(grid_log2, support_sigmas, W, P, float(bound.sum()),
-                                float(elbo.sum()), *variance_rule_of(diffusion, model))
+        P = min(_common_prefix(final, base), W)
+        m = len(seeds)
+        if layout == tuple(b - a for a, b in header.batches()):
+            layout = ()  # the header's batch size throughout: nothing to record
+        rule, values = variance_rule_of(diffusion, model)
+        params = LosslessParams(*grid, W, P, variance_rule=rule, variances=values,
+                                seed_lengths=tuple(len(s) for s in seeds), layout=layout,
+                                terminator=terminator)
         header = dataclasses.replace(header, params=params.pack())
+        params.validate(header)
         payload = np.ascontiguousarray(final[P:], dtype="<u4").tobytes()
         data = container.pack(header, payload)
         net_bits = stack.ans.num_valid_bits() - coder.valid_bits(init)
-        stats = _stats(header, params, len(payload), len(data), net_bits, timer.seconds)
-        stats.extra.update(escapes=stack.escapes, bound_bits_per_image=bound.tolist(),
-                           elbo_bits_per_image=elbo.tolist())
+        stats = _stats(header, params, len(payload), len(data), net_bits, 0.0)
+        stats.bound_bits = float(bound[m:].sum())
+        stats.extra.update(escapes=stack.escapes, bound_bits_per_image=bound[m:].tolist(),
+                           elbo_bits=float(elbo[m:].sum()),
+                           elbo_bits_per_image=elbo[m:].tolist(),
+                           dip_bits_per_image_estimate=dip,
+                           layout=list(params.batches(header)))
         return Encoded(data, header, stats)
 
     @staticmethod
@@ -484,17 +695,31 @@ class BitsBackCodec(Codec):
         per = np.log2(grids.q_std / grids.delta * math.sqrt(2 * math.pi * math.e)).max()
         return int(3 * symbols * (max(per, 1.0) + 1.0) / 32) + 1024
 
-    def _encode_all(self, images, diffusion, grids, header, init, progress):
+    def _encode_all(self, images, diffusion, grids, header, init, W, m, dip, progress):
+        """Bits-back code images m..N-1 on the stack ``init`` (W seeded words, then the
+        seeds' words). Each batch is as large as the stack above the seeded words can
+        carry through its dip (``dip`` bits per image at first, then the dip measured on
+        the batches so far), up to the header's batch size; the layout is recorded.
+        Returns (stack, bound bits [N], sampled -ELBO bits [N], layout)."""
         from ddpmcodec.progress import progress_bar
         stack = _Stack(init, header.seed)
-        bound = np.zeros(len(images))
-        elbo = np.zeros(len(images))
-        with progress_bar(len(images) * diffusion.num_steps, "encode", "img-step",
+        base_bits = coder.valid_bits(init[:W])
+        n = len(images)
+        bound, elbo = np.zeros(n), np.zeros(n)
+        layout, a, measured = [], m, 0.0
+        with progress_bar((n - m) * diffusion.num_steps, "encode", "img-step",
                           enabled=progress) as bar:
-            for a, b in header.batches():
-                bound[a:b], elbo[a:b] = self._encode_batch(stack, diffusion, grids, images[a:b],
-                                                           a, bar)
-        return stack, bound, elbo
+            while a < n:
+                above = stack.ans.num_valid_bits() - base_bits
+                per = measured or dip
+                size = max(1, min(header.batch_size, n - a, int(above // per)))
+                before = stack.batch_low = stack.ans.num_words()
+                bound[a:a + size], elbo[a:a + size] = self._encode_batch(
+                    stack, diffusion, grids, images[a:a + size], a, bar)
+                measured = max(measured, 32.0 * (before - stack.batch_low) / size)
+                layout.append(size)
+                a += size
+        return stack, bound, elbo, tuple(layout)
 
     def _encode_batch(self, stack: _Stack, diffusion, g: LatentGrids, pixels, start: int, bar):
         """Bit-Swap encoding of one batch (images start..); returns (bound, sampled -ELBO)
@@ -537,35 +762,38 @@ class BitsBackCodec(Codec):
 
     # -- decoding --------------------------------------------------------------------------
     def decode(self, data: bytes, *, progress: bool = False) -> Decoded:
+        from ddpmcodec.codec import classical
         from ddpmcodec.progress import progress_bar
         header, payload = container.unpack(data)
+        if header.mode == "webp-lossless":  # the encoder's fallback: no network needed
+            return classical.WebPLosslessCodec(self.model).decode(data)
         check_compatible(header, self.model, self.mode)
         params = LosslessParams.unpack(header.params, header)
         diffusion = chain_for(header, self.model, params.variance_rule, params.variances)
         grids = latent_grids(diffusion, params.grid_log2, params.support_sigmas)
-        init = initial_words(header.seed, params.initial_words)
+        base = initial_words(header.seed, params.initial_words)
         if len(payload) % 4:
             raise DDPMCodecError("corrupt file: the lossless payload is not a whole number of words")
         stored = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-        final = np.concatenate([init[:params.prefix_words], stored])
+        final = np.concatenate([base[:params.prefix_words], stored])
         if len(final) == 0:  # (a zero last word is refused by coder.Stack)
             raise DDPMCodecError("corrupt file: the lossless payload is empty")
-        n, shape = header.num_images, tuple(header.image_shape)
-        batches = []
+        shape = tuple(header.image_shape)
+        batches = params.batches(header)
+        m = len(params.seed_lengths)
+        decoded = []
         with Timer() as timer, deterministic(self.model.device, header.num_threads):
             stack = _Stack(final, header.seed)
-            with progress_bar(n * diffusion.num_steps, "decode", "img-step",
-                              enabled=progress) as bar:
-                for a, b in reversed(header.batches()):
+            with progress_bar((header.num_images - m) * diffusion.num_steps, "decode",
+                              "img-step", enabled=progress) as bar:
+                for a, b in reversed(batches):
                     self._check_enough_bits(stack, grids, (b - a) * header.dims)
-                    batches.append(self._decode_batch(stack, diffusion, grids, b - a, a, shape,
+                    decoded.append(self._decode_batch(stack, diffusion, grids, b - a, a, shape,
                                                       bar))
             rest = stack.ans.words()
-        if not np.array_equal(rest, init):
-            raise DDPMCodecError("decoding failed: the stream does not end in its initial words "
-                                 "(corrupt file, or the network was evaluated differently)")
-        images = verify_pixels(np.concatenate(batches[::-1]), header)
-        net_bits = coder.valid_bits(final) - coder.valid_bits(init)
+            seeds = _read_seeds(rest, base, params, shape)
+        images = verify_pixels(np.concatenate(seeds + decoded[::-1]), header)
+        net_bits = coder.valid_bits(final) - coder.valid_bits(rest)
         stats = _stats(header, params, len(payload), len(data), net_bits, timer.seconds)
         return Decoded(images, header, stats)
 
@@ -612,17 +840,95 @@ class BitsBackCodec(Codec):
 
 def _stats(header: Header, params: LosslessParams, payload_bytes: int, file_bytes: int,
            net_bits: float, seconds: float) -> CodecStats:
+    """Sizes of a bits-back file: the payload splits into the seeds' streams (side bits),
+    the bits-back images' net bits and the rest (initial bits nobody paid back)."""
     payload_bits = 8 * payload_bytes
+    side_bits = 8 * sum(params.seed_lengths)
+    m = len(params.seed_lengths)
     return CodecStats(
         mode="lossless", num_images=header.num_images, dims=header.dims,
         num_steps=header.num_steps, payload_bits=payload_bits,
         header_bits=8 * (file_bytes - payload_bytes),
-        initial_bits=float(payload_bits - net_bits), bound_bits=params.bound_bits,
-        seconds=seconds,
-        extra={"elbo_bits": params.elbo_bits, "grid_log2": params.grid_log2,
+        initial_bits=float(payload_bits - net_bits - side_bits), bound_bits=params.bound_bits,
+        seconds=seconds, side_bits=float(side_bits), net_images=header.num_images - m,
+        extra={"method": "bitsback", "seed_images": m, "grid_log2": params.grid_log2,
                "support_sigmas": params.support_sigmas, "batch_size": header.batch_size,
                "initial_words": params.initial_words, "prefix_words": params.prefix_words,
                "device_kind": header.device_kind, "num_threads": header.num_threads})
+
+
+def default_chain(model):
+    """The lossless codec's default chain: DEFAULT_STEPS steps chosen by the DP on the
+    model's calibration, with analytic variances (the bound that `ddpmcodec nll --steps 10
+    --trajectory dp --variance analytic` reports). DDPMCodecError, saying how to make a
+    calibration or pick another chain, when the model has none."""
+    from ddpmcodec.io.chain_choice import ChainOptions, select_chain
+    try:
+        return select_chain(model, ChainOptions(DEFAULT_STEPS, DEFAULT_TRAJECTORY,
+                                                DEFAULT_VARIANCE))[0]
+    except DDPMCodecError as exc:
+        raise DDPMCodecError(f"the default lossless chain ({DEFAULT_STEPS} dp steps, analytic "
+                             f"variances) needs the model's calibration: {exc}; or choose "
+                             f"a chain without one (--steps K --trajectory even --variance "
+                             f"model)") from None
+
+
+def dip_bits(g: LatentGrids, dims: int) -> float:
+    """An upper estimate of one image's dip, bits: how far below its starting size the
+    stack sinks while the image is coded. The first two pops (x_0 from q(x_0|x0), x_1 from
+    q(x_1|x_0)) come before anything of the same size is pushed back; each reads about
+    the entropy of its quantized kernel. (Measured on the default chain: the actual dip is
+    about two thirds of this, as the pixels pushed between the pops give some back.)"""
+    per = np.log2(g.q_std[:2] / g.delta[:2] * math.sqrt(2 * math.pi * math.e))
+    return float(dims * np.maximum(per, 1.0).sum())
+
+
+def _seed_count(images, streams, dip: float) -> int:
+    """The fewest first images whose WebP-lossless streams carry one image's dip (a seed
+    costs its WebP size minus its bits-back size, ~0.5 bits/dim; an uncovered dip bit
+    costs one bit). At most N - 1."""
+    from ddpmcodec.codec.classical import webp_stream
+    m, bits = 0, 0
+    while m < len(images) - 1 and bits < dip:
+        if m == len(streams):
+            streams.append(webp_stream(images[m]))
+        bits += 8 * len(streams[m])
+        m += 1
+    return m
+
+
+def seed_words(streams) -> tuple[np.ndarray, bool]:
+    """The seeds' streams as uint32 stack words (zero-padded to whole words) and whether a
+    terminating word 1 had to follow (an ANS stack never ends in a zero word)."""
+    blob = b"".join(streams)
+    blob += bytes(-len(blob) % 4)
+    words = np.frombuffer(blob, dtype="<u4").astype(np.uint32)
+    if len(words) and words[-1] == 0:
+        return np.append(words, np.uint32(1)), True
+    return words, False
+
+
+def _read_seeds(rest: np.ndarray, base: np.ndarray, params: LosslessParams, shape) -> list:
+    """What the decoder's stack holds at the end: the seeded words, then the seeds' words.
+    Returns the seed images (uint8 [1, H, W, C] each)."""
+    from ddpmcodec.codec.classical import webp_image
+    W, total = len(base), sum(params.seed_lengths)
+    expected = -(-total // 4) + int(params.terminator)
+    if len(rest) != W + expected or not np.array_equal(rest[:W], base):
+        raise DDPMCodecError("decoding failed: the stream does not end in its initial words "
+                             "(corrupt file, or the network was evaluated differently)")
+    top = rest[W:]
+    if params.terminator and top[-1] != 1:
+        raise DDPMCodecError("corrupt file: the seed images' words do not end as recorded")
+    blob = np.ascontiguousarray(top[:-1] if params.terminator else top, dtype="<u4").tobytes()
+    if any(blob[total:]):
+        raise DDPMCodecError("corrupt file: the seed images' padding is not zero")
+    out, a = [], 0
+    c, h, w = shape
+    for n in params.seed_lengths:
+        out.append(webp_image(blob[a:a + n], shape).reshape(1, h, w, c))
+        a += n
+    return out
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:

@@ -1,50 +1,64 @@
-"""The ddpmcodec file format: a small versioned binary header, then the payload.
+"""The ddpmcodec file format: a compact versioned header, then the payload.
 
-Every codec (lossless bits-back, progressive) writes the same container; only the
-``params`` blob (mode-specific, opaque here) and the payload differ. All integers are
-little-endian. Layout of format version 1::
+Every codec writes the same container; only the ``params`` blob (mode-specific, opaque
+here) and the payload differ. "v" is an unsigned LEB128 varint (7 bits a byte, shortest
+form only), integers are little-endian. Format version 2::
 
-    offset  size  field
-    0       8     MAGIC  b"\\x89DDPMC\\r\\n"  (the PNG trick: catches text-mode mangling)
-    8       2     u16 format version (1)
-    10      4     u32 header body length L (bounded by MAX_HEADER_BYTES)
-    14      L     header body (below)
-    14+L    4     u32 CRC-32 of bytes [8, 14+L): version, length and body
-    18+L    8     u64 payload length P (must equal the bytes that follow the next field)
-    26+L    4     u32 CRC-32 of the payload
-    30+L    P     payload (codec-specific; nothing may follow it)
+    size  field
+    2     MAGIC b"\\x89D": identifies the format (format 1 began with the same two bytes)
+    1     version (high nibble, 2) | mode (low nibble: 1 lossless, 2 progressive,
+          3 webp-lossless)
+    ...   header body (below)
+    2     CRC-16 (CCITT) of every byte before it
+    v     payload length P (must equal the bytes that follow the next field)
+    4     CRC-32 of the payload
+    P     payload (codec-specific; nothing may follow it)
 
-Header body::
+Header body of the model modes (lossless, progressive)::
 
-    u8    mode              1 = lossless, 2 = progressive
-    8     fingerprint       the model fingerprint (16 hex digits) as 8 raw bytes
-    u16*3 image shape       C, H, W
-    u32   num_images        N
-    u32   batch_size        images per network call; the decoder must use the same layout
-    u64   seed              seed of everything random the codec draws (< 2^63)
-    u32   num_timesteps     T, length of the model's full chain
-    u8    chain kind        0 = full chain, 1 = evenly spaced K steps (Diffusion.with_steps),
-                            2 = explicit list
-    u32   num_steps         K
-    u32*K timesteps         only for chain kind 2: strictly increasing indices in 0..T-1
-    u8+s  device kind       length-prefixed printable ASCII: where the numbers were made,
-                            e.g. "cpu:AVX2" or "cuda:NVIDIA H200;cpu:AVX512"
-    u16   num_threads       CPU threads of the encoder (0: not recorded); float results
-                            depend on how torch splits work, so the decoder uses the same
-    16    pixel checksum    first 16 bytes of SHA-256 over the decoded uint8 NHWC pixels
-    u32+s params            length-prefixed mode-specific blob (<= MAX_PARAMS_BYTES)
+    4     model id       the first 4 bytes of the model fingerprint
+    v*3   image shape    C, H, W
+    v     num_images     N
+    v     batch_size     images per network call; the decoder must use the same layout
+    v     seed           of everything random the codec draws (< 2^63)
+    v     num_timesteps  T, length of the model's full chain
+    1     chain kind     0 = full chain, 1 = evenly spaced K steps, 2 = explicit list
+    v     num_steps      K
+    v*K   timesteps      only for kind 2: the first index, then each gap minus one
+    1     device code    where the numbers were made: 1.. = DEVICE_KINDS[code - 1]
+                         ("cpu:AVX2", ...); 0 = spelt out as v length + printable ASCII
+    v     num_threads    CPU threads of the encoder (0: not recorded); float results
+                         depend on how torch splits work, so the decoder uses the same
+    4     pixel checksum first 4 bytes of SHA-256 over the decoded uint8 NHWC pixels
+    v+s   params         length-prefixed mode-specific blob (<= MAX_PARAMS_BYTES)
+
+The model-free mode (webp-lossless: the classical fallback of the lossless codec, which
+decodes without a network) has only ``v*3 image shape, v num_images``.
+
+Why each check has its width. The header CRC-16 catches every error of up to 3 bits and
+misses a random corruption with probability 2^-16 (the header is tens of bytes); a miss
+is still caught by the pixel checksum. The payload CRC-32 lets a damaged file fail in
+milliseconds, before any network runs. The pixel checksum is the end-to-end guarantee
+that a decoded image is the encoded one (a wrong decode passes it with probability
+2^-32; a bits-back decode that went wrong must also end in the exact initial stack). The
+model id only turns "decoded with the wrong model" into a clear early error: a wrong model
+that shares the 32-bit id (probability 2^-32) fails the pixel checksum instead.
+
+Format version 1 (a 8-byte magic b"\\x89DDPMC\\r\\n", fixed-width fields, the whole
+fingerprint, a 16-byte pixel checksum, two CRC-32s: ~130 bytes before any chain) is
+still read, never written.
 
 Parsing validates every field and bounds every size before anything is allocated from
 it, and raises :class:`DDPMCodecError` with a one-line reason for anything wrong:
 wrong magic, unknown version, truncation, bad checksums, out-of-range fields, trailing
-bytes. The two CRCs catch accidental corruption early (before any network runs); the
-pixel checksum is the end-to-end guarantee that a decoded image is the encoded one.
+bytes.
 
 :class:`BlobWriter` / :class:`BlobReader` are the bounded little-endian field helpers used
 for the header and available to codecs for their ``params`` blob and payload framing.
 """
 from __future__ import annotations
 
+import binascii
 import hashlib
 import struct
 import zlib
@@ -54,16 +68,18 @@ import numpy as np
 
 from ddpmcodec.errors import DDPMCodecError
 
-MAGIC = b"\x89DDPMC\r\n"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+MAGIC = b"\x89D"
+MAGIC_V1 = b"\x89DDPMC\r\n"   # format 1 (read only); its third byte, "D", is no version byte
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
-MODES = {"lossless": 1, "progressive": 2}
+MODES = {"lossless": 1, "progressive": 2, "webp-lossless": 3}
+MODEL_FREE_MODES = ("webp-lossless",)
 _MODE_NAMES = {v: k for k, v in MODES.items()}
 
 # Bounds a header must satisfy. They are generous for real use and small enough that a
 # hostile header cannot make a reader allocate without bound.
-MAX_HEADER_BYTES = 1 << 20          # the explicit timestep list dominates: 4*T bytes
+MAX_HEADER_BYTES = 1 << 20          # format 1: the explicit timestep list dominates: 4*T bytes
 MAX_PARAMS_BYTES = 1 << 16
 MAX_CHANNELS = 16
 MAX_SIDE = 4096
@@ -75,27 +91,36 @@ MAX_TOTAL_PIXELS = 1 << 32          # N*C*H*W: the decoded output's size in byte
 MAX_DEVICE_CHARS = 64
 MAX_THREADS = 256
 MAX_SEED = (1 << 63) - 1
-CHECKSUM_BYTES = 16
-FINGERPRINT_BYTES = 8
+CHECKSUM_BYTES = 4
+CHECKSUM_BYTES_V1 = 16
+MODEL_ID_BYTES = 4
+FINGERPRINT_BYTES = 8               # format 1 held the whole fingerprint
+# device kinds with a one-byte code in format 2 (code = index + 1); others are spelt out
+DEVICE_KINDS = ("cpu:DEFAULT", "cpu:AVX2", "cpu:AVX512", "cpu:ZVECTOR", "cpu:VSX", "cpu:SVE256")
 
 _CHAIN_FULL, _CHAIN_EVEN, _CHAIN_EXPLICIT = 0, 1, 2
 
 
 def crc32(data) -> int:
-    """CRC-32 of bytes (or a buffer) as an unsigned 32-bit int: the one checksum of the
-    format's framing (header, payload, progressive packets, generator check)."""
+    """CRC-32 of bytes (or a buffer) as an unsigned 32-bit int: the checksum of payloads,
+    progressive packets and the generator check."""
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def pixel_checksum(images: np.ndarray) -> bytes:
-    """16-byte SHA-256 prefix over uint8 NHWC pixels (with their shape, so a reshaped
-    array of the same bytes does not match)."""
+def crc16(data) -> int:
+    """CRC-16 (CCITT) of bytes: the header's checksum in format 2."""
+    return binascii.crc_hqx(bytes(data), 0xFFFF)
+
+
+def pixel_checksum(images: np.ndarray, nbytes: int = CHECKSUM_BYTES) -> bytes:
+    """``nbytes``-byte SHA-256 prefix over uint8 NHWC pixels (with their shape, so a
+    reshaped array of the same bytes does not match)."""
     images = np.ascontiguousarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise DDPMCodecError(f"pixel checksums are over uint8 NHWC arrays, got {images.dtype} {images.shape}")
     h = hashlib.sha256(struct.pack("<4Q", *images.shape))
     h.update(images.tobytes())
-    return h.digest()[:CHECKSUM_BYTES]
+    return h.digest()[:nbytes]
 
 
 def evenly_spaced(num_timesteps: int, steps: int) -> tuple[int, ...]:
@@ -141,6 +166,26 @@ class BlobWriter:
         """u32 length + bytes."""
         return self.u32(len(b)).raw(b)
 
+    def uvar(self, v: int) -> "BlobWriter":
+        """An unsigned LEB128 varint: 7 bits a byte, low bits first (0..127 in one byte)."""
+        v = int(v)
+        if not 0 <= v < 1 << 64:
+            raise DDPMCodecError(f"varint out of range: {v}")
+        while v >= 0x80:
+            self.buf.append((v & 0x7F) | 0x80)
+            v >>= 7
+        self.buf.append(v)
+        return self
+
+    def svar(self, v: int) -> "BlobWriter":
+        """A signed varint (zigzag: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ...)."""
+        v = int(v)
+        return self.uvar(2 * v if v >= 0 else -2 * v - 1)
+
+    def varblob(self, b: bytes) -> "BlobWriter":
+        """varint length + bytes."""
+        return self.uvar(len(b)).raw(b)
+
     def getvalue(self) -> bytes:
         return bytes(self.buf)
 
@@ -184,6 +229,30 @@ class BlobReader:
     def f64(self, name="f64") -> float:
         return self._unpack("<d", name)
 
+    def uvar(self, name="varint") -> int:
+        """An unsigned LEB128 varint of at most 64 bits, in its shortest form (so that
+        every value has exactly one encoding)."""
+        v = shift = 0
+        for i in range(10):
+            byte = self.u8(name)
+            v |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                if (byte == 0 and i > 0) or v >= 1 << 64:
+                    raise DDPMCodecError(f"{self.what}: {name} is not a valid varint")
+                return v
+        raise DDPMCodecError(f"{self.what}: {name} is not a valid varint")
+
+    def svar(self, name="varint") -> int:
+        u = self.uvar(name)
+        return u >> 1 if not u & 1 else -((u + 1) >> 1)
+
+    def varblob(self, name: str, max_len: int) -> bytes:
+        n = self.uvar(f"{name} length")
+        if n > max_len:
+            raise DDPMCodecError(f"{self.what}: {name} claims {n} bytes (at most {max_len})")
+        return self.raw(n, name)
+
     def bounded(self, name: str, value: int, lo: int, hi: int) -> int:
         if not lo <= value <= hi:
             raise DDPMCodecError(f"{self.what}: {name} = {value} is outside {lo}..{hi}")
@@ -207,6 +276,11 @@ class Header:
 
     ``timesteps`` are the original indices of the coded chain (chain step k -> original
     index timesteps[k]); ``num_timesteps`` is T of the model's full chain.
+    ``fingerprint`` is the model id the file holds: 8 hex digits (format 2) or the whole
+    16-digit fingerprint (format 1); ``pixel_checksum`` is 4 (format 2) or 16 bytes.
+    A model-free mode (``webp-lossless``: the classical fallback, decoded without a
+    network) uses only ``mode``, ``image_shape`` and ``num_images``; its other fields
+    hold the neutral values of :func:`model_free_header`.
     """
 
     mode: str
@@ -236,6 +310,10 @@ class Header:
     def num_batches(self) -> int:
         return -(-self.num_images // self.batch_size)
 
+    @property
+    def model_free(self) -> bool:
+        return self.mode in MODEL_FREE_MODES
+
     def batches(self) -> list[tuple[int, int]]:
         """(start, stop) image ranges of the batch layout, in encoding order."""
         return [(s, min(s + self.batch_size, self.num_images))
@@ -246,9 +324,8 @@ class Header:
         r = BlobReader(b"", "header")
         if self.mode not in MODES:
             raise DDPMCodecError(f"unknown codec mode {self.mode!r}; known: {', '.join(MODES)}")
-        if len(self.fingerprint) != 2 * FINGERPRINT_BYTES or any(
-                ch not in "0123456789abcdef" for ch in self.fingerprint):
-            raise DDPMCodecError(f"a model fingerprint is 16 lowercase hex digits, got {self.fingerprint!r}")
+        if self.version not in SUPPORTED_VERSIONS:
+            raise DDPMCodecError(f"format version {self.version} is not supported")
         if len(self.image_shape) != 3:
             raise DDPMCodecError(f"image shape must be (C, H, W), got {self.image_shape}")
         c, h, w = (int(v) for v in self.image_shape)
@@ -258,6 +335,15 @@ class Header:
         r.bounded("dims per image", c * h * w, 1, MAX_DIMS)
         r.bounded("number of images", self.num_images, 1, MAX_IMAGES)
         r.bounded("total pixels", self.num_images * c * h * w, 1, MAX_TOTAL_PIXELS)
+        if self.model_free:
+            if self != model_free_header(self.mode, self.image_shape, self.num_images):
+                raise DDPMCodecError(f"header: a {self.mode} file has no model fields")
+            return self
+        id_bytes = FINGERPRINT_BYTES if self.version == 1 else MODEL_ID_BYTES
+        if len(self.fingerprint) != 2 * id_bytes or any(
+                ch not in "0123456789abcdef" for ch in self.fingerprint):
+            raise DDPMCodecError(f"a model id is {2 * id_bytes} lowercase hex digits in format "
+                                 f"{self.version}, got {self.fingerprint!r}")
         r.bounded("batch size", self.batch_size, 1, min(MAX_BATCH, self.num_images))
         r.bounded("seed", self.seed, 0, MAX_SEED)
         r.bounded("num_timesteps", self.num_timesteps, 1, MAX_TIMESTEPS)
@@ -272,18 +358,20 @@ class Header:
             raise DDPMCodecError(f"header: device kind must be 1..{MAX_DEVICE_CHARS} printable "
                                  f"ASCII characters, got {self.device_kind!r}")
         r.bounded("num_threads", self.num_threads, 0, MAX_THREADS)
-        if len(self.pixel_checksum) != CHECKSUM_BYTES:
-            raise DDPMCodecError(f"header: the pixel checksum must be {CHECKSUM_BYTES} bytes")
+        if len(self.pixel_checksum) != checksum_bytes(self.version):
+            raise DDPMCodecError(f"header: the pixel checksum must be "
+                                 f"{checksum_bytes(self.version)} bytes")
         if len(self.params) > MAX_PARAMS_BYTES:
             raise DDPMCodecError(f"header: params blob of {len(self.params)} bytes "
                                  f"(at most {MAX_PARAMS_BYTES})")
-        if self.version not in SUPPORTED_VERSIONS:
-            raise DDPMCodecError(f"format version {self.version} is not supported")
         return self
 
     def summary(self) -> dict:
         """JSON-able description (for `--json` output and error messages)."""
-        return {"format_version": self.version, "mode": self.mode, "fingerprint": self.fingerprint,
+        if self.model_free:
+            return {"format_version": self.version, "mode": self.mode,
+                    "image_shape": list(self.image_shape), "num_images": self.num_images}
+        return {"format_version": self.version, "mode": self.mode, "model_id": self.fingerprint,
                 "image_shape": list(self.image_shape), "num_images": self.num_images,
                 "batch_size": self.batch_size, "seed": self.seed,
                 "num_timesteps": self.num_timesteps, "num_steps": self.num_steps,
@@ -292,29 +380,107 @@ class Header:
                 "params_bytes": len(self.params)}
 
 
+def model_free_header(mode: str, image_shape, num_images: int) -> Header:
+    """The header of a model-free file (neutral values in every model field)."""
+    return Header(mode, "", tuple(int(v) for v in image_shape), int(num_images), 1, 0, 0, (),
+                  "", 0, b"", b"", FORMAT_VERSION)
+
+
+def checksum_bytes(version: int = FORMAT_VERSION) -> int:
+    """Bytes of the pixel checksum in a file of ``version``."""
+    return CHECKSUM_BYTES_V1 if version == 1 else CHECKSUM_BYTES
+
+
+def model_id(fingerprint: str) -> str:
+    """The model id a new file records: the first MODEL_ID_BYTES of the fingerprint."""
+    return fingerprint[:2 * MODEL_ID_BYTES]
+
+
+# -- format 2 ----------------------------------------------------------------------------
+def _write_chain(w: BlobWriter, T: int, ts: tuple) -> None:
+    if ts == tuple(range(T)):
+        w.u8(_CHAIN_FULL).uvar(len(ts))
+    elif ts == evenly_spaced(T, len(ts)):
+        w.u8(_CHAIN_EVEN).uvar(len(ts))
+    else:  # first index, then each gap minus one: a byte per step on short chains
+        w.u8(_CHAIN_EXPLICIT).uvar(len(ts)).uvar(ts[0])
+        for a, b in zip(ts, ts[1:]):
+            w.uvar(b - a - 1)
+
+
+def _read_chain(r: BlobReader, T: int) -> tuple:
+    kind = r.u8("chain kind")
+    K = r.bounded("num_steps", r.uvar("num_steps"), 1, T)
+    if kind == _CHAIN_FULL:
+        if K != T:
+            raise DDPMCodecError(f"header: a full chain has {T} steps, not {K}")
+        return tuple(range(T))
+    if kind == _CHAIN_EVEN:
+        return evenly_spaced(T, K)
+    if kind != _CHAIN_EXPLICIT:
+        raise DDPMCodecError(f"header: unknown chain kind {kind}")
+    ts = [r.bounded("timestep", r.uvar("timestep"), 0, T - 1)]
+    for _ in range(K - 1):
+        ts.append(ts[-1] + 1 + r.bounded("timestep gap", r.uvar("timestep gap"), 0, T))
+        if ts[-1] >= T:
+            raise DDPMCodecError(f"header: timesteps must be indices in 0..{T - 1}")
+    return tuple(ts)
+
+
 def _write_body(h: Header) -> bytes:
     w = BlobWriter()
-    w.u8(MODES[h.mode]).raw(bytes.fromhex(h.fingerprint))
+    if not h.model_free:
+        w.raw(bytes.fromhex(h.fingerprint))
     for v in h.image_shape:
-        w.u16(int(v))
-    w.u32(h.num_images).u32(h.batch_size).u64(h.seed).u32(h.num_timesteps)
-    ts = tuple(int(t) for t in h.timesteps)
-    if ts == tuple(range(h.num_timesteps)):
-        w.u8(_CHAIN_FULL).u32(len(ts))
-    elif ts == evenly_spaced(h.num_timesteps, len(ts)):
-        w.u8(_CHAIN_EVEN).u32(len(ts))
+        w.uvar(v)
+    w.uvar(h.num_images)
+    if h.model_free:
+        return w.getvalue()
+    w.uvar(h.batch_size).uvar(h.seed).uvar(h.num_timesteps)
+    _write_chain(w, h.num_timesteps, tuple(int(t) for t in h.timesteps))
+    if h.device_kind in DEVICE_KINDS:
+        w.u8(DEVICE_KINDS.index(h.device_kind) + 1)
     else:
-        w.u8(_CHAIN_EXPLICIT).u32(len(ts))
-        w.raw(np.asarray(ts, dtype="<u4").tobytes())
-    dev = h.device_kind.encode("ascii")
-    w.u8(len(dev)).raw(dev).u16(h.num_threads).raw(h.pixel_checksum).blob(h.params)
+        w.u8(0).varblob(h.device_kind.encode("ascii"))
+    w.uvar(h.num_threads).raw(h.pixel_checksum).varblob(h.params)
     return w.getvalue()
 
 
-def _read_body(body: bytes, version: int) -> Header:
+def _read_body(r: BlobReader, mode: str) -> Header:
+    if mode in MODEL_FREE_MODES:
+        shape = tuple(r.bounded(n, r.uvar(n), 1, MAX_SIDE) for n in ("channels", "height", "width"))
+        n = r.bounded("number of images", r.uvar("number of images"), 1, MAX_IMAGES)
+        return model_free_header(mode, shape, n).validate()
+    fp = r.raw(MODEL_ID_BYTES, "model id").hex()
+    shape = tuple(r.bounded(n, r.uvar(n), 1, MAX_SIDE) for n in ("channels", "height", "width"))
+    n = r.bounded("number of images", r.uvar("number of images"), 1, MAX_IMAGES)
+    batch = r.bounded("batch size", r.uvar("batch size"), 1, min(MAX_BATCH, n))
+    seed = r.bounded("seed", r.uvar("seed"), 0, MAX_SEED)
+    T = r.bounded("num_timesteps", r.uvar("num_timesteps"), 1, MAX_TIMESTEPS)
+    ts = _read_chain(r, T)
+    code = r.u8("device kind")
+    if code == 0:
+        raw = r.varblob("device kind", MAX_DEVICE_CHARS)
+        try:
+            dev = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise DDPMCodecError("header: device kind is not ASCII") from None
+    elif code <= len(DEVICE_KINDS):
+        dev = DEVICE_KINDS[code - 1]
+    else:
+        raise DDPMCodecError(f"header: unknown device kind code {code}")
+    threads = r.bounded("num_threads", r.uvar("num_threads"), 0, MAX_THREADS)
+    checksum = r.raw(CHECKSUM_BYTES, "pixel checksum")
+    params = r.varblob("params", MAX_PARAMS_BYTES)
+    return Header(mode, fp, shape, n, batch, seed, T, ts, dev, threads, checksum, params,
+                  FORMAT_VERSION).validate()
+
+
+# -- format 1 (read only) ------------------------------------------------------------------
+def _read_body_v1(body: bytes) -> Header:
     r = BlobReader(body, "header")
     mode_id = r.u8("mode")
-    if mode_id not in _MODE_NAMES:
+    if mode_id not in _MODE_NAMES or _MODE_NAMES[mode_id] in MODEL_FREE_MODES:
         raise DDPMCodecError(f"header: unknown codec mode {mode_id}")
     fp = r.raw(FINGERPRINT_BYTES, "fingerprint").hex()
     shape = (r.u16("channels"), r.u16("height"), r.u16("width"))
@@ -339,43 +505,19 @@ def _read_body(body: bytes, version: int) -> Header:
     except UnicodeDecodeError:
         raise DDPMCodecError("header: device kind is not ASCII") from None
     threads = r.u16("num_threads")
-    checksum = r.raw(CHECKSUM_BYTES, "pixel checksum")
+    checksum = r.raw(CHECKSUM_BYTES_V1, "pixel checksum")
     params = r.blob("params", MAX_PARAMS_BYTES)
     r.end()
     return Header(_MODE_NAMES[mode_id], fp, shape, n, batch, seed, T, ts, dev, threads,
-                  checksum, params, version).validate()
+                  checksum, params, 1).validate()
 
 
-# -- the whole file ------------------------------------------------------------------------
-def pack(header: Header, payload: bytes) -> bytes:
-    """Serialise a header and payload into the container bytes."""
-    header.validate()
-    if header.version != FORMAT_VERSION:
-        raise DDPMCodecError(f"this ddpmcodec writes format version {FORMAT_VERSION} only")
-    body = _write_body(header)
-    if len(body) > MAX_HEADER_BYTES:
-        raise DDPMCodecError(f"header of {len(body)} bytes exceeds {MAX_HEADER_BYTES}")
-    head = struct.pack("<HI", header.version, len(body)) + body
-    payload = bytes(payload)
-    return b"".join([MAGIC, head, struct.pack("<I", crc32(head)),
-                     struct.pack("<QI", len(payload), crc32(payload)), payload])
-
-
-def header_size(header: Header) -> int:
-    """Bytes of a packed file that are not payload."""
-    return len(MAGIC) + 6 + len(_write_body(header)) + 4 + 12
-
-
-def _read_head(data: bytes) -> tuple[Header, int, int, BlobReader]:
-    """Magic, version, header (CRC-checked and validated), payload length and CRC; the
-    reader is left at the payload's first byte."""
-    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
-        raise DDPMCodecError("not a ddpmcodec file (bad magic bytes)")
+def _read_head_v1(data: bytes) -> tuple[Header, int, int, BlobReader]:
     r = BlobReader(data, "file")
-    r.raw(len(MAGIC), "magic")
+    r.raw(len(MAGIC_V1), "magic")
     start = r.pos
     version = r.u16("format version")
-    if version not in SUPPORTED_VERSIONS:
+    if version != 1:
         raise DDPMCodecError(f"file format version {version} is not supported by this ddpmcodec "
                              f"(it reads version {', '.join(map(str, SUPPORTED_VERSIONS))})")
     body_len = r.u32("header length")
@@ -385,8 +527,72 @@ def _read_head(data: bytes) -> tuple[Header, int, int, BlobReader]:
     head_crc = r.u32("header checksum")
     if crc32(data[start:start + 6 + body_len]) != head_crc:
         raise DDPMCodecError("corrupt file: the header checksum does not match")
-    header = _read_body(body, version)
+    header = _read_body_v1(body)
     payload_len = r.u64("payload length")
+    payload_crc = r.u32("payload checksum")
+    return header, payload_len, payload_crc, r
+
+
+# -- the whole file ------------------------------------------------------------------------
+def pack(header: Header, payload: bytes) -> bytes:
+    """Serialise a header and payload into the container bytes (format 2)."""
+    header.validate()
+    if header.version != FORMAT_VERSION:
+        raise DDPMCodecError(f"this ddpmcodec writes format version {FORMAT_VERSION} only")
+    head = MAGIC + bytes([FORMAT_VERSION << 4 | MODES[header.mode]]) + _write_body(header)
+    payload = bytes(payload)
+    tail = BlobWriter().u16(crc16(head)).uvar(len(payload)).u32(crc32(payload)).getvalue()
+    return b"".join([head, tail, payload])
+
+
+def header_size(header: Header, payload_bytes: int) -> int:
+    """Bytes of a packed file that are not payload (the payload's length is among them)."""
+    return len(pack(header, b"")) - 1 + len(BlobWriter().uvar(payload_bytes).getvalue())
+
+
+def mode_of(data: bytes) -> str:
+    """The codec mode of container bytes, from their first bytes only (no checks beyond
+    the magic and version)."""
+    if data[:len(MAGIC_V1)] == MAGIC_V1:
+        mode_id = data[14] if len(data) > 14 else 0
+    elif data[:len(MAGIC)] == MAGIC and len(data) > len(MAGIC) and data[2] >> 4 == FORMAT_VERSION:
+        mode_id = data[2] & 0x0F
+    else:
+        raise DDPMCodecError("not a ddpmcodec file (bad magic bytes)")
+    if mode_id not in _MODE_NAMES:
+        raise DDPMCodecError(f"header: unknown codec mode {mode_id}")
+    return _MODE_NAMES[mode_id]
+
+
+def _read_head(data: bytes) -> tuple[Header, int, int, BlobReader]:
+    """Magic, version, header (CRC-checked and validated), payload length and CRC; the
+    reader is left at the payload's first byte."""
+    if data[:len(MAGIC_V1)] == MAGIC_V1:
+        return _read_head_v1(data)
+    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+        raise DDPMCodecError("not a ddpmcodec file (bad magic bytes)")
+    r = BlobReader(data, "file")
+    r.raw(len(MAGIC), "magic")
+    vm = r.u8("format version")
+    if vm >> 4 != FORMAT_VERSION:
+        raise DDPMCodecError(f"file format version {vm >> 4} is not supported by this ddpmcodec "
+                             f"(it reads version {', '.join(map(str, SUPPORTED_VERSIONS))})")
+    if vm & 0x0F not in _MODE_NAMES:
+        raise DDPMCodecError(f"header: unknown codec mode {vm & 0x0F}")
+    # parse first (every size bounded), then check the CRC of exactly what was parsed;
+    # a parse error in a damaged header reports the damage, not the field
+    r.what = "header"
+    try:
+        header = _read_body(r, _MODE_NAMES[vm & 0x0F])
+    except DDPMCodecError as exc:
+        if "truncated" in str(exc):
+            raise DDPMCodecError(f"file is truncated ({exc})") from None
+        raise DDPMCodecError(f"corrupt file: the header is damaged ({exc})") from None
+    end = r.pos
+    r.what = "file"
+    if r.u16("header checksum") != crc16(data[:end]):
+        raise DDPMCodecError("corrupt file: the header checksum does not match")
+    payload_len = r.uvar("payload length")
     payload_crc = r.u32("payload checksum")
     return header, payload_len, payload_crc, r
 
@@ -439,7 +645,8 @@ def read_file(path) -> bytes:
         raise DDPMCodecError(f"no such file: {path}")
     size = path.stat().st_size
     with open(path, "rb") as f:
-        if f.read(len(MAGIC)) != MAGIC:
+        start = f.read(len(MAGIC_V1))
+        if start != MAGIC_V1 and start[:len(MAGIC)] != MAGIC:
             raise DDPMCodecError(f"{path} is not a ddpmcodec file (bad magic bytes)")
         if size > MAX_FILE_BYTES:
             raise DDPMCodecError(f"{path} is {size} bytes, more than this reader accepts")

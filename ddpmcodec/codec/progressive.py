@@ -371,7 +371,7 @@ class ProgressiveCodec(Codec):
                                    *variance_rule_of(diffusion, model)).validate()
         # the pixel checksum is that of the reconstruction, known at the end
         header = new_header("progressive", model, n, batch_size, seed, timesteps,
-                            bytes(container.CHECKSUM_BYTES), params.pack())
+                            bytes(container.checksum_bytes()), params.pack())
         batches = header.batches()
         dims = header.dims
         x0 = to_model_space(images)
@@ -439,7 +439,7 @@ class ProgressiveCodec(Codec):
         data = container.pack(header, bytes(payload))
         kl_total = float(sum(im["kl_bits"] for row in step_rows for im in row["images"]))
         stats = CodecStats("progressive", n, dims, K, 8 * len(payload),
-                           8 * container.header_size(header), 0.0, kl_total, timer.seconds,
+                           8 * (len(data) - len(payload)), 0.0, kl_total, timer.seconds,
                            {"steps": step_rows, "timesteps": list(timesteps),
                             "params": dataclasses.asdict(params.channel) | {"variance": variance}})
         if keep_latents:
@@ -477,8 +477,8 @@ class ProgressiveCodec(Codec):
         if not packets:
             raise DDPMCodecError(
                 f"the file prefix ({len(data)} bytes) holds no whole coded step; the header "
-                f"alone is {container.header_size(header)} bytes")
-        return header, params, payload, packets, complete
+                f"alone is {len(data) - len(payload)} bytes")
+        return header, params, payload, packets, complete, len(data) - len(payload)
 
     def _latents(self, header, params, packets, bar=None):
         """Yield (coded step s, latents x float64 [N, C, H, W], chain step k of x), each
@@ -523,7 +523,8 @@ class ProgressiveCodec(Codec):
         latter two run ``recon_steps`` network steps from the reached latent to t = 0)."""
         from ddpmcodec.progress import progress_bar
         _check_recons([recon])
-        header, params, payload, packets, complete = self._open(data, upto_step, max_bytes)
+        header, params, payload, packets, complete, hsize = self._open(data, upto_step,
+                                                                       max_bytes)
         model = self.model
         n, K = header.num_images, header.num_steps
         latents = []
@@ -538,7 +539,6 @@ class ProgressiveCodec(Codec):
         images = from_model_space(x0_hat)
         if k == 0 and recon == "mean":
             verify_pixels(images, header)
-        hsize = container.header_size(header)
         used = hsize + packet_ends(payload)[len(packets) - 1]
         stats = CodecStats("progressive", n, header.dims, K, 8 * (used - hsize), 8 * hsize, 0.0,
                            float("nan"), timer.seconds,
@@ -555,10 +555,9 @@ class ProgressiveCodec(Codec):
         coded step: step, t, bytes_used (file prefix), images {recon: uint8 NHWC}."""
         from ddpmcodec.progress import progress_bar
         _check_recons(recons)
-        header, params, payload, packets, _ = self._open(data, None, None)
+        header, params, payload, packets, _, hsize = self._open(data, None, None)
         model = self.model
         diffusion = chain_for(header, model, params.chain_rule, params.chain_variances)
-        hsize = container.header_size(header)
         ends = packet_ends(payload)
         out = []
         with deterministic(model.device, header.num_threads), \

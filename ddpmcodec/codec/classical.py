@@ -1,0 +1,154 @@
+"""WebP-lossless streams: the lossless codec's fallback and the seeds of its bits-back stack.
+
+Pillow's WebP-lossless (libwebp, ``method=6``, the strongest setting) writes a RIFF file:
+``b"RIFF" u32 size b"WEBP" b"VP8L" u32 n`` (20 bytes), the n-byte VP8L bitstream and a pad
+byte when n is odd. Everything but the bitstream follows from n, so ddpmcodec stores only
+the bitstream (:func:`webp_stream`) and rebuilds the file to decode it (:func:`webp_image`):
+21 bytes of every image saved, which is what lets a one-image ddpmcodec file (14 bytes of
+container) come out smaller than the WebP file of the same image.
+
+:class:`WebPLosslessCodec` is the model-free mode ``webp-lossless``: N streams, their
+lengths as varints (the last one implied). The bits-back codec writes it when it is the
+shorter code (always for one image: see ``bitsback``), and puts the streams of its first
+images on its ANS stack as initial bits (HiLLoC's seeding).
+"""
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+
+from ddpmcodec.codec import container
+from ddpmcodec.codec.base import (
+    Codec,
+    CodecStats,
+    Decoded,
+    Encoded,
+    Timer,
+    check_images,
+)
+from ddpmcodec.codec.container import BlobReader, BlobWriter
+from ddpmcodec.errors import DDPMCodecError
+
+WEBP_METHOD = 6  # libwebp's slowest and strongest lossless effort
+_RIFF_BYTES = 20
+# what Pillow raises on bad image data (UnidentifiedImageError is an OSError)
+_PIL_ERRORS = (OSError, SyntaxError, EOFError)
+
+
+def supports(image_shape) -> bool:
+    """WebP holds 8-bit RGB; a grey image travels as R = G = B."""
+    return int(image_shape[0]) in (1, 3)
+
+
+def webp_stream(image: np.ndarray) -> bytes:
+    """The VP8L bitstream of one uint8 [H, W, C] image (C = 1 or 3), WebP-lossless."""
+    from PIL import Image
+    if image.shape[-1] not in (1, 3):
+        raise DDPMCodecError(f"WebP-lossless codes 1 or 3 channels, not {image.shape[-1]}")
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(
+        buf, "WEBP", lossless=True, quality=100, method=WEBP_METHOD)
+    data = buf.getvalue()
+    n = struct.unpack("<I", data[16:20])[0] if len(data) >= _RIFF_BYTES else -1
+    if data[:4] != b"RIFF" or data[8:16] != b"WEBPVP8L" or len(data) != _RIFF_BYTES + n + n % 2:
+        raise DDPMCodecError("this libwebp does not write a plain VP8L file; cannot use WebP "
+                             "streams")  # pragma: no cover - libwebp writes VP8X only for extras
+    stream = data[_RIFF_BYTES:_RIFF_BYTES + n]
+    if _riff(stream) != data:  # pragma: no cover - the layout above is the whole file
+        raise DDPMCodecError("this libwebp's RIFF file cannot be rebuilt from its VP8L stream")
+    return stream
+
+
+def _riff(stream: bytes) -> bytes:
+    n = len(stream)
+    return (b"RIFF" + struct.pack("<I", 12 + n + n % 2) + b"WEBPVP8L" + struct.pack("<I", n)
+            + stream + b"\0" * (n % 2))
+
+
+def webp_image(stream: bytes, image_shape) -> np.ndarray:
+    """Decode a VP8L bitstream to uint8 [H, W, C] of ``image_shape`` (C, H, W);
+    DDPMCodecError when it is not one."""
+    from PIL import Image
+    c, h, w = (int(v) for v in image_shape)
+    try:
+        with Image.open(io.BytesIO(_riff(bytes(stream))), formats=["WEBP"]) as im:
+            im.load()
+            arr = np.asarray(im.convert("RGB"))
+    except _PIL_ERRORS as exc:
+        raise DDPMCodecError(f"corrupt file: a WebP-lossless stream does not decode ({exc})") from None
+    if arr.shape != (h, w, 3):
+        raise DDPMCodecError(f"corrupt file: a WebP-lossless stream holds a {arr.shape} image, "
+                             f"not {(h, w, 3)}")
+    if c == 1:
+        if not (arr[..., :1] == arr).all():
+            raise DDPMCodecError("corrupt file: a grey image's WebP stream is not grey")
+        return np.ascontiguousarray(arr[..., :1])
+    return np.ascontiguousarray(arr)
+
+
+def pack_streams(streams: list[bytes]) -> bytes:
+    """Lengths of all streams but the last (varints), then the streams."""
+    w = BlobWriter()
+    for s in streams[:-1]:
+        w.uvar(len(s))
+    for s in streams:
+        w.raw(s)
+    return w.getvalue()
+
+
+def unpack_streams(data: bytes, count: int, what: str = "WebP streams") -> list[bytes]:
+    r = BlobReader(data, what)
+    lengths = [r.bounded("stream length", r.uvar("stream length"), 1, len(data))
+               for _ in range(count - 1)]
+    streams = [r.raw(n, "stream") for n in lengths]
+    if r.remaining < 1:
+        raise DDPMCodecError(f"corrupt file: {what} are truncated")
+    streams.append(r.raw(r.remaining, "stream"))
+    return streams
+
+
+class WebPLosslessCodec(Codec):
+    """The model-free mode: every image a WebP-lossless stream. ``model`` may be None."""
+
+    mode = "webp-lossless"
+
+    def encode(self, images: np.ndarray, *, steps=None, batch_size: int = 1, seed: int = 0,
+               progress: bool = False, **options) -> Encoded:
+        images = np.ascontiguousarray(images) if self.model is None else check_images(images,
+                                                                                     self.model)
+        if images.dtype != np.uint8 or images.ndim != 4 or not supports((images.shape[-1],)):
+            raise DDPMCodecError(f"WebP-lossless takes uint8 [N, H, W, 1 or 3] images, got "
+                                 f"{images.dtype} {images.shape}")
+        with Timer() as timer:
+            streams = [webp_stream(im) for im in images]
+        return encoded(images, streams, timer.seconds)
+
+    def decode(self, data: bytes, *, progress: bool = False, **options) -> Decoded:
+        header, payload = container.unpack(data)
+        if header.mode != self.mode:
+            raise DDPMCodecError(f"this is a {header.mode} file, not a {self.mode} one")
+        with Timer() as timer:
+            streams = unpack_streams(payload, header.num_images)
+            images = np.stack([webp_image(s, header.image_shape) for s in streams])
+        return Decoded(images, header, _stats(header, len(data), len(payload), timer.seconds))
+
+
+def encoded(images: np.ndarray, streams: list[bytes], seconds: float) -> Encoded:
+    """The webp-lossless file of ``images`` from their streams."""
+    n, h, w, c = images.shape
+    header = container.model_free_header("webp-lossless", (c, h, w), n)
+    payload = pack_streams(streams)
+    data = container.pack(header, payload)
+    return Encoded(data, header, _stats(header, len(data), len(payload), seconds))
+
+
+def _stats(header, file_bytes: int, payload_bytes: int, seconds: float) -> CodecStats:
+    return CodecStats(mode="webp-lossless", num_images=header.num_images, dims=header.dims,
+                      num_steps=0, payload_bits=8 * payload_bytes,
+                      header_bits=8 * (file_bytes - payload_bytes), initial_bits=0.0,
+                      bound_bits=float("nan"), seconds=seconds,
+                      side_bits=8 * payload_bytes, net_images=0,
+                      extra={"method": "webp-lossless"})
