@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-nll", action="store_true", help="also compute the nll bound")
     ap.add_argument("--trajectory", default="even", help="even, quadratic or dp (as `encode`)")
     ap.add_argument("--variance", default="model", help="model, fixedlarge, fixedsmall or analytic")
+    ap.add_argument("--grid-log2", type=int, nargs="+", default=[2],
+                    help="latent grids to measure (2^G..2^(G+1) points per std; default 2)")
     ap.add_argument("--skip-decode", action="store_true", help="encode only (no round trip)")
     ap.add_argument("--save", default=None, help="write the rows as JSON lines to this file")
     ap.add_argument("--json", default=None, help="write the command, set-up and all rows to this JSON file")
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
     print(f"# model {model.fingerprint} ({model.source}), {len(images)} images, batch "
           f"{args.batch_size}, device {args.device}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}", flush=True)
-    cols = ["K", "enc img/s", "dec img/s", "actual", "path bound", "sampled ELBO", "coder ovh",
+    cols = ["K", "G", "enc img/s", "dec img/s", "actual", "path bound", "sampled ELBO", "coder ovh",
             "initial b/d"]
     if args.compare_nll:
         cols += ["nll", "actual/nll-1", "SE", "nll s"]
@@ -102,14 +104,14 @@ def main(argv=None) -> int:
               "cpu_count": os.cpu_count(), "load_average_start": list(os.getloadavg()),
               "rows": []}
     t_start = time.perf_counter()
-    for K in args.steps:
+    for K, grid in [(K, g) for K in args.steps for g in args.grid_log2]:
         steps = None if K == 0 else K
         chain, _ = select_chain(model, ChainOptions(steps, args.trajectory, args.variance))
         t0 = time.perf_counter()
         # the coder alone: every image bits-back, no WebP seeds (bench_lossless_files.py
         # measures whole files with the defaults)
         enc = codec.encode(images, chain=chain, batch_size=args.batch_size, seed=args.seed,
-                           method="bitsback", seed_images=0)
+                           method="bitsback", seed_images=0, grid_log2=grid)
         t_enc = time.perf_counter() - t0
         t_dec = float("nan")
         if not args.skip_decode:
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
                 return 1
         s = enc.stats
         elbo = np.array(s.extra["elbo_bits_per_image"]) / dims
-        row = {"K": s.num_steps, "timesteps": chain.timesteps.tolist(),
+        row = {"K": s.num_steps, "grid_log2": grid, "timesteps": chain.timesteps.tolist(),
                "variance_type": chain.variance_type,
                "num_images": len(images), "batch_size": args.batch_size,
                "encode_images_per_s": len(images) / t_enc, "decode_images_per_s": len(images) / t_dec,
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
                "payload_bits": s.payload_bits, "header_bits": s.header_bits, "file_bytes": len(enc.data),
                "encode_seconds": t_enc, "decode_seconds": t_dec,
                "escapes": s.extra["escapes"]}
-        cells = [f"{s.num_steps}", f"{row['encode_images_per_s']:.3f}",
+        cells = [f"{s.num_steps}", f"{grid}", f"{row['encode_images_per_s']:.3f}",
                  f"{row['decode_images_per_s']:.3f}", f"{s.bits_per_dim:.5f}",
                  f"{s.bound_bits_per_dim:.5f}", f"{row['elbo_bpd']:.5f}",
                  f"{100 * row['coder_overhead']:+.4f}%", f"{s.initial_bits_per_dim:.3f}"]
