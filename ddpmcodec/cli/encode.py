@@ -154,18 +154,8 @@ def _chain(model, progressive: bool, steps, trajectory, variance, timesteps, cal
     if progressive:
         variance = variance or "model"
     elif trajectory is None and timesteps is None and variance is None:
-        from ddpmcodec.codec.bitsback import (
-            DEFAULT_STEPS,
-            DEFAULT_TRAJECTORY,
-            DEFAULT_VARIANCE,
-        )
-        try:
-            return select_chain(model, ChainOptions(steps or DEFAULT_STEPS, DEFAULT_TRAJECTORY,
-                                                    DEFAULT_VARIANCE, None, calibration))[0]
-        except DDPMCodecError as exc:
-            raise DDPMCodecError(f"the default lossless chain (dp steps, analytic variances) "
-                                 f"needs the model's calibration: {exc}; or choose a chain "
-                                 f"without one (--trajectory even --variance model)") from None
+        from ddpmcodec.codec.bitsback import default_chain
+        return default_chain(model, steps, calibration)
     opts = ChainOptions(steps if timesteps is None else None, trajectory or "even",
                         variance or "model", timesteps, calibration).validate()
     if opts.is_default:

@@ -18,7 +18,7 @@ Initial bits. A pop before the first push needs bits on the stack, and an image'
 sinks the stack below its starting size before it rises (its *dip*: the first two pops
 come before anything of their size is pushed back; 6.8 bits/dim on the default chain).
 Those bits would be a one-off cost that nobody pays back (13.9 bits/dim per image of the
-first batch in format 1 files). Four things remove it:
+first batch in format 1 files). Three things remove it:
 
 * seeds (HiLLoC, Townsend et al. 2020): the first m images are stored as WebP-lossless
   bitstreams (:mod:`ddpmcodec.codec.classical`), and those bytes *are* the initial stack,
@@ -863,17 +863,20 @@ def _stats(header: Header, params: LosslessParams, payload_bytes: int, file_byte
                "device_kind": header.device_kind, "num_threads": header.num_threads})
 
 
-def default_chain(model):
-    """The lossless codec's default chain: DEFAULT_STEPS steps chosen by the DP on the
-    model's calibration, with analytic variances (the bound that `ddpmcodec nll --steps 10
-    --trajectory dp --variance analytic` reports). DDPMCodecError, saying how to make a
-    calibration or pick another chain, when the model has none."""
+def default_chain(model, steps: int | None = None, calibration=None):
+    """The lossless codec's default chain: ``steps`` (default DEFAULT_STEPS) steps chosen by
+    the DP on the model's calibration (or the ``calibration`` file), with analytic variances
+    (the bound that `ddpmcodec nll --steps 10 --trajectory dp --variance analytic`
+    reports). DDPMCodecError, saying how to make a calibration or pick another chain, when
+    the model has none."""
     from ddpmcodec.io.chain_choice import ChainOptions, select_chain
+    steps = DEFAULT_STEPS if steps is None else steps
+    model.diffusion.with_steps(steps)  # a bad --steps is named before the calibration
     try:
-        return select_chain(model, ChainOptions(DEFAULT_STEPS, DEFAULT_TRAJECTORY,
-                                                DEFAULT_VARIANCE))[0]
+        return select_chain(model, ChainOptions(steps, DEFAULT_TRAJECTORY, DEFAULT_VARIANCE,
+                                                None, calibration))[0]
     except DDPMCodecError as exc:
-        raise DDPMCodecError(f"the default lossless chain ({DEFAULT_STEPS} dp steps, analytic "
+        raise DDPMCodecError(f"the default lossless chain ({steps} dp steps, analytic "
                              f"variances) needs the model's calibration: {exc}; or choose "
                              f"a chain without one (--steps K --trajectory even --variance "
                              f"model)") from None
