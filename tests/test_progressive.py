@@ -58,13 +58,27 @@ def test_schedule_errors():
 
 
 def test_params_round_trip():
-    from ddpmcodec.codec.channel import ChannelParams
-    p = pg.ProgressiveParams(ChannelParams(10.25, 3.5, 18), "model", "gen", 1234).validate()
-    assert pg.ProgressiveParams.unpack(p.pack()) == p
+    from ddpmcodec.codec.base import pack_variance_rule, variances_of_codes
+    from ddpmcodec.codec.channel import GENERATOR_ID, ChannelParams
+    from ddpmcodec.codec.container import BlobWriter
+    p = pg.ProgressiveParams(ChannelParams(10.25, 3.5, 18), "model", GENERATOR_ID, 1234,
+                             "explicit", variances_of_codes([-2000, -5, 0]), 2).validate()
+    assert pg.ProgressiveParams.unpack(p.pack(), 3) == p
+    default = pg.ProgressiveParams(ChannelParams(pg.DEFAULT_CHUNK_BITS, pg.DEFAULT_MARGIN_BITS,
+                                                 pg.DEFAULT_MAX_LOG2), "fit", GENERATOR_ID, 99)
+    assert len(default.pack()) == 7  # version, flags, variance, generator, check, rule
+    with pytest.raises(DDPMCodecError, match="generator"):
+        pg.ProgressiveParams(ChannelParams(), generator="gen").pack()
+    # version 2 (fixed-width fields, the generator spelt out, float64 variances) still reads
+    gen = b"gen"
+    v2 = BlobWriter().u8(2).u16(41).u16(14).u8(18).u8(1).u8(len(gen)).raw(gen).u32(1234)
+    v2 = pack_variance_rule(v2, "explicit", (0.5, 0.25)).getvalue()
+    old = pg.ProgressiveParams.unpack(v2, 2)
+    assert (old.version, old.framing, old.chain_variances, old.generator) == (2, 1, (0.5, 0.25), "gen")
     with pytest.raises(DDPMCodecError):
         pg.ProgressiveParams(ChannelParams(10.1, 3.0, 18)).pack()
     with pytest.raises(DDPMCodecError):
-        pg.ProgressiveParams.unpack(p.pack()[:-1])
+        pg.ProgressiveParams.unpack(p.pack()[:-1], 3)
     with pytest.raises(DDPMCodecError):
         pg.ProgressiveParams(ChannelParams(), "wide").validate()
 

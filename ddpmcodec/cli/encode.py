@@ -79,6 +79,15 @@ def encode(
     margin: Annotated[Optional[float], Opt(
         "--margin", help="progressive: search 2^(chunk KL + margin) candidates per chunk "
                          "(default 2)")] = None,
+    bpp: Annotated[Optional[float], Opt(
+        "--bpp", help="progressive: stop at the last coded step whose whole file fits this "
+                      "many bits per pixel (per image: H*W pixels)")] = None,
+    psnr: Annotated[Optional[float], Opt(
+        "--psnr", help="progressive: stop at the first coded step whose mean "
+                       "reconstruction reaches this PSNR (dB, over all the images)")] = None,
+    max_bytes: Annotated[Optional[int], Opt(
+        "--max-bytes", help="progressive: stop at the last coded step whose whole file "
+                            "fits this many bytes per image")] = None,
     as_json: Json = False, quiet: Quiet = False,
 ):
     """Compress images into one file. --lossless (the default): bits-back coding in
@@ -105,6 +114,8 @@ def encode(
         raise DDPMCodecError("--chunk-bits and --margin apply to --progressive")
     if progressive and (method != "auto" or seed_images is not None):
         raise DDPMCodecError("--method and --seed-images apply to --lossless")
+    if not progressive and any(v is not None for v in (bpp, psnr, max_bytes)):
+        raise DDPMCodecError("--bpp, --psnr and --max-bytes apply to --progressive")
     if out.is_dir():
         raise DDPMCodecError(f"-o {out} is a folder; give the path of the file to write")
     device = resolve_device(device)
@@ -114,7 +125,8 @@ def encode(
     images = load_images([str(p) for p in paths] if paths else SAMPLE_IMAGES, None, "test",
                          num_images)
     if progressive:
-        opts = {k: v for k, v in (("chunk_bits", chunk_bits), ("margin_bits", margin))
+        opts = {k: v for k, v in (("chunk_bits", chunk_bits), ("margin_bits", margin),
+                                  ("bpp", bpp), ("psnr", psnr), ("max_bytes", max_bytes))
                 if v is not None}
         if chain is not None and variance not in (None, "model"):
             opts["variance"] = "model"  # propose with the chain's own variances
@@ -175,6 +187,7 @@ def _progressive_summary(enc, out: Path, model) -> tuple[dict, list[str]]:
     rows = truncation_table(s)
     summary = {"file": str(out), "mode": "progressive", "fingerprint": model.fingerprint,
                "num_images": s.num_images, "num_steps": s.num_steps,
+               "coded_steps": s.extra["coded_steps"], "target_reached": s.extra["target_reached"],
                "timesteps": list(enc.header.timesteps), "device_kind": enc.header.device_kind,
                "payload_bits": s.payload_bits, "header_bits": s.header_bits,
                "kl_bits": s.bound_bits, "overhead": s.overhead, "seconds": s.seconds,
@@ -182,7 +195,11 @@ def _progressive_summary(enc, out: Path, model) -> tuple[dict, list[str]]:
                "truncation_points": [{k: r[k] for k in (
                    "step", "t", "file_bits_per_image", "payload_bits_per_image",
                    "kl_bits_per_image", "overhead", "rmse", "psnr")} for r in rows]}
-    lines = [f"wrote {out}: {s.num_images} image(s), {s.num_steps} coded steps, progressive, "
+    coded = s.extra["coded_steps"]
+    target = (f" (target reached: {s.extra['target_reached']})"
+              if s.extra["target_reached"] else "")
+    lines = [f"wrote {out}: {s.num_images} image(s), {coded} of {s.num_steps} coded steps"
+             f"{target}, progressive, "
              f"model {model.fingerprint} on {enc.header.device_kind} ({s.seconds:.1f} s)",
              f"  full rate: {s.bits_per_dim:.4f} bits/dim payload for a summed KL of "
              f"{s.bound_bits_per_dim:.4f} (overhead {100 * s.overhead:+.1f}%); whole file "

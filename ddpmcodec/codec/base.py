@@ -291,7 +291,8 @@ def variance_rule_of(chain, model) -> tuple[str, tuple | None]:
 
 def pack_variance_rule(writer: BlobWriter, rule: str, variances=None) -> BlobWriter:
     """u8 rule (an index of VARIANCE_RULES), then for ``explicit`` K float64 variances
-    (stored exactly: the decoder must form the same p_theta bit for bit)."""
+    (stored exactly): the parameters of version 2, which are read, no longer written
+    (:func:`pack_log2_variances` is the compact form)."""
     writer.u8(VARIANCE_RULES.index(rule))
     if rule == "explicit":
         for v in variances:
@@ -310,6 +311,54 @@ def read_variance_rule(reader: BlobReader, num_steps: int) -> tuple[str, list | 
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise DDPMCodecError("corrupt file: a reverse variance is not a positive number")
     return rule, values
+
+
+LOG2_VARIANCE_STEPS = 256  # explicit variances in compact params: round(256 log2 v)
+
+
+def log2_variance_codes(variances) -> list[int]:
+    """round(256 log2 v) of each variance (the stored form of explicit variances)."""
+    return [int(round(math.log2(float(v)) * LOG2_VARIANCE_STEPS)) for v in variances]
+
+
+def variances_of_codes(codes) -> tuple:
+    """The variances both sides code with: 2^(code / 256) (a relative step of 0.27%,
+    which moves a Gaussian KL by ~1e-6 nats per dimension)."""
+    return tuple(2.0 ** (c / LOG2_VARIANCE_STEPS) for c in codes)
+
+
+def quantized_chain(chain, model):
+    """``chain`` with explicit variances replaced by what a compact file stores (the
+    encoder codes with exactly what the decoder will read)."""
+    rule, values = variance_rule_of(chain, model)
+    if rule != "explicit":
+        return chain
+    return chain.with_variance("explicit", variances_of_codes(log2_variance_codes(values)))
+
+
+def pack_log2_variances(writer: BlobWriter, rule: str, variances=None) -> BlobWriter:
+    """u8 rule (an index of VARIANCE_RULES), then for ``explicit`` the quantized log2
+    variances as signed varints: the first, then differences (a byte or two each)."""
+    writer.u8(VARIANCE_RULES.index(rule))
+    if rule == "explicit":
+        q = log2_variance_codes(variances)
+        for i, v in enumerate(q):
+            writer.svar(v if i == 0 else v - q[i - 1])
+    return writer
+
+
+def read_log2_variances(reader: BlobReader, num_steps: int) -> tuple[str, tuple | None]:
+    """(rule, variances or None) as :func:`pack_log2_variances` wrote them."""
+    rule = VARIANCE_RULES[reader.bounded("variance rule", reader.u8("variance rule"), 0,
+                                         len(VARIANCE_RULES) - 1)]
+    if rule != "explicit":
+        return rule, None
+    q = [reader.svar("log2 variance")]
+    for _ in range(num_steps - 1):
+        q.append(q[-1] + reader.svar("log2 variance"))
+    if any(not -64 * LOG2_VARIANCE_STEPS <= v <= 16 * LOG2_VARIANCE_STEPS for v in q):
+        raise DDPMCodecError("corrupt file: a reverse variance is out of range")
+    return rule, variances_of_codes(q)
 
 
 def network_p(model, diffusion, x, k: int, batches, *, math_on_model_device: bool = False) -> dict:

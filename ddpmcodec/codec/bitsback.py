@@ -101,7 +101,6 @@ import torch
 
 from ddpmcodec.codec import coder, container
 from ddpmcodec.codec.base import (
-    VARIANCE_RULES,
     Codec,
     CodecStats,
     Decoded,
@@ -113,6 +112,9 @@ from ddpmcodec.codec.base import (
     deterministic,
     network_p,
     new_header,
+    pack_log2_variances,
+    quantized_chain,
+    read_log2_variances,
     read_variance_rule,
     start_encode,
     variance_rule_of,
@@ -133,7 +135,6 @@ DEFAULT_GRID_LOG2 = 2        # 4..8 grid points per (smaller) standard deviation
 DEFAULT_SUPPORT_SIGMAS = 5.0  # alphabet half-width in standard deviations
 METHODS = ("auto", "bitsback", "webp")
 AUTO_COMPARE_MAX = 64        # method auto weighs the all-WebP file up to this many images
-LOG2_VARIANCE_STEPS = 256    # explicit variances are stored as round(256 log2 v)
 MAX_HALF = (1 << 18) - 1     # largest alphabet half-width
 EXCESS_MAX = (1 << 20) - 1   # largest escape excess, in grid points
 _INIT_STREAM = 0x1B17        # tag of the initial-words stream (any fixed number)
@@ -194,11 +195,7 @@ class LosslessParams:
         if flags & _FLAG_SUPPORT:
             w.uvar(int(round(self.support_sigmas * 16)))
         w.uvar(self.initial_words).uvar(self.prefix_words)
-        w.u8(VARIANCE_RULES.index(self.variance_rule))
-        if self.variance_rule == "explicit":
-            q = log2_variance_codes(self.variances)
-            for i, v in enumerate(q):
-                w.svar(v if i == 0 else v - q[i - 1])
+        pack_log2_variances(w, self.variance_rule, self.variances)
         if flags & _FLAG_SEEDS:
             w.uvar(len(self.seed_lengths))
             for n in self.seed_lengths:
@@ -227,16 +224,7 @@ class LosslessParams:
             support = (r.bounded("support_sigmas", r.uvar("support_sigmas"), 32, 640) / 16
                        if flags & _FLAG_SUPPORT else DEFAULT_SUPPORT_SIGMAS)
             W, P = r.uvar("initial_words"), r.uvar("prefix_words")
-            rule = VARIANCE_RULES[r.bounded("variance rule", r.u8("variance rule"), 0,
-                                            len(VARIANCE_RULES) - 1)]
-            values = None
-            if rule == "explicit":
-                q = [r.svar("log2 variance")]
-                for _ in range(header.num_steps - 1):
-                    q.append(q[-1] + r.svar("log2 variance"))
-                if any(not -64 * LOG2_VARIANCE_STEPS <= v <= 16 * LOG2_VARIANCE_STEPS for v in q):
-                    raise DDPMCodecError("corrupt file: a reverse variance is out of range")
-                values = variances_of_codes(q)
+            rule, values = read_log2_variances(r, header.num_steps)
             seeds = ()
             if flags & _FLAG_SEEDS:
                 m = r.bounded("seed images", r.uvar("seed images"), 1, header.num_images)
@@ -300,17 +288,6 @@ def _runs(sizes) -> list[tuple[int, int]]:
         else:
             runs.append((v, 1))
     return runs
-
-
-def log2_variance_codes(variances) -> list[int]:
-    """round(256 log2 v) of each variance (the stored form of explicit variances)."""
-    return [int(round(math.log2(float(v)) * LOG2_VARIANCE_STEPS)) for v in variances]
-
-
-def variances_of_codes(codes) -> tuple:
-    """The variances both sides code with: 2^(code / 256) (a relative step of 0.27%,
-    which moves a Gaussian KL by ~1e-6 nats per dimension)."""
-    return tuple(2.0 ** (c / LOG2_VARIANCE_STEPS) for c in codes)
 
 
 def max_initial_words(batch_size: int, dims: int) -> int:
@@ -649,11 +626,7 @@ class BitsBackCodec(Codec):
             chain = model.diffusion.with_steps(steps)
         else:
             chain = default_chain(model)
-        rule, values = variance_rule_of(chain, model)
-        if rule == "explicit":  # the file holds them quantized: code with what it holds
-            chain = chain.with_variance("explicit", variances_of_codes(
-                log2_variance_codes(values)))
-        return chain
+        return quantized_chain(chain, model)  # the file holds explicit variances quantized
 
     def _encode_bitsback(self, images, diffusion, grids, header, seeds, dip, grid, progress):
         model = self.model

@@ -60,18 +60,21 @@ from ddpmcodec.codec.base import (
     deterministic,
     network_p,
     new_header,
-    pack_variance_rule,
+    pack_log2_variances,
+    quantized_chain,
+    read_log2_variances,
     read_variance_rule,
     start_encode,
     variance_rule_of,
     verify_pixels,
 )
 from ddpmcodec.codec.container import BlobReader, BlobWriter
-from ddpmcodec.core.metrics import mse_per_image, psnr
+from ddpmcodec.core.metrics import mse_per_image, psnr, rmse_psnr
 from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.data import from_model_space, to_model_space
 
-PARAMS_VERSION = 2   # 2 adds the chain's reverse-variance rule; 1 still decodes
+PARAMS_VERSION = 3   # 3: compact fields, compact packets, coded_steps; 1 and 2 still decode
+GENERATORS = (ch.GENERATOR_ID,)  # version 3 names the generator by its index + 1
 DEFAULT_STEPS = 16
 DEFAULT_CHUNK_BITS = 12.0
 DEFAULT_MARGIN_BITS = 2.0
@@ -126,6 +129,8 @@ class ProgressiveParams:
     generator_crc: int = 0
     chain_rule: str = "model"
     chain_variances: tuple | None = None
+    coded_steps: int | None = None  # packets in the file (None: every step of the chain)
+    version: int = PARAMS_VERSION
 
     def validate(self) -> "ProgressiveParams":
         self.channel.validate()
@@ -133,24 +138,71 @@ class ProgressiveParams:
             raise DDPMCodecError(f"--variance must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
         return self
 
+    @property
+    def framing(self) -> int:
+        """Packet framing: 1 (u32 word count and CRC-32, params 1-2) or 2 (version 3)."""
+        return 1 if self.version < 3 else 2
+
+    def generator_matches(self) -> bool:
+        """Whether this machine's candidate generator is the file's (version 3 keeps 16
+        bits of the check: a miss is still caught by the first packet's latent CRC)."""
+        check = generator_check()
+        return (self.generator == ch.GENERATOR_ID
+                and self.generator_crc == (check if self.version < 3 else check & 0xFFFF))
+
     def pack(self) -> bytes:
+        """Version 3: u8 version, u8 flags, [v chunk bits x4], [v margin x4], [u8 max_log2],
+        u8 proposal variance, u8 generator code, u16 generator check, the chain's variance
+        rule (explicit: quantized log2 variances, base.pack_log2_variances), [v coded
+        steps]. Fields at their defaults cost nothing but a flag."""
         c = self.channel
         quarter = lambda v: int(round(4 * v))  # noqa: E731
         if abs(quarter(c.chunk_bits) / 4 - c.chunk_bits) > 1e-12 or \
                 abs(quarter(c.margin_bits) / 4 - c.margin_bits) > 1e-12:
             raise DDPMCodecError("--chunk-bits and the margin must be multiples of 0.25")
-        gen = self.generator.encode("ascii")
-        w = (BlobWriter().u8(PARAMS_VERSION).u16(quarter(c.chunk_bits))
-             .u16(quarter(c.margin_bits)).u8(c.max_log2)
-             .u8(VARIANCES.index(self.variance)).u8(len(gen)).raw(gen)
-             .u32(self.generator_crc))
-        return pack_variance_rule(w, self.chain_rule, self.chain_variances).getvalue()
+        if self.generator not in GENERATORS:
+            raise DDPMCodecError(f"unknown candidate generator {self.generator!r}")
+        flags = ((1 if c.chunk_bits != DEFAULT_CHUNK_BITS else 0)
+                 | (2 if c.margin_bits != DEFAULT_MARGIN_BITS else 0)
+                 | (4 if c.max_log2 != DEFAULT_MAX_LOG2 else 0)
+                 | (8 if self.coded_steps is not None else 0))
+        w = BlobWriter().u8(PARAMS_VERSION).u8(flags)
+        if flags & 1:
+            w.uvar(quarter(c.chunk_bits))
+        if flags & 2:
+            w.uvar(quarter(c.margin_bits))
+        if flags & 4:
+            w.u8(c.max_log2)
+        w.u8(VARIANCES.index(self.variance)).u8(GENERATORS.index(self.generator) + 1)
+        w.u16(self.generator_crc & 0xFFFF)
+        pack_log2_variances(w, self.chain_rule, self.chain_variances)
+        if flags & 8:
+            w.uvar(self.coded_steps)
+        return w.getvalue()
 
     @classmethod
     def unpack(cls, blob: bytes, num_steps: int = 0) -> "ProgressiveParams":
         r = BlobReader(blob, "progressive parameters")
         version = r.u8("params version")
-        if version not in (1, PARAMS_VERSION):
+        if version == PARAMS_VERSION:
+            flags = r.u8("flags")
+            if flags >= 16:
+                raise DDPMCodecError(f"progressive parameters: unknown flags {flags}")
+            chunk = r.bounded("chunk bits", r.uvar("chunk bits"), 0, 1 << 16) / 4 if flags & 1 \
+                else DEFAULT_CHUNK_BITS
+            margin = r.bounded("margin", r.uvar("margin"), 0, 1 << 16) / 4 if flags & 2 \
+                else DEFAULT_MARGIN_BITS
+            max_log2 = r.u8("max log2 candidates") if flags & 4 else DEFAULT_MAX_LOG2
+            var = r.bounded("variance rule", r.u8("variance rule"), 0, len(VARIANCES) - 1)
+            gen = r.bounded("generator", r.u8("generator"), 1, len(GENERATORS))
+            crc = r.u16("generator check")
+            rule, values = read_log2_variances(r, num_steps)
+            coded = (r.bounded("coded steps", r.uvar("coded steps"), 1, max(num_steps, 1))
+                     if flags & 8 else None)
+            r.end()
+            return cls(ch.ChannelParams(chunk, margin, max_log2), VARIANCES[var],
+                       GENERATORS[gen - 1], crc, rule, values, coded, version).validate()
+        if version not in (1, 2):
             raise DDPMCodecError(f"progressive parameters version {version} is not supported")
         chunk = r.u16("chunk bits") / 4
         margin = r.u16("margin") / 4
@@ -165,7 +217,7 @@ class ProgressiveParams:
         except UnicodeDecodeError:
             raise DDPMCodecError("progressive parameters: generator id is not ASCII") from None
         return cls(ch.ChannelParams(chunk, margin, max_log2), VARIANCES[var], gen_id, crc, rule,
-                   None if values is None else tuple(values)).validate()
+                   None if values is None else tuple(values), None, version).validate()
 
 
 # -- framing ---------------------------------------------------------------------------------
@@ -193,23 +245,48 @@ def _read_leb128(buf: bytes, pos: int) -> tuple[int, int] | None:
     raise DDPMCodecError("corrupt file: a packet length is malformed")
 
 
-def latent_crc(x: torch.Tensor) -> int:
-    """CRC-32 of float64 latents [N, C, H, W] (little-endian bytes)."""
+def latent_crc(x: torch.Tensor, framing: int = 2) -> int:
+    """Check value of float64 latents [N, C, H, W] (little-endian bytes): CRC-32 in
+    framing 1, CRC-16 in framing 2 (it tells a decoder that went wrong from one that did
+    not; a miss, 2^-16, leaves the pixel checksum at the end)."""
     arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype="<f8")
-    return container.crc32(arr.tobytes())
+    return container.crc32(arr.tobytes()) if framing == 1 else container.crc16(arr.tobytes())
 
 
-def _packet_spans(payload: bytes) -> tuple[list[tuple[int, int]], str | None]:
-    """(offset of the CRC, offset just after the packet) of each whole packet from the
-    start, and why the walk stopped short of the end (None when every byte is in a whole
-    packet). DDPMCodecError for a malformed length."""
+def stream_bytes(words: np.ndarray) -> bytes:
+    """A range-coded stream's words as bytes, most significant first, without the zero
+    bytes that end its last word (the decoder restores them: the word count is the byte
+    count rounded up)."""
+    raw = np.ascontiguousarray(words, dtype=">u4").tobytes()
+    keep = len(raw)
+    while keep > max(len(raw) - 3, 0) and raw[keep - 1] == 0:
+        keep -= 1
+    return raw[:keep]
+
+
+def stream_words(data: bytes) -> np.ndarray:
+    raw = bytes(data) + bytes(-len(data) % 4)
+    return np.frombuffer(raw, dtype=">u4").astype(np.uint32)
+
+
+def make_packet(words: np.ndarray, x: torch.Tensor) -> bytes:
+    """Framing 2: varint stream length in bytes, u16 latent check, the stream."""
+    body = stream_bytes(words)
+    return _leb128(len(body)) + struct.pack("<H", latent_crc(x, 2)) + body
+
+
+def _packet_spans(payload: bytes, framing: int = 2) -> tuple[list[tuple[int, int]], str | None]:
+    """(offset of the check value, offset just after the packet) of each whole packet from
+    the start, and why the walk stopped short of the end (None when every byte is in a
+    whole packet). DDPMCodecError for a malformed length."""
     spans, pos = [], 0
+    check = 4 if framing == 1 else 2
     while pos < len(payload):
         got = _read_leb128(payload, pos)
         if got is None:
             return spans, "the payload ends inside a packet length"
-        nwords, p = got
-        end = p + 4 + 4 * nwords
+        n, p = got
+        end = p + check + (4 * n if framing == 1 else n)
         if end > len(payload):
             return spans, "a packet runs past the end of the payload"
         spans.append((p, end))
@@ -217,20 +294,24 @@ def _packet_spans(payload: bytes) -> tuple[list[tuple[int, int]], str | None]:
     return spans, None
 
 
-def split_packets(payload: bytes, complete: bool = True) -> list[tuple[int, np.ndarray]]:
-    """The whole packets of a payload: [(latent CRC, uint32 words)]. In a complete payload
-    every byte must belong to a packet; a prefix ends at its last whole packet."""
-    spans, short = _packet_spans(payload)
+def split_packets(payload: bytes, complete: bool = True,
+                  framing: int = 2) -> list[tuple[int, np.ndarray]]:
+    """The whole packets of a payload: [(latent check, uint32 words)]. In a complete
+    payload every byte must belong to a packet; a prefix ends at its last whole packet."""
+    spans, short = _packet_spans(payload, framing)
     if complete and short:
         raise DDPMCodecError(f"corrupt file: {short}")
-    return [(struct.unpack("<I", payload[p:p + 4])[0],
-             np.frombuffer(payload[p + 4:end], dtype="<u4").astype(np.uint32))
+    if framing == 1:
+        return [(struct.unpack("<I", payload[p:p + 4])[0],
+                 np.frombuffer(payload[p + 4:end], dtype="<u4").astype(np.uint32))
+                for p, end in spans]
+    return [(struct.unpack("<H", payload[p:p + 2])[0], stream_words(payload[p + 2:end]))
             for p, end in spans]
 
 
-def packet_ends(payload: bytes) -> list[int]:
+def packet_ends(payload: bytes, framing: int = 2) -> list[int]:
     """Payload byte offset just after each whole packet (for truncation points)."""
-    return [end for _, end in _packet_spans(payload)[0]]
+    return [end for _, end in _packet_spans(payload, framing)[0]]
 
 
 # -- per-step math ---------------------------------------------------------------------------
@@ -326,6 +407,46 @@ def _private_rng(seed: int, image: int, step: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64([int(seed), image, step, _PRIVATE_TAG]))
 
 
+@dataclass(frozen=True)
+class _Budget:
+    bytes: int | None = None  # the whole file
+    psnr: float | None = None
+
+
+def _budget(n: int, image_shape, max_bytes, bpp, psnr) -> _Budget:
+    """The encoder's target from the options (at most one)."""
+    given = [name for name, v in (("--max-bytes", max_bytes), ("--bpp", bpp), ("--psnr", psnr))
+             if v is not None]
+    if len(given) > 1:
+        raise DDPMCodecError(f"give at most one target, not {' and '.join(given)}")
+    if max_bytes is not None:
+        if max_bytes < 1:
+            raise DDPMCodecError(f"--max-bytes must be positive, got {max_bytes}")
+        return _Budget(bytes=int(max_bytes) * n)
+    if bpp is not None:
+        if not bpp > 0:
+            raise DDPMCodecError(f"--bpp must be positive, got {bpp}")
+        _, h, w = image_shape
+        return _Budget(bytes=int(math.floor(bpp * h * w * n / 8)))
+    if psnr is not None:
+        if not 0 < psnr < 200:
+            raise DDPMCodecError(f"--psnr must be a PSNR in dB (0..200), got {psnr}")
+        return _Budget(psnr=float(psnr))
+    return _Budget()
+
+
+def _file_size(header, params, coded: int, K: int, payload: bytes, packet: bytes) -> int:
+    """Bytes of the whole file if it ended after ``packet`` (its ``coded``-th step)."""
+    p = dataclasses.replace(params, coded_steps=None if coded == K else coded)
+    size = len(payload) + len(packet)
+    return container.header_size(dataclasses.replace(header, params=p.pack()), size) + size
+
+
+def _psnr_of(pred_x0: torch.Tensor, orig: np.ndarray) -> float:
+    """PSNR (dB) of the mean reconstruction over all images of the file."""
+    return rmse_psnr(from_model_space(pred_x0), orig)[1]
+
+
 # -- the codec -------------------------------------------------------------------------------
 class ProgressiveCodec(Codec):
     """Lossy, progressive: any whole-packet prefix decodes to the latent of a coded step."""
@@ -335,7 +456,9 @@ class ProgressiveCodec(Codec):
     def encode(self, images: np.ndarray, *, steps: int | None = None, batch_size: int = 8,
                seed: int = 0, progress: bool = False, chunk_bits: float = DEFAULT_CHUNK_BITS,
                margin_bits: float = DEFAULT_MARGIN_BITS, max_log2: int = DEFAULT_MAX_LOG2,
-               variance: str = "fit", keep_latents: bool = False, chain=None) -> Encoded:
+               variance: str = "fit", keep_latents: bool = False, chain=None,
+               max_bytes: int | None = None, bpp: float | None = None,
+               psnr: float | None = None) -> Encoded:
         """Compress ``images`` (uint8 NHWC). ``steps`` = K coded latents (default 16) on
         :func:`coded_schedule`, or the latents of ``chain`` (a Diffusion on the model's
         schedule from t = 0 to T - 1, whose reverse variance the ``model`` proposal uses).
@@ -344,6 +467,13 @@ class ProgressiveCodec(Codec):
         (the information the channel had to convey); stats.extra["steps"] has, per coded
         step, the KL, the ideal code lengths, the packet sizes and the distortion of the
         mean reconstruction there (see :func:`truncation_table`).
+
+        Targets (at most one): ``max_bytes`` (whole file, per image) or ``bpp`` (whole
+        file, bits per pixel) keep the longest prefix of coded steps within budget;
+        ``psnr`` (dB, of the mean reconstruction over the file's images) stops after the
+        first coded step that reaches it. Coding stops there: the file holds only those
+        steps (``coded_steps`` in its parameters) and its pixel checksum is that of the
+        last step's mean reconstruction.
         """
         from ddpmcodec.progress import progress_bar
         model = self.model
@@ -352,6 +482,7 @@ class ProgressiveCodec(Codec):
         if n * images[0].size > MAX_LATENT_VALUES:
             raise DDPMCodecError(f"{n} images are too many for one progressive file (at most "
                                  f"{MAX_LATENT_VALUES // images[0].size}); split them")
+        budget = _budget(n, model.image_shape, max_bytes, bpp, psnr)
         T = model.diffusion.num_steps
         if chain is None:
             K = DEFAULT_STEPS if steps is None else int(steps)
@@ -364,7 +495,7 @@ class ProgressiveCodec(Codec):
             if chain.num_steps < 2 or int(chain.timesteps[0]) != 0 or int(chain.timesteps[-1]) != T - 1:
                 raise DDPMCodecError("a progressive chain runs from t = 0 to T - 1 in at least "
                                      "2 steps")
-            K, diffusion = chain.num_steps, chain
+            K, diffusion = chain.num_steps, quantized_chain(chain, model)
             timesteps = tuple(int(t) for t in chain.timesteps)
         params = ProgressiveParams(ch.ChannelParams(float(chunk_bits), float(margin_bits), int(max_log2)),
                                    variance, ch.GENERATOR_ID, generator_check(),
@@ -381,11 +512,13 @@ class ProgressiveCodec(Codec):
         x = None
         index_model = ch.IndexModel(params.channel)
         last_level: list = [None] * n
+        plan, reached = None, None
         with Timer() as timer, deterministic(model.device, header.num_threads), \
                 progress_bar(n * K, "encode", "img-step", enabled=progress) as bar:
             for s in range(K):
                 with Timer() as st_timer:
-                    plan = _plan(model, diffusion, s, x, batches, n, dims)
+                    if plan is None:
+                        plan = _plan(model, diffusion, s, x, batches, n, dims)
                     mean_q = _q_target(diffusion, x0, x, s)
                     writer = ch.SymbolWriter()
                     x_new = np.empty((n, dims))
@@ -417,13 +550,22 @@ class ProgressiveCodec(Codec):
                                     "level": level})
                         bar.update(1)
                     side_total = writer.bits.get("side", 0.0)
-                    x = torch.from_numpy(x_new).reshape(n, *model.image_shape)
+                    x_next = torch.from_numpy(x_new).reshape(n, *model.image_shape)
                     words = writer.words()
-                    packet = _leb128(len(words)) + struct.pack("<I", latent_crc(x)) + \
-                        np.ascontiguousarray(words, dtype="<u4").tobytes()
-                    payload += packet
-                    if keep_latents:
-                        latents.append(x.clone())
+                    packet = make_packet(words, x_next)
+                if budget.bytes is not None and _file_size(header, params, s + 1, K, payload,
+                                                           packet) > budget.bytes:
+                    if s == 0:
+                        raise DDPMCodecError(
+                            f"the target allows {budget.bytes} bytes for the file; its first "
+                            f"coded step alone needs "
+                            f"{_file_size(header, params, 1, K, payload, packet)}")
+                    reached = "bytes"
+                    break
+                x = x_next
+                payload += packet
+                if keep_latents:
+                    latents.append(x.clone())
                 if plan.pred_x0 is not None:  # distortion of the previous truncation point
                     step_rows[-1]["rmse"] = _rmse_per_image(plan.pred_x0, orig)
                 step_rows.append({
@@ -432,15 +574,30 @@ class ProgressiveCodec(Codec):
                     "framing_bytes": len(packet) - 4 * len(words),
                     "side_bits": side_total, "seconds": st_timer.seconds,
                     "images": per})
-            final = _network_p(model, diffusion, x, 0, batches)["pred_x0"]
+                # the next step's proposal holds this step's reconstruction (x0-prediction)
+                plan = _plan(model, diffusion, s + 1, x, batches, n, dims) if s + 1 < K else None
+                if budget.psnr is not None:
+                    pred = plan.pred_x0 if plan is not None else None
+                    if pred is not None and _psnr_of(pred, orig) >= budget.psnr:
+                        reached = "psnr"
+                        break
+            coded = len(step_rows)
+            k_last = K - coded
+            final = (plan.pred_x0 if plan is not None and plan.pred_x0 is not None
+                     and reached is not None else
+                     _network_p(model, diffusion, x, k_last, batches)["pred_x0"])
         recon = from_model_space(final)
         step_rows[-1]["rmse"] = _rmse_per_image(final, orig)
-        header = dataclasses.replace(header, pixel_checksum=container.pixel_checksum(recon))
+        if coded < K:
+            params = dataclasses.replace(params, coded_steps=coded)
+        header = dataclasses.replace(header, params=params.pack(),
+                                     pixel_checksum=container.pixel_checksum(recon))
         data = container.pack(header, bytes(payload))
         kl_total = float(sum(im["kl_bits"] for row in step_rows for im in row["images"]))
         stats = CodecStats("progressive", n, dims, K, 8 * len(payload),
                            8 * (len(data) - len(payload)), 0.0, kl_total, timer.seconds,
                            {"steps": step_rows, "timesteps": list(timesteps),
+                            "coded_steps": coded, "target_reached": reached,
                             "params": dataclasses.asdict(params.channel) | {"variance": variance}})
         if keep_latents:
             stats.extra["latents"] = latents
@@ -457,7 +614,7 @@ class ProgressiveCodec(Codec):
         header, payload, complete = container.unpack_prefix(data)
         check_compatible(header, self.model, "progressive")
         params = ProgressiveParams.unpack(header.params, header.num_steps)
-        if params.generator != ch.GENERATOR_ID or params.generator_crc != generator_check():
+        if not params.generator_matches():
             raise DDPMCodecError(
                 f"this file's candidate generator ({params.generator}) does not reproduce here "
                 f"(numpy or math library differs from the encoder's); decode where it was encoded")
@@ -467,9 +624,11 @@ class ProgressiveCodec(Codec):
                                  f"more than one progressive file holds (at most {MAX_LATENT_VALUES} values)")
         if header.timesteps[0] != 0 or header.timesteps[-1] != header.num_timesteps - 1:
             raise DDPMCodecError("header: a progressive chain runs from t = 0 to T - 1")
-        packets = split_packets(payload, complete)
-        if complete and len(packets) != K:
-            raise DDPMCodecError(f"corrupt file: {len(packets)} coded steps, the header announces {K}")
+        packets = split_packets(payload, complete, params.framing)
+        expected = params.coded_steps or K
+        if len(packets) > expected or (complete and len(packets) != expected):
+            raise DDPMCodecError(f"corrupt file: {len(packets)} coded steps, the header "
+                                 f"announces {expected}")
         if upto_step is not None:
             if not 1 <= upto_step <= K:
                 raise DDPMCodecError(f"--upto-step must be between 1 and {K}, got {upto_step}")
@@ -508,7 +667,7 @@ class ProgressiveCodec(Codec):
                 if bar is not None:
                     bar.update(1)
             x = torch.from_numpy(x_new).reshape(n, *header.image_shape)
-            if latent_crc(x) != crc:
+            if latent_crc(x, params.framing) != crc:
                 raise DDPMCodecError(
                     f"decoding failed at coded step {s + 1}: the latents do not match the "
                     f"encoder's (corrupt file, or a different device, library or model "
@@ -537,13 +696,13 @@ class ProgressiveCodec(Codec):
             x0_hat = reconstruct(model, diffusion, x, k, header.batches(), recon, recon_steps,
                                  header.seed)
         images = from_model_space(x0_hat)
-        if k == 0 and recon == "mean":
+        if len(packets) == (params.coded_steps or K) and recon == "mean":
             verify_pixels(images, header)
-        used = hsize + packet_ends(payload)[len(packets) - 1]
+        used = hsize + packet_ends(payload, params.framing)[len(packets) - 1]
         stats = CodecStats("progressive", n, header.dims, K, 8 * (used - hsize), 8 * hsize, 0.0,
                            float("nan"), timer.seconds,
                            {"steps_decoded": len(packets), "t": int(header.timesteps[k]) + 1,
-                            "bytes_used": used, "complete": bool(complete and len(packets) == K),
+                            "bytes_used": used, "complete": bool(complete and len(packets) == (params.coded_steps or K)),
                             "recon": recon})
         if keep_latents:
             stats.extra["latents"] = latents
@@ -558,7 +717,7 @@ class ProgressiveCodec(Codec):
         header, params, payload, packets, _, hsize = self._open(data, None, None)
         model = self.model
         diffusion = chain_for(header, model, params.chain_rule, params.chain_variances)
-        ends = packet_ends(payload)
+        ends = packet_ends(payload, params.framing)
         out = []
         with deterministic(model.device, header.num_threads), \
                 progress_bar(header.num_images * len(packets), "decode", "img-step",
