@@ -1,0 +1,207 @@
+"""Progressive files of one image each, every truncation point, beside the classical codecs.
+
+    python benchmarks/bench_progressive_files.py --first 0 --count 32 \
+        --json benchmarks/results/progressive_files_test0-31.json \
+        --figure reports/progressive_files.png
+
+Encodes each image of ../shared/data/cifar10-test-800.npz [first, first+count) as its own
+file with the codec's defaults (`ddpmcodec encode --progressive`), decodes every whole-packet
+prefix (each checked bit for bit against the encoder's latents) and records, per coded
+step, the whole-file bits per pixel of that prefix (bpp = 3 x bits/dim; the prefix's
+header included), the summed KL of the steps sent, and the PSNR of the mean
+reconstruction. Beside it, the same images through WebP, JPEG and AVIF (Pillow, quality 1
+to 100) and JPEG-XL (imagecodecs, when installed, distances 0.1 to 15), whole files.
+The table compares the mean curves at equal PSNR; `--render` redraws table and figure from
+a results file.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+QUALITIES = list(range(1, 101, 3)) + [100]
+JXL_DISTANCES = [15, 12, 10, 8, 6, 5, 4, 3, 2.5, 2, 1.5, 1.2, 1, 0.8, 0.6, 0.45, 0.3, 0.2, 0.1]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def classical(image: np.ndarray) -> dict:
+    """{codec: [(bpp, psnr)]} of one image over each codec's quality range."""
+    from PIL import Image, features
+    pixels = image.shape[0] * image.shape[1]
+    out = {}
+    formats = [("webp", "WEBP"), ("jpeg", "JPEG")] + ([("avif", "AVIF")] if features.check("avif") else [])
+    for name, fmt in formats:
+        pts = []
+        for q in QUALITIES:
+            b = io.BytesIO()
+            Image.fromarray(image).save(b, fmt, quality=q)
+            data = b.getvalue()
+            rec = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            pts.append((8 * len(data) / pixels, psnr(rec, image)))
+        out[name] = pts
+    try:
+        import imagecodecs
+    except ImportError:
+        return out
+    pts = []
+    for d in JXL_DISTANCES:
+        data = imagecodecs.jpegxl_encode(image, distance=d, effort=7)
+        pts.append((8 * len(data) / pixels, psnr(imagecodecs.jpegxl_decode(data), image)))
+    out["jpegxl"] = pts
+    return out
+
+
+def encode_file(codec, images: np.ndarray) -> dict:
+    """One progressive file of ``images``: per coded step, bpp of the prefix (per image),
+    summed KL bpp and PSNR of each image's mean reconstruction."""
+    from ddpmcodec.codec import container
+    from ddpmcodec.codec.progressive import packet_ends
+    n, h, w, _ = images.shape
+    t0 = time.perf_counter()
+    enc = codec.encode(images)
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    steps = codec.decode_every_step(enc.data)  # every prefix, latents checked bit for bit
+    t_dec = time.perf_counter() - t0
+    _, payload = container.unpack(enc.data)
+    hsize = len(enc.data) - len(payload)
+    ends = packet_ends(payload)
+    kl = np.cumsum([sum(im["kl_bits"] for im in row["images"]) for row in enc.stats.extra["steps"]])
+    rows = []
+    for s, st in enumerate(steps):
+        rec = st["images"]["mean"]
+        rows.append({"step": s + 1, "t": st["t"], "file_bytes": hsize + ends[s],
+                     "bpp": 8 * (hsize + ends[s]) / (n * h * w), "kl_bpp": kl[s] / (n * h * w),
+                     "psnr": [psnr(rec[i], images[i]) for i in range(n)]})
+    final = codec.decode(enc.data).images  # pixel checksum of the full-rate reconstruction
+    assert np.array_equal(final, steps[-1]["images"]["mean"])
+    return {"images": n, "header_bytes": hsize, "file_bytes": len(enc.data),
+            "encode_s": t_enc, "decode_every_step_s": t_dec, "steps": rows}
+
+
+def mean_curve(points: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """Mean bpp and mean PSNR at each setting over images (settings aligned by index)."""
+    arr = np.array(points, dtype=np.float64)  # [images, settings, 2]
+    return [tuple(v) for v in arr.mean(0)]
+
+
+def bpp_at(curve: list[tuple[float, float]], target: float) -> float | None:
+    """bpp where a (bpp, psnr) curve reaches ``target`` dB (linear interpolation along the
+    curve sorted by bpp, first crossing); None when it never does."""
+    pts = sorted(curve)
+    for (b0, p0), (b1, p1) in zip(pts, pts[1:]):
+        if p0 < target <= p1:
+            return b0 + (b1 - b0) * (target - p0) / (p1 - p0)
+    if pts and pts[0][1] >= target:
+        return pts[0][0]
+    return None
+
+
+def summarise(results: dict) -> dict:
+    files = results["files"]
+    ours = mean_curve([[(r["bpp"], r["psnr"][0]) for r in f["steps"]] for f in files])
+    kl = mean_curve([[(r["kl_bpp"], r["psnr"][0]) for r in f["steps"]] for f in files])
+    base = {name: mean_curve([c[name] for c in results["classical"]])
+            for name in results["classical"][0]}
+    rows = []
+    for target in range(22, 41, 2):
+        row = {"psnr": target, "ddpmcodec": bpp_at(ours, target), "summed_kl": bpp_at(kl, target)}
+        row.update({name: bpp_at(c, target) for name, c in base.items()})
+        rows.append(row)
+    return {"ours": ours, "kl": kl, "classical": base, "at_psnr": rows}
+
+
+def table(results: dict) -> str:
+    s = summarise(results)
+    names = ["ddpmcodec", "summed_kl"] + list(s["classical"])
+    lines = ["| PSNR (dB) | " + " | ".join(f"{n} bpp" for n in names) + " | ddpmcodec / webp |",
+             "|" + "---:|" * (len(names) + 2)]
+    for row in s["at_psnr"]:
+        cells = ["" if row[n] is None else f"{row[n]:.3f}" for n in names]
+        ratio = ("" if row["ddpmcodec"] is None or row.get("webp") is None
+                 else f"{row['ddpmcodec'] / row['webp']:.2f}")
+        lines.append(f"| {row['psnr']} | " + " | ".join(cells) + f" | {ratio} |")
+    files = results["files"]
+    lines += ["", f"{len(files)} single-image files: header {np.mean([f['header_bytes'] for f in files]):.1f} "
+                  f"bytes, encode {np.mean([f['encode_s'] for f in files]):.1f} s per image, "
+                  f"decode of every prefix {np.mean([f['decode_every_step_s'] for f in files]):.1f} s."]
+    return "\n".join(lines)
+
+
+def figure(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ddpmcodec.io.atomic import savefig_atomic
+    s = summarise(results)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for f in results["files"]:
+        ax.plot([r["bpp"] for r in f["steps"]], [r["psnr"][0] for r in f["steps"]],
+                color="tab:blue", alpha=0.15, lw=0.8)
+    ax.plot(*zip(*s["ours"]), "o-", color="tab:blue", label="ddpmcodec progressive (whole file)")
+    ax.plot(*zip(*s["kl"]), "--", color="tab:blue", label="summed KL of the coded steps")
+    for name, c in s["classical"].items():
+        ax.plot(*zip(*sorted(c)), ".-", label=name)
+    ax.set_xlim(0, 6)
+    ax.set_ylim(15, 45)
+    ax.set_xlabel("bits per pixel (mean over single-image files)")
+    ax.set_ylabel("PSNR (dB, mean)")
+    ax.set_title(f"{len(results['files'])} CIFAR-10 test images, one file each")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    savefig_atomic(fig, path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(ROOT.parent / "shared/data/cifar10-test-800.npz"))
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--count", type=int, default=32)
+    p.add_argument("--json", help="write the results here (after every image)")
+    p.add_argument("--figure", help="draw the curves here")
+    p.add_argument("--render", metavar="JSON", help="only redraw table and figure from a results file")
+    a = p.parse_args(argv)
+    if a.render:
+        results = json.loads(Path(a.render).read_text())
+    else:
+        import torch
+
+        from ddpmcodec.codec.progressive import ProgressiveCodec
+        from ddpmcodec.io.atomic import write_json_atomic
+        from ddpmcodec.io.models import load_model
+        images = np.load(a.data)["images"][a.first:a.first + a.count]
+        model = load_model(None)
+        codec = ProgressiveCodec(model)
+        results = {"command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:])),
+                   "data": a.data, "first": a.first, "model": model.fingerprint,
+                   "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+                   "files": [], "classical": []}
+        for i, im in enumerate(images):
+            results["files"].append(encode_file(codec, im[None]))
+            results["classical"].append(classical(im))
+            f = results["files"][-1]
+            print(f"image {a.first + i}: {f['file_bytes']} bytes, {len(f['steps'])} steps, "
+                  f"encode {f['encode_s']:.1f} s", flush=True)
+            if a.json:
+                write_json_atomic(a.json, results)
+    print(table(results))
+    if a.figure:
+        figure(results, a.figure)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
