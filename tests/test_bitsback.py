@@ -13,16 +13,19 @@ import torch
 from conftest import make_tiny_ckpt
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.base import decode_bytes, get_codec
+from ddpmcodec.codec.base import (
+    decode_bytes,
+    get_codec,
+    log2_variance_codes,
+    variances_of_codes,
+)
 from ddpmcodec.codec.bitsback import (
     BitsBackCodec,
     LosslessParams,
     decoder_probs,
     initial_words,
     latent_grids,
-    log2_variance_codes,
     max_initial_words,
-    variances_of_codes,
 )
 from ddpmcodec.codec.container import BlobWriter
 from ddpmcodec.core.likelihood import (
