@@ -152,8 +152,9 @@ def figure(results: dict, path: str) -> None:
                 color="tab:blue", alpha=0.15, lw=0.8)
     ax.plot(*zip(*s["ours"]), "o-", color="tab:blue", label="ddpmcodec progressive (whole file)")
     ax.plot(*zip(*s["kl"]), "--", color="tab:blue", label="summed KL of the coded steps")
+    colors = {"webp": "tab:orange", "jpeg": "tab:brown", "avif": "tab:green", "jpegxl": "tab:red"}
     for name, c in s["classical"].items():
-        ax.plot(*zip(*sorted(c)), ".-", label=name)
+        ax.plot(*zip(*sorted(c)), ".-", label=name, color=colors.get(name))
     ax.set_xlim(0, 6)
     ax.set_ylim(15, 45)
     ax.set_xlabel("bits per pixel (mean over single-image files)")
