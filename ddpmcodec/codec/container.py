@@ -550,20 +550,6 @@ def header_size(header: Header, payload_bytes: int) -> int:
     return len(pack(header, b"")) - 1 + len(BlobWriter().uvar(payload_bytes).getvalue())
 
 
-def mode_of(data: bytes) -> str:
-    """The codec mode of container bytes, from their first bytes only (no checks beyond
-    the magic and version)."""
-    if data[:len(MAGIC_V1)] == MAGIC_V1:
-        mode_id = data[14] if len(data) > 14 else 0
-    elif data[:len(MAGIC)] == MAGIC and len(data) > len(MAGIC) and data[2] >> 4 == FORMAT_VERSION:
-        mode_id = data[2] & 0x0F
-    else:
-        raise DDPMCodecError("not a ddpmcodec file (bad magic bytes)")
-    if mode_id not in _MODE_NAMES:
-        raise DDPMCodecError(f"header: unknown codec mode {mode_id}")
-    return _MODE_NAMES[mode_id]
-
-
 def _read_head(data: bytes) -> tuple[Header, int, int, BlobReader]:
     """Magic, version, header (CRC-checked and validated), payload length and CRC; the
     reader is left at the payload's first byte."""
