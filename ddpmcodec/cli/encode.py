@@ -151,7 +151,7 @@ def encode(
            if s.extra["method"] == "bitsback" else "as WebP-lossless streams (shorter here)")
     emit(summary, as_json, [
         f"wrote {out}: {s.num_images} image(s), lossless, {how}, model "
-        f"{model.fingerprint} on {device_kind_of(enc, model)}"] + stats_lines(s))
+        f"{model.fingerprint} on {enc.header.device_kind or 'any device'}"] + stats_lines(s))
 
 
 def _chain(model, progressive: bool, steps, trajectory, variance, timesteps, calibration):
@@ -174,11 +174,6 @@ def _chain(model, progressive: bool, steps, trajectory, variance, timesteps, cal
         model.diffusion.with_steps(steps)  # validates --steps
         return None
     return select_chain(model, opts)[0]
-
-
-def device_kind_of(enc, model) -> str:
-    """Where a file's numbers were made (a WebP-lossless file needs no particular device)."""
-    return enc.header.device_kind or "any device"
 
 
 def _progressive_summary(enc, out: Path, model) -> tuple[dict, list[str]]:

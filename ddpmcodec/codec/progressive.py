@@ -221,16 +221,6 @@ class ProgressiveParams:
 
 
 # -- framing ---------------------------------------------------------------------------------
-def _leb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _read_leb128(buf: bytes, pos: int) -> tuple[int, int] | None:
     """(value, new position), or None when buf ends inside the number; DDPMCodecError
     for a number longer than 5 bytes."""
@@ -272,7 +262,7 @@ def stream_words(data: bytes) -> np.ndarray:
 def make_packet(words: np.ndarray, x: torch.Tensor) -> bytes:
     """Framing 2: varint stream length in bytes, u16 latent check, the stream."""
     body = stream_bytes(words)
-    return _leb128(len(body)) + struct.pack("<H", latent_crc(x, 2)) + body
+    return BlobWriter().uvar(len(body)).u16(latent_crc(x, 2)).raw(body).getvalue()
 
 
 def _packet_spans(payload: bytes, framing: int = 2) -> tuple[list[tuple[int, int]], str | None]:
