@@ -26,6 +26,11 @@ def _header_bytes(data: bytes) -> int:
     return len(data) - len(container.unpack(data)[1])
 
 
+def _ends(enc) -> list:
+    """File bytes that hold the first 1, 2, ... coded steps (the encoder's truncation points)."""
+    return [row["prefix_bytes"] for row in enc.stats.extra["steps"]]
+
+
 @pytest.fixture(scope="module")
 def codec(tiny_model):
     return pg.ProgressiveCodec(tiny_model)
@@ -142,22 +147,29 @@ def test_round_trip_embedded(embedded_model, test_images):
 
 # -- prefixes ------------------------------------------------------------------------------------
 def test_every_prefix_decodes(codec, encoded):
+    """Cut anywhere: a prefix decodes exactly the coded steps whose truncation point it
+    reaches, to the encoder's latents bit for bit."""
     data = encoded.data
-    hsize = _header_bytes(encoded.data)
-    payload = data[hsize:]
-    ends = pg.packet_ends(payload)
-    assert len(ends) == 4 and ends[-1] == len(payload)
+    ends = _ends(encoded)
+    assert len(ends) == 4 and ends[-1] == len(data)
+    assert all(b > a for a, b in zip(ends, ends[1:]))
     full = encoded.stats.extra["latents"]
     for s, end in enumerate(ends):
-        for cut in (hsize + end, hsize + end + 3 if s < 3 else None):
-            if cut is None:
+        for cut in (end, end + 1, end - 1):
+            if cut > len(data):
+                continue
+            steps = sum(e <= cut for e in ends)
+            if steps == 0:
+                with pytest.raises(DDPMCodecError, match="no whole coded step"):
+                    codec.decode(data[:cut])
                 continue
             dec = codec.decode(data[:cut], keep_latents=True)
-            assert dec.stats.extra["steps_decoded"] == s + 1
-            assert _same_latents(dec.stats.extra["latents"], full[:s + 1])
-            assert dec.stats.extra["bytes_used"] == hsize + end
+            assert dec.stats.extra["steps_decoded"] == steps
+            assert _same_latents(dec.stats.extra["latents"], full[:steps])
+            assert dec.stats.extra["bytes_used"] == ends[steps - 1]
+            assert dec.stats.extra["complete"] == (cut == len(data))
         # --bytes and --upto-step are the same cut
-        by_bytes = codec.decode(data, max_bytes=hsize + end)
+        by_bytes = codec.decode(data, max_bytes=end)
         by_step = codec.decode(data, upto_step=s + 1)
         assert np.array_equal(by_bytes.images, by_step.images)
         assert by_step.stats.extra["t"] == encoded.header.timesteps[3 - s] + 1
@@ -166,13 +178,15 @@ def test_every_prefix_decodes(codec, encoded):
 def test_too_short_prefixes(codec, encoded):
     hsize = _header_bytes(encoded.data)
     with pytest.raises(DDPMCodecError, match="no whole coded step"):
-        codec.decode(encoded.data[:hsize + 2])
+        codec.decode(encoded.data[:_ends(encoded)[0] - 1])
     with pytest.raises(DDPMCodecError):
         codec.decode(encoded.data[:hsize - 1])
     with pytest.raises(DDPMCodecError, match="--upto-step"):
         codec.decode(encoded.data, upto_step=5)
     with pytest.raises(DDPMCodecError, match="--bytes"):
         codec.decode(encoded.data, max_bytes=0)
+    with pytest.raises(DDPMCodecError, match="after the end"):
+        codec.decode(encoded.data + b"\x00")
 
 
 @pytest.mark.parametrize("recon", ["sample", "flow"])
@@ -201,7 +215,9 @@ def test_wrong_model_and_foreign_files(codec, encoded, tmp_path):
     # a lossless file is not a progressive one
     h = encoded.header
     import dataclasses
-    foreign = container.pack(dataclasses.replace(h, mode="lossless", params=b""), b"\x00" * 8)
+    foreign = container.pack(dataclasses.replace(
+        h, mode="lossless", params=b"", version=2, fingerprint=other.fingerprint[:8],
+        pixel_checksum=bytes(4)), b"\x00" * 8)
     with pytest.raises(DDPMCodecError, match="lossless"):
         pg.ProgressiveCodec(other).decode(foreign)
     # a hostile header cannot make the decoder allocate without bound
@@ -211,15 +227,10 @@ def test_wrong_model_and_foreign_files(codec, encoded, tmp_path):
 
 
 def test_corrupt_payload_is_caught(codec, encoded):
-    data = bytearray(encoded.data)
-    data[-5] ^= 0x10
-    with pytest.raises(DDPMCodecError, match="checksum"):
-        codec.decode(bytes(data))
-    # the same corruption in a prefix (no payload CRC there) is caught by the latent CRC
-    hsize = _header_bytes(encoded.data)
-    end = hsize + pg.packet_ends(encoded.data[hsize:])[1]
-    pre = bytearray(encoded.data[:end])
-    pre[end - 3] ^= 0x01
+    """A flipped bit inside coded step 2's bytes fails that step's latent check."""
+    ends = _ends(encoded)
+    pre = bytearray(encoded.data[:ends[1]])
+    pre[(ends[0] + ends[1]) // 2] ^= 0x01
     with pytest.raises(DDPMCodecError, match="coded step 2"):
         codec.decode(bytes(pre))
 
@@ -228,7 +239,7 @@ def test_fuzz(codec, encoded):
     """Mutated and truncated files: a clear error or the right decode, nothing else."""
     data = encoded.data
     hsize = _header_bytes(encoded.data)
-    ends = [hsize + e for e in pg.packet_ends(data[hsize:])]
+    ends = _ends(encoded)
     right = {s + 1: codec.decode(data, upto_step=s + 1).images for s in range(len(ends))}
     rng = np.random.default_rng(0)
     outcomes = {"error": 0, "right": 0}
@@ -264,21 +275,13 @@ def test_fuzz(codec, encoded):
 
 @pytest.mark.parametrize("bug", [TypeError, AttributeError, ValueError])
 def test_bugs_in_the_decoder_are_not_corrupt_files(codec, encoded, monkeypatch, bug):
-    """A programming error inside the range decoder's call, on a valid file, propagates
+    """A programming error inside the stream decoder, on a valid file, propagates
     unchanged (the old channel decoder turned any Exception into "corrupt file")."""
-    import constriction
+    from ddpmcodec.codec import arith
 
-    from ddpmcodec.codec import channel
-
-    class Broken:
-        def __init__(self, words):
-            pass
-
-        def decode(self, model, n):
-            raise bug("a bug in the decoder")
-    # wherever the channel gets its RangeDecoder from (the old module bound it at import)
-    monkeypatch.setattr(constriction.stream.queue, "RangeDecoder", Broken)
-    monkeypatch.setattr(channel, "RangeDecoder", Broken, raising=False)
+    def broken(self, probs):
+        raise bug("a bug in the decoder")
+    monkeypatch.setattr(arith.ArithDecoder, "categorical", broken)
     with pytest.raises(bug, match="a bug in the decoder"):
         codec.decode(encoded.data)
 
@@ -356,12 +359,13 @@ def test_rd_codec_small(tiny_model, test_images, tmp_path):
 # -- the default settings ----------------------------------------------------------------------------
 # Size bound of a file at the defaults, from documented facts (docs/progressive.md, DESIGN.md):
 # PFR with an entropy-coded index costs at most ~3-4 bits per chunk beyond the chunk's KL;
-# per coded step and image, the variance level costs ~4-8 bits and a packet's framing
-# (LEB128 length, 4-byte latent CRC, the range coder's final words) 5-9 bytes (plus up to
-# 64 bits of flush). An index model that doubled the file breaks the bound.
+# per coded step and image, the variance level costs ~4-8 bits; per coded step the file
+# holds a check of DEFAULT_CHECK_BITS, and the stream's end at most 2 bytes. An index model
+# that doubled the file breaks the bound.
 INDEX_OVERHEAD_PER_CHUNK = 4.0      # bits, the upper end of "3-4 bits per chunk"
 LEVEL_BITS_PER_STEP = 8.0           # bits per image and coded step (s >= 1)
-FRAMING_BITS_PER_PACKET = 8 * 9 + 64  # bits: 9 bytes of framing and the coder's flush
+FRAMING_BITS_PER_STEP = pg.DEFAULT_CHECK_BITS + 1  # the check, and the "more steps" flag
+FLUSH_BITS = 16
 
 
 def default_size_bound(stats) -> float:
@@ -371,7 +375,7 @@ def default_size_bound(stats) -> float:
     chunks = sum(im["chunks"] for row in rows for im in row["images"])
     n, K = stats.num_images, stats.num_steps
     return (stats.bound_bits + INDEX_OVERHEAD_PER_CHUNK * chunks
-            + LEVEL_BITS_PER_STEP * n * (K - 1) + FRAMING_BITS_PER_PACKET * K)
+            + LEVEL_BITS_PER_STEP * n * (K - 1) + FRAMING_BITS_PER_STEP * K + FLUSH_BITS)
 
 
 def test_defaults_size_is_bounded_by_the_kl(embedded_model, test_images):
@@ -382,8 +386,7 @@ def test_defaults_size_is_bounded_by_the_kl(embedded_model, test_images):
     enc = codec.encode(test_images[5:6], keep_latents=True)
     st = enc.stats
     assert st.num_steps == pg.DEFAULT_STEPS and enc.header.timesteps == pg.coded_schedule(1000, 16)
-    params = pg.ProgressiveParams.unpack(enc.header.params).channel
-    assert (params.chunk_bits, params.margin_bits) == (pg.DEFAULT_CHUNK_BITS, pg.DEFAULT_MARGIN_BITS)
+    assert enc.header.params == b"" and len(enc.data) - st.payload_bits // 8 == 9
     dec = codec.decode(enc.data, keep_latents=True)
     assert _same_latents(dec.stats.extra["latents"], st.extra["latents"])
     kl, bound = st.bound_bits, default_size_bound(st)

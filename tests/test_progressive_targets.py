@@ -1,11 +1,12 @@
-"""Target-rate progressive encoding (--max-bytes, --bpp, --psnr) and the compact framing.
+"""Target-rate progressive encoding (--max-bytes, --bpp, --psnr) and format 3's stream end.
 
-Oracle: encoding is deterministic, so a target file must be the full file's first coded
-steps (same packets), the longest prefix within a byte budget or the first step whose
-PSNR reaches a target, per the full file's own truncation table; its pixel checksum is
-verified on decoding."""
+Oracle: encoding is deterministic, so a target file must decode to the full file's first
+coded steps, be the longest such file within a byte budget (per the sizes the full run
+records for a file stopped after each step) or the first step whose PSNR reaches a
+target, per the full file's own truncation table."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -25,28 +26,28 @@ def full(tiny_model, test_images):
     return codec, codec.encode(test_images[:1], **FAST)
 
 
-def _packets(data: bytes) -> list:
-    return pg.split_packets(container.unpack(data)[1])
-
-
 def test_max_bytes_keeps_the_longest_prefix_within_budget(full, test_images):
     codec, enc = full
-    _, payload = container.unpack(enc.data)
-    ends = pg.packet_ends(payload)
-    hsize = len(enc.data) - len(payload)
-    for budget in (hsize + ends[0] + 1, hsize + ends[1] + 3, hsize + ends[2]):
+    rows = enc.stats.extra["steps"]
+    stopped = [row["stopped_bytes"] for row in rows]
+    prefix = [row["prefix_bytes"] for row in rows]
+    # a file that ends after step s is no longer than the full file's prefix plus the
+    # end mark (12 bits), and every step adds bytes
+    assert all(a <= b + 2 for a, b in zip(stopped, prefix)) and stopped[-1] == len(enc.data)
+    assert all(b > a for a, b in zip(stopped, stopped[1:]))
+    for budget in (stopped[0] + 1, stopped[1] + 3, stopped[2]):
         t = codec.encode(test_images[:1], max_bytes=budget, **FAST)
         c = t.stats.extra["coded_steps"]
         assert len(t.data) <= budget and 1 <= c < 4 and t.stats.extra["target_reached"] == "bytes"
-        assert [w.tolist() for _, w in _packets(t.data)] == [w.tolist() for _, w in _packets(enc.data)[:c]]
-        # one more step would not have fitted (a partial file records its step count: a
-        # byte more of header than the full file's)
-        assert hsize + ends[c] + (c + 1 < 4) > budget
-        dec = codec.decode(t.data)  # complete: pixel checksum of step c's reconstruction
+        # the longest: one more step would not have fitted
+        assert len(t.data) == stopped[c - 1] and stopped[c] > budget
+        dec = codec.decode(t.data)
         assert dec.stats.extra["complete"] and dec.stats.extra["steps_decoded"] == c
         assert np.array_equal(dec.images, codec.decode(enc.data, upto_step=c).images)
-        # and a prefix of a target file still decodes
+        # a prefix of a target file still decodes; nothing may follow its end
         assert codec.decode(t.data, upto_step=1).stats.extra["steps_decoded"] == 1
+        with pytest.raises(DDPMCodecError, match="after the end"):
+            codec.decode(t.data + b"\x07")
     big = codec.encode(test_images[:1], max_bytes=len(enc.data), **FAST)
     assert big.data == enc.data and big.stats.extra["target_reached"] is None
 
@@ -81,19 +82,22 @@ def test_target_errors(full, test_images):
             codec.encode(test_images[:1], **bad, **FAST)
 
 
-def test_compact_packets(full):
-    """Framing 2: a varint byte count, a 16-bit latent check, the stream without the zero
-    bytes that end its last word."""
+def test_compact_file(full):
+    """Format 3: a 9-byte header at the default settings (this file has other settings,
+    which its header spells out), and no framing: the payload is the
+    coded stream, whose size is the coded symbols plus the per-step checks and an end of
+    at most two bytes."""
     _, enc = full
-    _, payload = container.unpack(enc.data)
-    for s, ((crc, words), end) in enumerate(zip(_packets(enc.data), pg.packet_ends(payload))):
-        body = pg.stream_bytes(words)
-        assert np.array_equal(pg.stream_words(body), words)
-        assert not body or body[-1] != 0 or len(body) % 4 == 1
-        assert crc < 1 << 16
-    words = np.array([0x01020300, 0], dtype=np.uint32)
-    assert pg.stream_bytes(words) == bytes([1, 2, 3, 0, 0])  # never below the last word
-    assert np.array_equal(pg.stream_words(pg.stream_bytes(words)), words)
+    header, payload = container.unpack(enc.data)
+    assert header.version == container.FORMAT_COMPACT
+    default = container.compact(dataclasses.replace(
+        header, params=b"", seed=0, timesteps=pg.coded_schedule(1000, pg.DEFAULT_STEPS)))
+    assert len(container.pack(default, b"")) == 9
+    rows = enc.stats.extra["steps"]
+    symbols = sum(im["code_bits"] for row in rows for im in row["images"])
+    checks = pg.DEFAULT_CHECK_BITS * len(rows)
+    assert symbols + checks <= 8 * len(payload) <= symbols + checks + 16 + 1
+    assert pg.ProgressiveParams.defaults().pack_compact() == b""
 
 
 def test_cli_targets(capsys, tmp_path, tiny_ckpt, test_npz):

@@ -271,18 +271,20 @@ def _code_bits(probs: np.ndarray, symbol: int) -> float:
 
 
 class SymbolWriter:
-    """Range-codes the integers of a stream (:class:`coder.QueueWriter`) and tallies their
-    ideal code length (bits) per label, for the statistics."""
+    """Entropy-codes the integers of a stream and tallies their ideal code length (bits)
+    per label, for the statistics. ``backend``: an object with ``categorical(symbol,
+    probs)`` and ``raw(value, nbits)`` (nbits <= 16): :class:`coder.QueueWriter` (the
+    default; packets of format 2) or :class:`arith.ArithEncoder` (format 3's stream)."""
 
-    def __init__(self):
-        self.coder = coder.QueueWriter()
+    def __init__(self, backend=None):
+        self.coder = backend if backend is not None else coder.QueueWriter()
         self.bits: dict[str, float] = {}
 
     def _tally(self, label: str, bits: float) -> None:
         self.bits[label] = self.bits.get(label, 0.0) + bits
 
     def categorical(self, symbol: int, probs: np.ndarray, label: str) -> None:
-        self.coder.encode(symbol, coder.categorical(probs))
+        self.coder.categorical(symbol, probs)
         self._tally(label, _code_bits(probs, symbol))
 
     def uniform_bits(self, value: int, nbits: int, label: str) -> None:
@@ -291,7 +293,7 @@ class SymbolWriter:
             piece = min(nbits, _UNIFORM_PIECE)
             nbits -= piece
             part = (value >> nbits) & ((1 << piece) - 1)
-            self.coder.encode(part, coder.uniform(1 << piece))
+            self.coder.raw(part, piece)
             self._tally(label, piece)
 
     def exp_golomb(self, value: int, label: str, max_exponent: int = MAX_SIDE_EXPONENT,
@@ -318,22 +320,24 @@ class SymbolWriter:
 
 
 class SymbolReader:
-    """Mirror of :class:`SymbolWriter` on a uint32 word array. Garbage in gives garbage
-    integers (or DDPMCodecError where the range decoder finds the stream invalid), never
-    another error: callers bound every integer they use."""
+    """Mirror of :class:`SymbolWriter` on a backend with ``categorical(probs)`` and
+    ``raw(nbits)`` (or a uint32 word array, read by :class:`coder.QueueReader`). Garbage
+    in gives garbage integers (or DDPMCodecError where the decoder finds the stream
+    invalid, or :class:`arith.Exhausted` where a prefix ends), never another error:
+    callers bound every integer they use."""
 
-    def __init__(self, words: np.ndarray):
-        self.coder = coder.QueueReader(words)
+    def __init__(self, backend):
+        self.coder = coder.QueueReader(backend) if isinstance(backend, np.ndarray) else backend
 
     def categorical(self, probs: np.ndarray) -> int:
-        return self.coder.decode(coder.categorical(probs))
+        return self.coder.categorical(probs)
 
     def uniform_bits(self, nbits: int) -> int:
         value = 0
         while nbits > 0:
             piece = min(nbits, _UNIFORM_PIECE)
             nbits -= piece
-            part = self.coder.decode(coder.uniform(1 << piece))
+            part = self.coder.raw(piece)
             value = (value << piece) | part
         return value
 

@@ -140,6 +140,13 @@ class QueueWriter:
     def encode(self, symbol: int, model) -> None:
         self.coder.encode(_symbols([symbol]), model)
 
+    def categorical(self, symbol: int, probs) -> None:
+        self.encode(symbol, categorical(probs))
+
+    def raw(self, value: int, nbits: int) -> None:
+        """``nbits`` (<= 16) equiprobable bits."""
+        self.encode(value, uniform(1 << nbits))
+
     def words(self) -> np.ndarray:
         """The sealed stream (uint32 words)."""
         return self.coder.get_compressed()
@@ -158,3 +165,9 @@ class QueueReader:
             return int(self.coder.decode(model, 1)[0])
         except RANGE_DECODER_DATA_ERRORS as exc:
             raise DDPMCodecError(f"corrupt file: the coded stream is invalid ({exc})") from None
+
+    def categorical(self, probs) -> int:
+        return self.decode(categorical(probs))
+
+    def raw(self, nbits: int) -> int:
+        return self.decode(uniform(1 << nbits))

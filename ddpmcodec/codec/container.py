@@ -44,6 +44,30 @@ that a decoded image is the encoded one (a wrong decode passes it with probabili
 model id only turns "decoded with the wrong model" into a clear early error: a wrong model
 that shares the 32-bit id (probability 2^-32) fails the pixel checksum instead.
 
+Format version 3, the compact header of the progressive codec (whose payload frames
+and checks itself, so the container adds no length and no checksum to it)::
+
+    2     MAGIC
+    1     version (high nibble, 3) | mode (2, progressive)
+    2     model id       the first 2 bytes of the model fingerprint
+    1     flags          a set bit means the field is written below; unset, its preset
+    ...   bit 0: v*3 image shape (preset 3, 32, 32); bit 1: v num_images, v batch_size
+          (preset 1, 1); bit 2: v seed (preset 0); bit 3: v num_timesteps (preset 1000);
+          bit 4: the chain as in format 2, or kind 3 = v K geometric steps (preset: the
+          16 geometric steps of :func:`geometric_timesteps`); bit 5: v+s params (preset:
+          empty, the codec's defaults)
+    1     device code    as in format 2 (0: spelt out)
+    v     num_threads
+    1     the low byte of the CRC-16 of every byte before it
+    ...   payload, to the end of the file
+
+A single-image file at the defaults has 9 bytes of header. The model id is 2 bytes
+because the codec checks every coded step's latents (a wrong model that shares the id,
+probability 2^-16, fails the first step's check); there is no pixel checksum for the same
+reason. The 8-bit header check catches all errors of up to 7 bits in a burst and a random
+corruption with probability 255/256; a corrupt header that passes it changes the seed,
+chain or layout, which the first step's latent check catches.
+
 Format version 1 (a 8-byte magic b"\\x89DDPMC\\r\\n", fixed-width fields, the whole
 fingerprint, a 16-byte pixel checksum, two CRC-32s: ~130 bytes before any chain) is
 still read, never written.
@@ -59,7 +83,9 @@ for the header and available to codecs for their ``params`` blob and payload fra
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import hashlib
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -71,7 +97,9 @@ from ddpmcodec.errors import DDPMCodecError
 MAGIC = b"\x89D"
 MAGIC_V1 = b"\x89DDPMC\r\n"   # format 1 (read only); its third byte, "D", is no version byte
 FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_COMPACT = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
+COMPACT_MODES = ("progressive",)  # modes that write format 3
 
 MODES = {"lossless": 1, "progressive": 2, "webp-lossless": 3}
 MODEL_FREE_MODES = ("webp-lossless",)
@@ -94,11 +122,17 @@ MAX_SEED = (1 << 63) - 1
 CHECKSUM_BYTES = 4
 CHECKSUM_BYTES_V1 = 16
 MODEL_ID_BYTES = 4
+COMPACT_ID_BYTES = 2
+# the presets of format 3's flags
+COMPACT_SHAPE = (3, 32, 32)
+COMPACT_TIMESTEPS = 1000
+COMPACT_STEPS = 16
+GEOMETRIC_OFFSET = 3.0
 FINGERPRINT_BYTES = 8               # format 1 held the whole fingerprint
 # device kinds with a one-byte code in format 2 (code = index + 1); others are spelt out
 DEVICE_KINDS = ("cpu:DEFAULT", "cpu:AVX2", "cpu:AVX512", "cpu:ZVECTOR", "cpu:VSX", "cpu:SVE256")
 
-_CHAIN_FULL, _CHAIN_EVEN, _CHAIN_EXPLICIT = 0, 1, 2
+_CHAIN_FULL, _CHAIN_EVEN, _CHAIN_EXPLICIT, _CHAIN_GEOMETRIC = 0, 1, 2, 3
 
 
 def crc32(data) -> int:
@@ -129,6 +163,21 @@ def evenly_spaced(num_timesteps: int, steps: int) -> tuple[int, ...]:
         return (num_timesteps - 1,)
     stride = (num_timesteps - 1) / (steps - 1)
     return tuple(int(round(k * stride)) for k in range(steps))
+
+
+def geometric_timesteps(num_timesteps: int, steps: int,
+                        offset: float = GEOMETRIC_OFFSET) -> tuple[int, ...]:
+    """``steps`` strictly increasing original indices from 0 to T-1, geometric in
+    t + offset (2 <= steps <= T): the progressive codec's coded steps."""
+    lo, hi = math.log(offset), math.log(num_timesteps - 1 + offset)
+    ideal = [math.exp(lo + (hi - lo) * k / (steps - 1)) - offset for k in range(steps)]
+    ts = [0]
+    for k in range(1, steps):
+        # at least one above the previous, and room left for the remaining steps
+        t = max(int(round(ideal[k])), ts[-1] + 1)
+        ts.append(min(t, num_timesteps - steps + k))
+    ts[-1] = num_timesteps - 1
+    return tuple(ts)
 
 
 # -- bounded field helpers -----------------------------------------------------------------
@@ -339,7 +388,10 @@ class Header:
             if self != model_free_header(self.mode, self.image_shape, self.num_images):
                 raise DDPMCodecError(f"header: a {self.mode} file has no model fields")
             return self
-        id_bytes = FINGERPRINT_BYTES if self.version == 1 else MODEL_ID_BYTES
+        id_bytes = {1: FINGERPRINT_BYTES, FORMAT_COMPACT: COMPACT_ID_BYTES}.get(self.version,
+                                                                              MODEL_ID_BYTES)
+        if self.version == FORMAT_COMPACT and self.mode not in COMPACT_MODES:
+            raise DDPMCodecError(f"format {FORMAT_COMPACT} holds no {self.mode} files")
         if len(self.fingerprint) != 2 * id_bytes or any(
                 ch not in "0123456789abcdef" for ch in self.fingerprint):
             raise DDPMCodecError(f"a model id is {2 * id_bytes} lowercase hex digits in format "
@@ -387,30 +439,43 @@ def model_free_header(mode: str, image_shape, num_images: int) -> Header:
 
 
 def checksum_bytes(version: int = FORMAT_VERSION) -> int:
-    """Bytes of the pixel checksum in a file of ``version``."""
-    return CHECKSUM_BYTES_V1 if version == 1 else CHECKSUM_BYTES
+    """Bytes of the pixel checksum in a file of ``version`` (none in format 3)."""
+    return {1: CHECKSUM_BYTES_V1, FORMAT_COMPACT: 0}.get(version, CHECKSUM_BYTES)
 
 
-def model_id(fingerprint: str) -> str:
-    """The model id a new file records: the first MODEL_ID_BYTES of the fingerprint."""
-    return fingerprint[:2 * MODEL_ID_BYTES]
+def model_id(fingerprint: str, version: int = FORMAT_VERSION) -> str:
+    """The model id a new file of ``version`` records: the first MODEL_ID_BYTES (format 3:
+    COMPACT_ID_BYTES) of the fingerprint."""
+    return fingerprint[:2 * (COMPACT_ID_BYTES if version == FORMAT_COMPACT else MODEL_ID_BYTES)]
+
+
+def compact(header: Header) -> Header:
+    """``header`` as a format 3 header (compact modes only)."""
+    return dataclasses.replace(header, version=FORMAT_COMPACT, pixel_checksum=b"",
+                               fingerprint=header.fingerprint[:2 * COMPACT_ID_BYTES]).validate()
 
 
 # -- format 2 ----------------------------------------------------------------------------
-def _write_chain(w: BlobWriter, T: int, ts: tuple) -> None:
+def _write_chain(w: BlobWriter, T: int, ts: tuple, geometric: bool = False) -> None:
     if ts == tuple(range(T)):
         w.u8(_CHAIN_FULL).uvar(len(ts))
     elif ts == evenly_spaced(T, len(ts)):
         w.u8(_CHAIN_EVEN).uvar(len(ts))
+    elif geometric and 2 <= len(ts) and ts == geometric_timesteps(T, len(ts)):
+        w.u8(_CHAIN_GEOMETRIC).uvar(len(ts))
     else:  # first index, then each gap minus one: a byte per step on short chains
         w.u8(_CHAIN_EXPLICIT).uvar(len(ts)).uvar(ts[0])
         for a, b in zip(ts, ts[1:]):
             w.uvar(b - a - 1)
 
 
-def _read_chain(r: BlobReader, T: int) -> tuple:
+def _read_chain(r: BlobReader, T: int, geometric: bool = False) -> tuple:
     kind = r.u8("chain kind")
     K = r.bounded("num_steps", r.uvar("num_steps"), 1, T)
+    if geometric and kind == _CHAIN_GEOMETRIC:
+        if K < 2:
+            raise DDPMCodecError("header: a geometric chain has at least 2 steps")
+        return geometric_timesteps(T, K)
     if kind == _CHAIN_FULL:
         if K != T:
             raise DDPMCodecError(f"header: a full chain has {T} steps, not {K}")
@@ -438,10 +503,7 @@ def _write_body(h: Header) -> bytes:
         return w.getvalue()
     w.uvar(h.batch_size).uvar(h.seed).uvar(h.num_timesteps)
     _write_chain(w, h.num_timesteps, tuple(int(t) for t in h.timesteps))
-    if h.device_kind in DEVICE_KINDS:
-        w.u8(DEVICE_KINDS.index(h.device_kind) + 1)
-    else:
-        w.u8(0).varblob(h.device_kind.encode("ascii"))
+    _write_device(w, h.device_kind)
     w.uvar(h.num_threads).raw(h.pixel_checksum).varblob(h.params)
     return w.getvalue()
 
@@ -458,22 +520,93 @@ def _read_body(r: BlobReader, mode: str) -> Header:
     seed = r.bounded("seed", r.uvar("seed"), 0, MAX_SEED)
     T = r.bounded("num_timesteps", r.uvar("num_timesteps"), 1, MAX_TIMESTEPS)
     ts = _read_chain(r, T)
-    code = r.u8("device kind")
-    if code == 0:
-        raw = r.varblob("device kind", MAX_DEVICE_CHARS)
-        try:
-            dev = raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise DDPMCodecError("header: device kind is not ASCII") from None
-    elif code <= len(DEVICE_KINDS):
-        dev = DEVICE_KINDS[code - 1]
-    else:
-        raise DDPMCodecError(f"header: unknown device kind code {code}")
+    dev = _read_device(r)
     threads = r.bounded("num_threads", r.uvar("num_threads"), 0, MAX_THREADS)
     checksum = r.raw(CHECKSUM_BYTES, "pixel checksum")
     params = r.varblob("params", MAX_PARAMS_BYTES)
     return Header(mode, fp, shape, n, batch, seed, T, ts, dev, threads, checksum, params,
                   FORMAT_VERSION).validate()
+
+
+# -- format 3 (compact) -------------------------------------------------------------------
+_F_SHAPE, _F_IMAGES, _F_SEED, _F_T, _F_CHAIN, _F_PARAMS = 1, 2, 4, 8, 16, 32
+
+
+def _write_device(w: BlobWriter, kind: str) -> None:
+    if kind in DEVICE_KINDS:
+        w.u8(DEVICE_KINDS.index(kind) + 1)
+    else:
+        w.u8(0).varblob(kind.encode("ascii"))
+
+
+def _read_device(r: BlobReader) -> str:
+    code = r.u8("device kind")
+    if code == 0:
+        raw = r.varblob("device kind", MAX_DEVICE_CHARS)
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise DDPMCodecError("header: device kind is not ASCII") from None
+    if code <= len(DEVICE_KINDS):
+        return DEVICE_KINDS[code - 1]
+    raise DDPMCodecError(f"header: unknown device kind code {code}")
+
+
+def _compact_chain(T: int) -> tuple:
+    return geometric_timesteps(T, COMPACT_STEPS) if COMPACT_STEPS <= T else tuple(range(T))
+
+
+def _write_compact(h: Header) -> bytes:
+    ts = tuple(int(t) for t in h.timesteps)
+    fields = BlobWriter()
+    flags = 0
+    if tuple(h.image_shape) != COMPACT_SHAPE:
+        flags |= _F_SHAPE
+        for v in h.image_shape:
+            fields.uvar(v)
+    if (h.num_images, h.batch_size) != (1, 1):
+        flags |= _F_IMAGES
+        fields.uvar(h.num_images).uvar(h.batch_size)
+    if h.seed:
+        flags |= _F_SEED
+        fields.uvar(h.seed)
+    if h.num_timesteps != COMPACT_TIMESTEPS:
+        flags |= _F_T
+        fields.uvar(h.num_timesteps)
+    if ts != _compact_chain(h.num_timesteps):
+        flags |= _F_CHAIN
+        _write_chain(fields, h.num_timesteps, ts, geometric=True)
+    if h.params:
+        flags |= _F_PARAMS
+        fields.varblob(h.params)
+    w = BlobWriter().raw(bytes.fromhex(h.fingerprint)).u8(flags).raw(fields.getvalue())
+    _write_device(w, h.device_kind)
+    return w.uvar(h.num_threads).getvalue()
+
+
+def _read_compact(r: BlobReader, mode: str) -> Header:
+    if mode not in COMPACT_MODES:
+        raise DDPMCodecError(f"header: format {FORMAT_COMPACT} holds no {mode} files")
+    fp = r.raw(COMPACT_ID_BYTES, "model id").hex()
+    flags = r.u8("flags")
+    if flags >= 64:
+        raise DDPMCodecError(f"header: unknown flags {flags}")
+    shape = COMPACT_SHAPE
+    if flags & _F_SHAPE:
+        shape = tuple(r.bounded(n, r.uvar(n), 1, MAX_SIDE) for n in ("channels", "height", "width"))
+    n = batch = 1
+    if flags & _F_IMAGES:
+        n = r.bounded("number of images", r.uvar("number of images"), 1, MAX_IMAGES)
+        batch = r.bounded("batch size", r.uvar("batch size"), 1, min(MAX_BATCH, n))
+    seed = r.bounded("seed", r.uvar("seed"), 0, MAX_SEED) if flags & _F_SEED else 0
+    T = (r.bounded("num_timesteps", r.uvar("num_timesteps"), 1, MAX_TIMESTEPS)
+         if flags & _F_T else COMPACT_TIMESTEPS)
+    ts = _read_chain(r, T, geometric=True) if flags & _F_CHAIN else _compact_chain(T)
+    params = r.varblob("params", MAX_PARAMS_BYTES) if flags & _F_PARAMS else b""
+    dev = _read_device(r)
+    threads = r.bounded("num_threads", r.uvar("num_threads"), 0, MAX_THREADS)
+    return Header(mode, fp, shape, n, batch, seed, T, ts, dev, threads, b"", params,
+                  FORMAT_COMPACT).validate()
 
 
 # -- format 1 (read only) ------------------------------------------------------------------
@@ -535,10 +668,15 @@ def _read_head_v1(data: bytes) -> tuple[Header, int, int, BlobReader]:
 
 # -- the whole file ------------------------------------------------------------------------
 def pack(header: Header, payload: bytes) -> bytes:
-    """Serialise a header and payload into the container bytes (format 2)."""
+    """Serialise a header and payload into the container bytes (format 2 or 3, as the
+    header says)."""
     header.validate()
+    if header.version == FORMAT_COMPACT:
+        head = MAGIC + bytes([FORMAT_COMPACT << 4 | MODES[header.mode]]) + _write_compact(header)
+        return head + bytes([crc16(head) & 0xFF]) + bytes(payload)
     if header.version != FORMAT_VERSION:
-        raise DDPMCodecError(f"this ddpmcodec writes format version {FORMAT_VERSION} only")
+        raise DDPMCodecError(f"this ddpmcodec writes format versions {FORMAT_VERSION} and "
+                             f"{FORMAT_COMPACT} only")
     head = MAGIC + bytes([FORMAT_VERSION << 4 | MODES[header.mode]]) + _write_body(header)
     payload = bytes(payload)
     tail = BlobWriter().u16(crc16(head)).uvar(len(payload)).u32(crc32(payload)).getvalue()
@@ -547,12 +685,15 @@ def pack(header: Header, payload: bytes) -> bytes:
 
 def header_size(header: Header, payload_bytes: int) -> int:
     """Bytes of a packed file that are not payload (the payload's length is among them)."""
+    if header.version == FORMAT_COMPACT:
+        return len(pack(header, b""))
     return len(pack(header, b"")) - 1 + len(BlobWriter().uvar(payload_bytes).getvalue())
 
 
-def _read_head(data: bytes) -> tuple[Header, int, int, BlobReader]:
-    """Magic, version, header (CRC-checked and validated), payload length and CRC; the
-    reader is left at the payload's first byte."""
+def _read_head(data: bytes) -> tuple[Header, int | None, int | None, BlobReader]:
+    """Magic, version, header (CRC-checked and validated), payload length and CRC (None,
+    None in format 3: the payload runs to the end and checks itself); the reader is left
+    at the payload's first byte."""
     if data[:len(MAGIC_V1)] == MAGIC_V1:
         return _read_head_v1(data)
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
@@ -560,7 +701,7 @@ def _read_head(data: bytes) -> tuple[Header, int, int, BlobReader]:
     r = BlobReader(data, "file")
     r.raw(len(MAGIC), "magic")
     vm = r.u8("format version")
-    if vm >> 4 != FORMAT_VERSION:
+    if vm >> 4 not in (FORMAT_VERSION, FORMAT_COMPACT):
         raise DDPMCodecError(f"file format version {vm >> 4} is not supported by this ddpmcodec "
                              f"(it reads version {', '.join(map(str, SUPPORTED_VERSIONS))})")
     if vm & 0x0F not in _MODE_NAMES:
@@ -568,14 +709,19 @@ def _read_head(data: bytes) -> tuple[Header, int, int, BlobReader]:
     # parse first (every size bounded), then check the CRC of exactly what was parsed;
     # a parse error in a damaged header reports the damage, not the field
     r.what = "header"
+    compact_format = vm >> 4 == FORMAT_COMPACT
     try:
-        header = _read_body(r, _MODE_NAMES[vm & 0x0F])
+        header = (_read_compact if compact_format else _read_body)(r, _MODE_NAMES[vm & 0x0F])
     except DDPMCodecError as exc:
         if "truncated" in str(exc):
             raise DDPMCodecError(f"file is truncated ({exc})") from None
         raise DDPMCodecError(f"corrupt file: the header is damaged ({exc})") from None
     end = r.pos
     r.what = "file"
+    if compact_format:
+        if r.u8("header checksum") != crc16(data[:end]) & 0xFF:
+            raise DDPMCodecError("corrupt file: the header checksum does not match")
+        return header, None, None, r
     if r.u16("header checksum") != crc16(data[:end]):
         raise DDPMCodecError("corrupt file: the header checksum does not match")
     payload_len = r.uvar("payload length")
@@ -588,6 +734,8 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     wrong; the payload's CRC is checked here, its content is the codec's business."""
     data = bytes(data)
     header, payload_len, payload_crc, r = _read_head(data)
+    if payload_len is None:
+        return header, r.raw(r.remaining, "payload")
     if payload_len != r.remaining:
         raise DDPMCodecError(f"file is truncated or padded: the header announces a payload of "
                              f"{payload_len} bytes, {r.remaining} follow")
@@ -604,12 +752,14 @@ def read_header(data: bytes) -> Header:
 
 def unpack_prefix(data: bytes) -> tuple[Header, bytes, bool]:
     """Parse a file that may be cut short after its header -> (header, available payload
-    bytes, complete). For codecs whose payload decodes from any prefix (progressive):
+    bytes, complete; None in format 3, whose payload has no length). For codecs whose payload decodes from any prefix (progressive):
     the header must be whole and valid (its CRC is checked); the payload's CRC is checked
     only when the file is complete, and then a mismatch is an error as in :func:`unpack`.
     A prefix's content is the codec's to verify."""
     data = bytes(data)
     header, payload_len, payload_crc, r = _read_head(data)
+    if payload_len is None:  # format 3: whether the payload is whole is the codec's to say
+        return header, r.raw(r.remaining, "payload"), None
     if r.remaining > payload_len:
         raise DDPMCodecError(f"file is padded: the header announces a payload of "
                              f"{payload_len} bytes, {r.remaining} follow")

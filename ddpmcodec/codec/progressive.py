@@ -46,8 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ddpmcodec.codec import arith, coder, container
 from ddpmcodec.codec import channel as ch
-from ddpmcodec.codec import container
 from ddpmcodec.codec.base import (
     Codec,
     CodecStats,
@@ -79,7 +79,7 @@ DEFAULT_STEPS = 16
 DEFAULT_CHUNK_BITS = 12.0
 DEFAULT_MARGIN_BITS = 2.0
 DEFAULT_MAX_LOG2 = 20
-SCHEDULE_OFFSET = 3.0
+SCHEDULE_OFFSET = container.GEOMETRIC_OFFSET
 VARIANCES = ("fit", "model")
 RECONS = ("mean", "sample", "flow")
 DEFAULT_RECON_STEPS = 20
@@ -87,6 +87,9 @@ LEVELS_PER_NAT = 256        # fine enough that the KL implied by a level is with
 MAX_LEVEL_EXPONENT = 13     # exp-Golomb octaves of variance levels
 MAX_LEVEL = 40 * LEVELS_PER_NAT  # var_p / var_q <= e^40: far beyond any real step
 _PRIVATE_TAG = 0xA11
+DEFAULT_CHECK_BITS = 8     # per coded step: a check of its latents (format 3)
+MAX_CHECK_BITS = 32
+END_BITS = 12              # what the end of a file stopped early costs
 MAX_LATENT_VALUES = 1 << 28  # images x dims held in float64 at once (2 GiB)
 _LEB_MAX_BYTES = 5
 
@@ -94,19 +97,12 @@ _LEB_MAX_BYTES = 5
 # -- schedule --------------------------------------------------------------------------------
 def coded_schedule(num_timesteps: int, steps: int, offset: float = SCHEDULE_OFFSET) -> tuple:
     """K strictly increasing original indices from 0 to T-1, geometric in t + offset
-    (dense near the data, where most of the rate is spent)."""
+    (dense near the data, where most of the rate is spent):
+    :func:`container.geometric_timesteps`, which format 3 names in two bytes."""
     if not 2 <= steps <= num_timesteps:
         raise DDPMCodecError(f"--steps must be between 2 and {num_timesteps} for progressive "
                              f"coding, got {steps}")
-    lo, hi = math.log(offset), math.log(num_timesteps - 1 + offset)
-    ideal = [math.exp(lo + (hi - lo) * k / (steps - 1)) - offset for k in range(steps)]
-    ts = [0]
-    for k in range(1, steps):
-        # at least one above the previous, and room left for the remaining steps
-        t = max(int(round(ideal[k])), ts[-1] + 1)
-        ts.append(min(t, num_timesteps - steps + k))
-    ts[-1] = num_timesteps - 1
-    return tuple(ts)
+    return container.geometric_timesteps(num_timesteps, steps, offset)
 
 
 # -- parameters in the header ---------------------------------------------------------------
@@ -129,19 +125,34 @@ class ProgressiveParams:
     generator_crc: int = 0
     chain_rule: str = "model"
     chain_variances: tuple | None = None
-    coded_steps: int | None = None  # packets in the file (None: every step of the chain)
+    coded_steps: int | None = None  # packets in a format 2 file (None: every step)
     version: int = PARAMS_VERSION
+    check_bits: int = DEFAULT_CHECK_BITS  # format 3: bits of each coded step's latent check
 
     def validate(self) -> "ProgressiveParams":
         self.channel.validate()
         if self.variance not in VARIANCES:
             raise DDPMCodecError(f"--variance must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
+        if not 1 <= self.check_bits <= MAX_CHECK_BITS:
+            raise DDPMCodecError(f"--check-bits must be between 1 and {MAX_CHECK_BITS}, "
+                                 f"got {self.check_bits}")
         return self
 
     @property
     def framing(self) -> int:
-        """Packet framing: 1 (u32 word count and CRC-32, params 1-2) or 2 (version 3)."""
+        """Packet framing of a format 2 file: 1 (u32 word count and CRC-32, params 1-2) or
+        2 (version 3). Format 3 files are one stream (:mod:`.arith`)."""
         return 1 if self.version < 3 else 2
+
+    @classmethod
+    def defaults(cls) -> "ProgressiveParams":
+        """What an empty params blob means in format 3."""
+        return cls(ch.ChannelParams(DEFAULT_CHUNK_BITS, DEFAULT_MARGIN_BITS, DEFAULT_MAX_LOG2))
+
+    def pack_compact(self) -> bytes:
+        """The params blob of a format 3 file: empty at the defaults, else :meth:`pack`."""
+        same = dataclasses.replace(self, generator_crc=0) == self.defaults()
+        return b"" if same else self.pack()
 
     def generator_matches(self) -> bool:
         """Whether this machine's candidate generator is the file's (version 3 keeps 16
@@ -154,7 +165,8 @@ class ProgressiveParams:
         """Version 3: u8 version, u8 flags, [v chunk bits x4], [v margin x4], [u8 max_log2],
         u8 proposal variance, u8 generator code, u16 generator check, the chain's variance
         rule (explicit: quantized log2 variances, base.pack_log2_variances), [v coded
-        steps]. Fields at their defaults cost nothing but a flag."""
+        steps (format 2)], [u8 check bits (format 3)]. Fields at their defaults cost
+        nothing but a flag."""
         c = self.channel
         quarter = lambda v: int(round(4 * v))  # noqa: E731
         if abs(quarter(c.chunk_bits) / 4 - c.chunk_bits) > 1e-12 or \
@@ -165,7 +177,8 @@ class ProgressiveParams:
         flags = ((1 if c.chunk_bits != DEFAULT_CHUNK_BITS else 0)
                  | (2 if c.margin_bits != DEFAULT_MARGIN_BITS else 0)
                  | (4 if c.max_log2 != DEFAULT_MAX_LOG2 else 0)
-                 | (8 if self.coded_steps is not None else 0))
+                 | (8 if self.coded_steps is not None else 0)
+                 | (16 if self.check_bits != DEFAULT_CHECK_BITS else 0))
         w = BlobWriter().u8(PARAMS_VERSION).u8(flags)
         if flags & 1:
             w.uvar(quarter(c.chunk_bits))
@@ -178,6 +191,8 @@ class ProgressiveParams:
         pack_log2_variances(w, self.chain_rule, self.chain_variances)
         if flags & 8:
             w.uvar(self.coded_steps)
+        if flags & 16:
+            w.u8(self.check_bits)
         return w.getvalue()
 
     @classmethod
@@ -186,7 +201,7 @@ class ProgressiveParams:
         version = r.u8("params version")
         if version == PARAMS_VERSION:
             flags = r.u8("flags")
-            if flags >= 16:
+            if flags >= 32:
                 raise DDPMCodecError(f"progressive parameters: unknown flags {flags}")
             chunk = r.bounded("chunk bits", r.uvar("chunk bits"), 0, 1 << 16) / 4 if flags & 1 \
                 else DEFAULT_CHUNK_BITS
@@ -199,9 +214,11 @@ class ProgressiveParams:
             rule, values = read_log2_variances(r, num_steps)
             coded = (r.bounded("coded steps", r.uvar("coded steps"), 1, max(num_steps, 1))
                      if flags & 8 else None)
+            check = (r.bounded("check bits", r.u8("check bits"), 1, MAX_CHECK_BITS)
+                     if flags & 16 else DEFAULT_CHECK_BITS)
             r.end()
             return cls(ch.ChannelParams(chunk, margin, max_log2), VARIANCES[var],
-                       GENERATORS[gen - 1], crc, rule, values, coded, version).validate()
+                       GENERATORS[gen - 1], crc, rule, values, coded, version, check).validate()
         if version not in (1, 2):
             raise DDPMCodecError(f"progressive parameters version {version} is not supported")
         chunk = r.u16("chunk bits") / 4
@@ -233,6 +250,14 @@ def _read_leb128(buf: bytes, pos: int) -> tuple[int, int] | None:
         if not b & 0x80:
             return value, pos + i + 1
     raise DDPMCodecError("corrupt file: a packet length is malformed")
+
+
+def latent_check(x: torch.Tensor, bits: int) -> int:
+    """The ``bits``-bit check (format 3) of float64 latents [N, C, H, W]: the low bits of
+    their CRC-16 (up to 16 bits) or CRC-32."""
+    data = np.ascontiguousarray(x.detach().cpu().numpy(), dtype="<f8").tobytes()
+    crc = container.crc16(data) if bits <= 16 else container.crc32(data)
+    return crc & ((1 << bits) - 1)
 
 
 def latent_crc(x: torch.Tensor, framing: int = 2) -> int:
@@ -425,11 +450,25 @@ def _budget(n: int, image_shape, max_bytes, bpp, psnr) -> _Budget:
     return _Budget()
 
 
-def _file_size(header, params, coded: int, K: int, payload: bytes, packet: bytes) -> int:
-    """Bytes of the whole file if it ended after ``packet`` (its ``coded``-th step)."""
-    p = dataclasses.replace(params, coded_steps=None if coded == K else coded)
-    size = len(payload) + len(packet)
-    return container.header_size(dataclasses.replace(header, params=p.pack()), size) + size
+def _end_probs() -> np.ndarray:
+    """P(more steps follow), P(the file ends) after a coded step that is not the chain's
+    last: a file stopped by a target pays END_BITS once, a full one almost nothing."""
+    end = 2.0 ** -END_BITS
+    return np.array([1.0 - end, end])
+
+
+def _write_more(stream: arith.ArithEncoder, more: bool) -> None:
+    stream.categorical(0 if more else 1, _end_probs())
+
+
+def _stopped_size(stream: arith.ArithEncoder, s: int, K: int) -> int:
+    """Payload bytes if the file ended after coded step s (its symbols are in ``stream``)."""
+    saved = stream.checkpoint()
+    if s + 1 < K:
+        _write_more(stream, False)
+    size = stream.size()
+    stream.restore(saved)
+    return size
 
 
 def _psnr_of(pred_x0: torch.Tensor, orig: np.ndarray) -> float:
@@ -448,7 +487,7 @@ class ProgressiveCodec(Codec):
                margin_bits: float = DEFAULT_MARGIN_BITS, max_log2: int = DEFAULT_MAX_LOG2,
                variance: str = "fit", keep_latents: bool = False, chain=None,
                max_bytes: int | None = None, bpp: float | None = None,
-               psnr: float | None = None) -> Encoded:
+               psnr: float | None = None, check_bits: int = DEFAULT_CHECK_BITS) -> Encoded:
         """Compress ``images`` (uint8 NHWC). ``steps`` = K coded latents (default 16) on
         :func:`coded_schedule`, or the latents of ``chain`` (a Diffusion on the model's
         schedule from t = 0 to T - 1, whose reverse variance the ``model`` proposal uses).
@@ -489,16 +528,19 @@ class ProgressiveCodec(Codec):
             timesteps = tuple(int(t) for t in chain.timesteps)
         params = ProgressiveParams(ch.ChannelParams(float(chunk_bits), float(margin_bits), int(max_log2)),
                                    variance, ch.GENERATOR_ID, generator_check(),
-                                   *variance_rule_of(diffusion, model)).validate()
-        # the pixel checksum is that of the reconstruction, known at the end
-        header = new_header("progressive", model, n, batch_size, seed, timesteps,
-                            bytes(container.checksum_bytes()), params.pack())
+                                   *variance_rule_of(diffusion, model),
+                                   check_bits=int(check_bits)).validate()
+        header = container.compact(new_header("progressive", model, n, batch_size, seed,
+                                              timesteps, bytes(container.checksum_bytes()),
+                                              params.pack_compact()))
+        hsize = container.header_size(header, 0)
         batches = header.batches()
         dims = header.dims
         x0 = to_model_space(images)
         orig = images.astype(np.float64)
-        payload = bytearray()
-        step_rows, latents = [], []
+        stream = arith.ArithEncoder()
+        writer = ch.SymbolWriter(stream)
+        checkpoints, step_rows, latents = [], [], []
         x = None
         index_model = ch.IndexModel(params.channel)
         last_level: list = [None] * n
@@ -510,7 +552,9 @@ class ProgressiveCodec(Codec):
                     if plan is None:
                         plan = _plan(model, diffusion, s, x, batches, n, dims)
                     mean_q = _q_target(diffusion, x0, x, s)
-                    writer = ch.SymbolWriter()
+                    before_step = stream.checkpoint()
+                    if s > 0:
+                        _write_more(stream, True)
                     x_new = np.empty((n, dims))
                     per = []
                     for i in range(n):
@@ -539,53 +583,54 @@ class ProgressiveCodec(Codec):
                                     "chunk_kl_sd": float(np.std(stats.chunk_kl)),
                                     "level": level})
                         bar.update(1)
-                    side_total = writer.bits.get("side", 0.0)
                     x_next = torch.from_numpy(x_new).reshape(n, *model.image_shape)
-                    words = writer.words()
-                    packet = make_packet(words, x_next)
-                if budget.bytes is not None and _file_size(header, params, s + 1, K, payload,
-                                                           packet) > budget.bytes:
+                    writer.uniform_bits(latent_check(x_next, params.check_bits),
+                                        params.check_bits, "check")
+                    checkpoint = stream.checkpoint()
+                if budget.bytes is not None and hsize + _stopped_size(stream, s, K) > budget.bytes:
                     if s == 0:
                         raise DDPMCodecError(
                             f"the target allows {budget.bytes} bytes for the file; its first "
-                            f"coded step alone needs "
-                            f"{_file_size(header, params, 1, K, payload, packet)}")
+                            f"coded step alone needs {hsize + _stopped_size(stream, s, K)}")
+                    stream.restore(before_step)
                     reached = "bytes"
                     break
                 x = x_next
-                payload += packet
+                checkpoints.append(checkpoint)
                 if keep_latents:
                     latents.append(x.clone())
                 if plan.pred_x0 is not None:  # distortion of the previous truncation point
                     step_rows[-1]["rmse"] = _rmse_per_image(plan.pred_x0, orig)
-                step_rows.append({
-                    "step": s + 1, "t": int(timesteps[plan.k_out]) + 1,
-                    "packet_bytes": len(packet), "stream_bytes": 4 * len(words),
-                    "framing_bytes": len(packet) - 4 * len(words),
-                    "side_bits": side_total, "seconds": st_timer.seconds,
-                    "images": per})
+                step_rows.append({"step": s + 1, "t": int(timesteps[plan.k_out]) + 1,
+                                  "stopped_bytes": hsize + _stopped_size(stream, s, K),
+                                  "side_bits": writer.bits.get("side", 0.0),
+                                  "seconds": st_timer.seconds, "images": per})
                 # the next step's proposal holds this step's reconstruction (x0-prediction)
                 plan = _plan(model, diffusion, s + 1, x, batches, n, dims) if s + 1 < K else None
-                if budget.psnr is not None:
-                    pred = plan.pred_x0 if plan is not None else None
-                    if pred is not None and _psnr_of(pred, orig) >= budget.psnr:
-                        reached = "psnr"
-                        break
+                if budget.psnr is not None and plan is not None and \
+                        _psnr_of(plan.pred_x0, orig) >= budget.psnr:
+                    reached = "psnr"
+                if reached is not None:
+                    break
             coded = len(step_rows)
+            if coded < K:
+                _write_more(stream, False)
             k_last = K - coded
             final = (plan.pred_x0 if plan is not None and plan.pred_x0 is not None
                      and reached is not None else
                      _network_p(model, diffusion, x, k_last, batches)["pred_x0"])
         recon = from_model_space(final)
         step_rows[-1]["rmse"] = _rmse_per_image(final, orig)
-        if coded < K:
-            params = dataclasses.replace(params, coded_steps=coded)
-        header = dataclasses.replace(header, params=params.pack(),
-                                     pixel_checksum=container.pixel_checksum(recon))
-        data = container.pack(header, bytes(payload))
+        payload = stream.finish()
+        prev = 0
+        for row, cp in zip(step_rows, checkpoints):
+            end = arith.prefix_bytes(payload, cp)
+            row["packet_bytes"], row["prefix_bytes"] = end - prev, hsize + end
+            prev = end
+        data = container.pack(header, payload)
         kl_total = float(sum(im["kl_bits"] for row in step_rows for im in row["images"]))
-        stats = CodecStats("progressive", n, dims, K, 8 * len(payload),
-                           8 * (len(data) - len(payload)), 0.0, kl_total, timer.seconds,
+        stats = CodecStats("progressive", n, dims, K, 8 * len(payload), 8 * hsize, 0.0,
+                           kl_total, timer.seconds,
                            {"steps": step_rows, "timesteps": list(timesteps),
                             "coded_steps": coded, "target_reached": reached,
                             "params": dataclasses.asdict(params.channel) | {"variance": variance}})
@@ -594,75 +639,127 @@ class ProgressiveCodec(Codec):
             stats.extra["reconstruction"] = recon
         return Encoded(data, header, stats)
 
-    def _open(self, data: bytes, upto_step: int | None, max_bytes: int | None):
-        """Parse and check a file or prefix: (header, params, payload, whole packets,
-        complete)."""
+    def _open(self, data: bytes, upto_step: int | None, max_bytes: int | None) -> "_Source":
+        """Parse and check a file or prefix, before any network runs."""
         if max_bytes is not None:
             if max_bytes < 1:
                 raise DDPMCodecError(f"--bytes must be positive, got {max_bytes}")
             data = bytes(data)[:max_bytes]
         header, payload, complete = container.unpack_prefix(data)
         check_compatible(header, self.model, "progressive")
-        params = ProgressiveParams.unpack(header.params, header.num_steps)
-        if not params.generator_matches():
-            raise DDPMCodecError(
-                f"this file's candidate generator ({params.generator}) does not reproduce here "
-                f"(numpy or math library differs from the encoder's); decode where it was encoded")
+        stream = header.version == container.FORMAT_COMPACT
+        if stream and not header.params:
+            params = ProgressiveParams.defaults()
+        else:
+            params = ProgressiveParams.unpack(header.params, header.num_steps)
+            if not params.generator_matches():
+                raise DDPMCodecError(
+                    f"this file's candidate generator ({params.generator}) does not reproduce "
+                    f"here (numpy or math library differs from the encoder's); decode where it "
+                    f"was encoded")
         K = header.num_steps
         if header.num_images * header.dims > MAX_LATENT_VALUES:
             raise DDPMCodecError(f"the file claims {header.num_images} images of {header.dims} values: "
                                  f"more than one progressive file holds (at most {MAX_LATENT_VALUES} values)")
         if header.timesteps[0] != 0 or header.timesteps[-1] != header.num_timesteps - 1:
             raise DDPMCodecError("header: a progressive chain runs from t = 0 to T - 1")
-        packets = split_packets(payload, complete, params.framing)
-        expected = params.coded_steps or K
-        if len(packets) > expected or (complete and len(packets) != expected):
-            raise DDPMCodecError(f"corrupt file: {len(packets)} coded steps, the header "
-                                 f"announces {expected}")
-        if upto_step is not None:
-            if not 1 <= upto_step <= K:
-                raise DDPMCodecError(f"--upto-step must be between 1 and {K}, got {upto_step}")
+        if upto_step is not None and not 1 <= upto_step <= K:
+            raise DDPMCodecError(f"--upto-step must be between 1 and {K}, got {upto_step}")
+        hsize = len(data) - len(payload)
+        packets = None
+        if not stream:
+            packets = split_packets(payload, complete, params.framing)
+            expected = params.coded_steps or K
+            if len(packets) > expected or (complete and len(packets) != expected):
+                raise DDPMCodecError(f"corrupt file: {len(packets)} coded steps, the header "
+                                     f"announces {expected}")
+            complete = bool(complete and len(packets) == expected)
             packets = packets[:upto_step]
-        if not packets:
-            raise DDPMCodecError(
-                f"the file prefix ({len(data)} bytes) holds no whole coded step; the header "
-                f"alone is {len(data) - len(payload)} bytes")
-        return header, params, payload, packets, complete, len(data) - len(payload)
+            if not packets:
+                raise DDPMCodecError(
+                    f"the file prefix ({len(data)} bytes) holds no whole coded step; the header "
+                    f"alone is {hsize} bytes")
+        return _Source(header, params, payload, hsize, upto_step or K, packets, complete)
 
-    def _latents(self, header, params, packets, bar=None):
-        """Yield (coded step s, latents x float64 [N, C, H, W], chain step k of x), each
-        verified against the encoder's CRC. Run inside :func:`deterministic`."""
+    def _latents(self, src: "_Source", bar=None):
+        """Yield (coded step s, latents x float64 [N, C, H, W], chain step k of x, payload
+        bytes that hold the steps so far), each verified against the encoder's check; set
+        ``src.complete`` when the file's last step was read. Run inside
+        :func:`deterministic`."""
+        header, params = src.header, src.params
         model = self.model
         diffusion = chain_for(header, model, params.chain_rule, params.chain_variances)
         n, dims, K = header.num_images, header.dims, header.num_steps
         batches = header.batches()
         index_model = ch.IndexModel(params.channel)
         last_level: list = [None] * n
+        if src.packets is not None:
+            ends = packet_ends(src.payload, params.framing)
+            readers = ((ch.SymbolReader(coder.QueueReader(words)), crc)
+                       for crc, words in src.packets)
+        else:
+            stream = arith.ArithDecoder(src.payload)
+            reader = ch.SymbolReader(stream)
         x = None
-        for s, (crc, words) in enumerate(packets):
+        for s in range(src.limit if src.packets is None else len(src.packets)):
+            if src.packets is not None:
+                reader, crc = next(readers)
+            elif s > 0:
+                try:
+                    more = stream.categorical(_end_probs()) == 0
+                except arith.Exhausted:
+                    return
+                if not more:
+                    self._finish(src, stream)
+                    return
             plan = _plan(model, diffusion, s, x, batches, n, dims)
-            reader = ch.SymbolReader(words)
             x_new = np.empty((n, dims))
-            for i in range(n):
-                var_p, hint = plan.var_p[i], plan.kl_hint
-                if s > 0 and params.variance == "fit":
-                    level = reader.exp_golomb(MAX_LEVEL_EXPONENT, level_octave_probs(last_level[i]))
-                    if level > MAX_LEVEL:
-                        raise DDPMCodecError(f"corrupt file: a variance level of {level} at coded step {s + 1}")
-                    last_level[i] = level
-                    var_p = np.full(dims, level_variance(plan.var_q, level))
-                    hint = level_kl_hint(level, dims)
-                x_new[i] = ch.decode_gaussian(reader, plan.mean_p[i], var_p, params.channel,
-                                              header.seed, (i, s), hint, index_model)
-                if bar is not None:
-                    bar.update(1)
+            try:
+                for i in range(n):
+                    var_p, hint = plan.var_p[i], plan.kl_hint
+                    if s > 0 and params.variance == "fit":
+                        level = reader.exp_golomb(MAX_LEVEL_EXPONENT, level_octave_probs(last_level[i]))
+                        if level > MAX_LEVEL:
+                            raise DDPMCodecError(f"corrupt file: a variance level of {level} at coded step {s + 1}")
+                        last_level[i] = level
+                        var_p = np.full(dims, level_variance(plan.var_q, level))
+                        hint = level_kl_hint(level, dims)
+                    x_new[i] = ch.decode_gaussian(reader, plan.mean_p[i], var_p, params.channel,
+                                                  header.seed, (i, s), hint, index_model)
+                    if bar is not None:
+                        bar.update(1)
+                if src.packets is None:
+                    crc = reader.uniform_bits(params.check_bits)
+            except arith.Exhausted:
+                return
             x = torch.from_numpy(x_new).reshape(n, *header.image_shape)
-            if latent_crc(x, params.framing) != crc:
+            ok = (latent_crc(x, params.framing) == crc if src.packets is not None
+                  else latent_check(x, params.check_bits) == crc)
+            if not ok:
                 raise DDPMCodecError(
                     f"decoding failed at coded step {s + 1}: the latents do not match the "
                     f"encoder's (corrupt file, or a different device, library or model "
                     f"evaluated the network)")
-            yield s, x, K - 1 - s
+            used = ends[s] if src.packets is not None else stream.bytes_used()
+            src.steps, src.used = s + 1, used
+            yield s, x, K - 1 - s, used
+        if src.packets is None and src.limit == K:
+            self._finish(src, stream)
+
+    @staticmethod
+    def _finish(src: "_Source", stream: arith.ArithDecoder) -> None:
+        """The stream's last symbol is read: the file is complete, and nothing may follow."""
+        used = stream.bytes_used()
+        if used != len(src.payload):
+            raise DDPMCodecError(f"corrupt file: {len(src.payload) - used} byte(s) after the "
+                                 f"end of the coded stream")
+        src.complete = True
+
+    def _decoded_any(self, src: "_Source", data_len: int) -> None:
+        if src.steps == 0:
+            raise DDPMCodecError(
+                f"the file prefix ({data_len} bytes) holds no whole coded step; the header "
+                f"alone is {src.hsize} bytes")
 
     def decode(self, data: bytes, *, progress: bool = False, upto_step: int | None = None,
                max_bytes: int | None = None, recon: str = "mean",
@@ -672,27 +769,28 @@ class ProgressiveCodec(Codec):
         latter two run ``recon_steps`` network steps from the reached latent to t = 0)."""
         from ddpmcodec.progress import progress_bar
         _check_recons([recon])
-        header, params, payload, packets, complete, hsize = self._open(data, upto_step,
-                                                                       max_bytes)
+        src = self._open(data, upto_step, max_bytes)
+        header = src.header
         model = self.model
         n, K = header.num_images, header.num_steps
-        latents = []
+        latents, x, k = [], None, None
         with Timer() as timer, deterministic(model.device, header.num_threads), \
-                progress_bar(n * len(packets), "decode", "img-step", enabled=progress) as bar:
-            for s, x, k in self._latents(header, params, packets, bar):
+                progress_bar(n * src.limit, "decode", "img-step", enabled=progress) as bar:
+            for s, x, k, _ in self._latents(src, bar):
                 if keep_latents:
                     latents.append(x.clone())
-            diffusion = chain_for(header, model, params.chain_rule, params.chain_variances)
+            self._decoded_any(src, len(data) if max_bytes is None else min(len(data), max_bytes))
+            diffusion = chain_for(header, model, src.params.chain_rule, src.params.chain_variances)
             x0_hat = reconstruct(model, diffusion, x, k, header.batches(), recon, recon_steps,
                                  header.seed)
         images = from_model_space(x0_hat)
-        if len(packets) == (params.coded_steps or K) and recon == "mean":
+        if src.packets is not None and src.complete and len(src.packets) == (
+                src.params.coded_steps or K) and recon == "mean":
             verify_pixels(images, header)
-        used = hsize + packet_ends(payload, params.framing)[len(packets) - 1]
-        stats = CodecStats("progressive", n, header.dims, K, 8 * (used - hsize), 8 * hsize, 0.0,
+        stats = CodecStats("progressive", n, header.dims, K, 8 * src.used, 8 * src.hsize, 0.0,
                            float("nan"), timer.seconds,
-                           {"steps_decoded": len(packets), "t": int(header.timesteps[k]) + 1,
-                            "bytes_used": used, "complete": bool(complete and len(packets) == (params.coded_steps or K)),
+                           {"steps_decoded": src.steps, "t": int(header.timesteps[k]) + 1,
+                            "bytes_used": src.hsize + src.used, "complete": bool(src.complete),
                             "recon": recon})
         if keep_latents:
             stats.extra["latents"] = latents
@@ -704,21 +802,39 @@ class ProgressiveCodec(Codec):
         coded step: step, t, bytes_used (file prefix), images {recon: uint8 NHWC}."""
         from ddpmcodec.progress import progress_bar
         _check_recons(recons)
-        header, params, payload, packets, _, hsize = self._open(data, None, None)
+        src = self._open(data, None, None)
+        header = src.header
         model = self.model
-        diffusion = chain_for(header, model, params.chain_rule, params.chain_variances)
-        ends = packet_ends(payload, params.framing)
+        diffusion = chain_for(header, model, src.params.chain_rule, src.params.chain_variances)
         out = []
         with deterministic(model.device, header.num_threads), \
-                progress_bar(header.num_images * len(packets), "decode", "img-step",
+                progress_bar(header.num_images * src.limit, "decode", "img-step",
                              enabled=progress) as bar:
-            for s, x, k in self._latents(header, params, packets, bar):
+            for s, x, k, used in self._latents(src, bar):
                 images = {r: from_model_space(reconstruct(model, diffusion, x, k, header.batches(),
                                                           r, recon_steps, header.seed))
                           for r in recons}
                 out.append({"step": s + 1, "t": int(header.timesteps[k]) + 1,
-                            "bytes_used": hsize + ends[s], "images": images})
+                            "bytes_used": src.hsize + used, "images": images})
+        self._decoded_any(src, len(data))
         return out
+
+
+@dataclass
+class _Source:
+    """A parsed file or prefix: its header and parameters, the payload bytes present, the
+    header's size, how many coded steps to decode at most, the whole packets of a format
+    1-2 file (None: format 3's single stream), and what decoding found out."""
+
+    header: container.Header
+    params: ProgressiveParams
+    payload: bytes
+    hsize: int
+    limit: int
+    packets: list | None
+    complete: bool | None
+    steps: int = 0   # coded steps decoded so far
+    used: int = 0    # payload bytes that hold them
 
 
 def _check_recons(recons) -> None:
