@@ -75,11 +75,15 @@ def test_params_round_trip():
     with pytest.raises(DDPMCodecError, match="generator"):
         pg.ProgressiveParams(ChannelParams(), generator="gen").pack()
     # version 2 (fixed-width fields, the generator spelt out, float64 variances) still reads
-    gen = b"gen"
-    v2 = BlobWriter().u8(2).u16(41).u16(14).u8(18).u8(1).u8(len(gen)).raw(gen).u32(1234)
-    v2 = pack_variance_rule(v2, "explicit", (0.5, 0.25)).getvalue()
-    old = pg.ProgressiveParams.unpack(v2, 2)
-    assert (old.version, old.framing, old.chain_variances, old.generator) == (2, 1, (0.5, 0.25), "gen")
+    def v2_blob(gen: bytes) -> bytes:
+        w = BlobWriter().u8(2).u16(41).u16(14).u8(18).u8(1).u8(len(gen)).raw(gen).u32(1234)
+        return pack_variance_rule(w, "explicit", (0.5, 0.25)).getvalue()
+    old = pg.ProgressiveParams.unpack(v2_blob(GENERATOR_ID.encode()), 2)
+    assert (old.version, old.framing, old.chain_variances, old.generator) == \
+        (2, 1, (0.5, 0.25), GENERATOR_ID)
+    assert old.channel.generator == GENERATOR_ID  # the channel simulates with the file's
+    with pytest.raises(DDPMCodecError, match="generator"):
+        pg.ProgressiveParams.unpack(v2_blob(b"gen"), 2)
     with pytest.raises(DDPMCodecError):
         pg.ProgressiveParams(ChannelParams(10.1, 3.0, 18)).pack()
     with pytest.raises(DDPMCodecError):

@@ -15,15 +15,21 @@ El Gamal 2018), cut into chunks of bounded KL:
    the chi-square scatter of the per-dimension KL (standard deviation about 2-3 bits at
    B = 12 on CIFAR latents); the search budget follows each chunk's own KL.
 2. Candidates. Candidate n of chunk j is ``z_n = mean_p + sqrt(var_p) * eps_n`` with
-   eps_n ~ N(0, I) regenerated from (seed, image, step, chunk, n) alone: Philox-4x64
-   (numpy) keyed by the chunk, counter n * words_per_candidate / 4, Box-Muller on the
-   words (:func:`candidate_normals`). The sender scores candidates in blocks and never
-   stores them; the receiver regenerates only the selected one.
+   eps_n ~ N(0, I) regenerated from (seed, image, step, chunk, n) alone by the generator
+   that ChannelParams names: GENERATOR_ID (v1), Philox-4x64 (numpy) keyed by the chunk,
+   counter n * words_per_candidate / 4, Box-Muller on the words with the math library's
+   log, cos and sin (:func:`candidate_normals`); or GENERATOR_V2, a counter hash and
+   Box-Muller in exact IEEE float32 arithmetic, the same bits in numpy and torch on any
+   device, and faster (:mod:`ddpmcodec.codec.candidates`). The sender scores
+   candidates in blocks and never stores them; the receiver regenerates only the
+   selected one.
 3. Selection. With encoder-private arrival times T_n = E_1 + ... + E_n (E ~ Exp(1)), PFR
-   picks ``n* = argmin_n T_n / w(z_n)``, w = q/p. Among infinitely many candidates this
-   z_{n*} is an exact sample of q. The sender searches at most N_j = 2^ceil(D_j + m)
-   candidates (D_j: the chunk's KL in bits, m: the margin, capped at 2^max_log2 and at
-   MAX_CANDIDATE_DIMS normals), and
+   picks ``n* = argmin_n T_n / w(z_n)``, w = q/p (v1: :func:`pfr_select`, arrivals from
+   one generator across the chunks; v2: candidates.pfr_search, float32 scores, arrivals
+   from a generator per chunk, so that chunks may be searched in any order). Among
+   infinitely many candidates this z_{n*} is an exact sample of q. The sender searches at
+   most N_j = 2^ceil(D_j + m) candidates (D_j: the chunk's KL in bits, m: the margin,
+   capped at 2^max_log2 and at MAX_CANDIDATE_DIMS normals), and
    stops early, exactly, once no later candidate can win (possible when var_q < var_p,
    where w is bounded). The truncation is the only approximation: the selected sample's
    law differs from q only on the event that the exact PFR winner lies beyond N_j; its
@@ -37,24 +43,30 @@ El Gamal 2018), cut into chunks of bounded KL:
    the sample towards p.
 
 All symbols go through one constriction range coder (queue; first in, first out), so a
-stream holds steps in the order they were coded. All math here is float64 numpy.
-Only the candidate generator and the integer layout must agree bit for bit between the
-two sides; scores are encoder-only.
+stream holds steps in the order they were coded. All math here is float64 numpy (but
+v2's candidates, float32, and its scores). Only the candidate generator and the integer
+layout must agree bit for bit between the two sides; scores are encoder-only.
 
 Units: KL in bits unless a name says nats; d = number of dimensions of one target.
 """
 from __future__ import annotations
 
 import math
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ddpmcodec.codec import candidates as cand
 from ddpmcodec.codec import coder
 from ddpmcodec.errors import DDPMCodecError
 
 LN2 = math.log(2.0)
 GENERATOR_ID = "philox4x64-boxmuller-v1"
+GENERATOR_V2 = cand.GENERATOR_V2  # "hash-bmpoly-v2"
+GENERATORS = (GENERATOR_ID, GENERATOR_V2)
 _TWO32 = 2.0 ** -32
 _TWO24_2PI = np.float32(2.0 ** -24 * 2.0 * math.pi)
 _SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
@@ -121,6 +133,23 @@ def candidate_normals(key: np.ndarray, start: int, count: int, dims: int) -> np.
     np.multiply(r, np.sin(theta), out=out[:, 1])
     out = out.reshape(count, 2 * half)
     return out[:, :dims]
+
+
+def generator_check(generator: str = GENERATOR_ID) -> int:
+    """CRC-32 of a fixed set of candidates of ``generator``, for a file to record: a
+    decoder whose candidates differ fails it before any work. v1 depends on numpy's Philox
+    and on the math library's log, cos and sin, so the check guards against another
+    machine or library; v2 is exact IEEE float32 and integer arithmetic, the same on every
+    machine and device (no device-kind guard needed), so its check only catches a broken
+    implementation."""
+    key = derive_key(12345, 6, 7)
+    if generator == GENERATOR_ID:
+        data = np.ascontiguousarray(candidate_normals(key, 3, 2, 7), dtype="<f8")
+    elif generator == GENERATOR_V2:
+        data = np.ascontiguousarray(cand.normals_numpy(int(key[0]), 3, 2, 7), dtype="<f4")
+    else:
+        raise DDPMCodecError(f"unknown candidate generator {generator!r}")
+    return zlib.crc32(data.tobytes()) & 0xFFFFFFFF
 
 
 def shared_permutation(key: np.ndarray, dims: int) -> np.ndarray:
@@ -360,11 +389,15 @@ class ChannelParams:
     chunk_bits: B, the KL per chunk the layout aims at (bits).
     margin_bits: m, candidates searched per chunk N_j = 2^ceil(D_j + m).
     max_log2: the search never goes beyond 2^max_log2 candidates; also the index alphabet.
+    generator: the candidate generator, one of GENERATORS. The default is v1 because
+    callers that name none (the progressive codec today: its files record GENERATOR_ID)
+    must keep decoding their files; GENERATOR_V2 is the faster one for new streams.
     """
 
     chunk_bits: float = 12.0
     margin_bits: float = 6.0
     max_log2: int = 24
+    generator: str = GENERATOR_ID
 
     def validate(self) -> "ChannelParams":
         if not (1.0 <= self.chunk_bits <= 32.0):
@@ -373,6 +406,9 @@ class ChannelParams:
             raise DDPMCodecError(f"the candidate margin must be between 0 and 24 bits, got {self.margin_bits}")
         if not (1 <= self.max_log2 <= MAX_LOG2_CANDIDATES):
             raise DDPMCodecError(f"max log2 candidates must be 1..{MAX_LOG2_CANDIDATES}, got {self.max_log2}")
+        if self.generator not in GENERATORS:
+            raise DDPMCodecError(f"unknown candidate generator {self.generator!r} "
+                                 f"(known: {', '.join(GENERATORS)})")
         return self
 
 
@@ -385,7 +421,7 @@ class ChannelStats:
     chunk_kl: list = field(default_factory=list)      # bits per chunk
     index_bits: list = field(default_factory=list)    # ideal code length per chunk
     side_bits: float = 0.0
-    searched: int = 0                    # candidates scored
+    searched: int = 0                    # candidates scored (v2: up to its exact stop)
     exact_chunks: int = 0                # chunks whose search stopped exactly
     saturated_chunks: int = 0            # chunks whose winner lies in the top half of the budget
 
@@ -426,7 +462,8 @@ def octave(n: int) -> int:
 class _ChunkPlan:
     """What both sides derive from the integer KL of one Gaussian before any index: the
     chunks (dimension indices of the flattened target, by the shared permutation), the
-    mean chunk KL (bits) and context of the index model, and the chunks' keys."""
+    mean chunk KL (bits) and context of the index model, the chunks' keys and the
+    candidate generator."""
 
     groups: list            # int64 arrays of dimension indices, one per chunk
     mean_bits: float
@@ -434,6 +471,8 @@ class _ChunkPlan:
     model: IndexModel
     key_seed: int
     key_path: tuple
+    generator: str
+    path_hash: int          # derive_key's hash of (key_seed, *key_path), before the chunk
 
     @classmethod
     def make(cls, q_int: int, params: ChannelParams, dims: int, key_seed: int, key_path: tuple,
@@ -441,12 +480,20 @@ class _ChunkPlan:
         J = layout(q_int, params, dims)  # bounded by dims whatever a corrupt stream claims
         perm = shared_permutation(derive_key(key_seed, *key_path, 0xC0FFEE), dims)
         model = index_model if index_model is not None else IndexModel(params)
+        path_hash = _mix64(int(key_seed) + _SPLITMIX_GAMMA)
+        for c in key_path:
+            path_hash = _mix64(path_hash ^ _mix64(int(c) + _SPLITMIX_GAMMA))
         return cls([perm[a:b] for a, b in chunk_slices(dims, J)], q_int / J, int(J > 1),
-                   model, key_seed, key_path)
+                   model, key_seed, key_path, params.generator, path_hash)
 
     def key(self, j: int) -> np.ndarray:
         """The Philox key of chunk j's candidates."""
         return derive_key(self.key_seed, *self.key_path, j + 1)
+
+    def v2_key(self, j: int) -> int:
+        """The 64-bit key of chunk j's v2 candidates: the first word of its Philox key
+        (derive_key's hash, continued from the path's)."""
+        return _mix64(self.path_hash ^ _mix64(j + 1 + _SPLITMIX_GAMMA))
 
     def octave_probs(self) -> np.ndarray:
         return self.model.probs(self.mean_bits, self.context)
@@ -455,23 +502,88 @@ class _ChunkPlan:
         """Both sides, after each chunk's index: the adaptive model learns its octave."""
         self.model.update(octave(index), self.mean_bits, self.context)
 
-    def place(self, out: np.ndarray, j: int, index: int, mp: np.ndarray, vp: np.ndarray) -> None:
-        """Write candidate ``index`` of chunk j (mean_p + sqrt(var_p) * eps) into ``out``."""
-        idx = self.groups[j]
-        eps = candidate_normals(self.key(j), index, 1, len(idx))[0]
-        out[idx] = mp[idx] + np.sqrt(vp[idx]) * eps
+    def place(self, out: np.ndarray, indices: list, mp: np.ndarray, vp: np.ndarray) -> None:
+        """Write candidate indices[j] of every chunk j (mean_p + sqrt(var_p) * eps) into
+        ``out`` (v2: all chunks' normals in one pass of the generator)."""
+        if self.generator == GENERATOR_ID:
+            for j, (idx, n) in enumerate(zip(self.groups, indices)):
+                eps = candidate_normals(self.key(j), n, 1, len(idx))[0]
+                out[idx] = mp[idx] + np.sqrt(vp[idx]) * eps
+            return
+        if not self.groups:
+            return
+        eps = cand.chunk_normals_numpy([self.v2_key(j) for j in range(len(self.groups))],
+                                       indices, [len(idx) for idx in self.groups])
+        idx = np.concatenate(self.groups)
+        out[idx] = mp[idx] + np.sqrt(vp[idx]) * eps.astype(np.float64)
+
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _search_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` chunk-search threads (made once)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="pfr-search")
+        return pool
+
+
+def _search_backend(search_device: str | None) -> tuple[str, str]:
+    """(backend, device) of candidates.pfr_search for ``search_device``: None or "cpu":
+    numpy; "torch:DEVICE" (e.g. "torch:cpu"): torch on DEVICE; any other torch device
+    ("cuda", "cuda:1", ...): torch on it."""
+    if search_device is None or search_device == "cpu":
+        return "numpy", "cpu"
+    if search_device.startswith("torch:"):
+        return "torch", search_device[len("torch:"):]
+    return "torch", search_device
+
+
+def _search_chunks(plan: _ChunkPlan, chunks: list, private_rng: np.random.Generator,
+                   search_device: str | None, search_threads: int) -> list:
+    """The Selection of every chunk; ``chunks``: (alpha, beta, const, budget) each.
+
+    v1: :func:`pfr_select` in chunk order, the arrival times from ``private_rng`` in
+    sequence. v2: chunk j's arrival times come from its own generator, seeded by (one
+    draw of ``private_rng``, j), so the chunks may be searched in any order: in parallel
+    on ``search_threads`` threads, on ``search_device``."""
+    backend, device = _search_backend(search_device)
+    if plan.generator == GENERATOR_ID:
+        if backend != "numpy":
+            raise DDPMCodecError(f"{GENERATOR_ID} candidates are searched with numpy only, "
+                                 f"not on {search_device!r}")
+        return [pfr_select(a, b, c, plan.key(j), budget, private_rng)
+                for j, (a, b, c, budget) in enumerate(chunks)]
+    seed = int(private_rng.integers(0, 1 << 63))
+
+    def search(j: int) -> Selection:
+        a, b, c, budget = chunks[j]
+        return cand.pfr_search(a, b, c, plan.v2_key(j), budget, (seed, j), backend, device)
+
+    if search_threads > 1 and len(chunks) > 1:
+        return list(_search_pool(search_threads).map(search, range(len(chunks))))
+    return [search(j) for j in range(len(chunks))]
 
 
 def encode_gaussian(writer: SymbolWriter, mean_q, var_q, mean_p, var_p, params: ChannelParams,
                     key_seed: int, key_path: tuple, private_rng: np.random.Generator,
                     stats: ChannelStats | None = None, kl_hint: float | None = None,
-                    index_model: IndexModel | None = None) -> np.ndarray:
+                    index_model: IndexModel | None = None, search_device: str | None = None,
+                    search_threads: int = 1) -> np.ndarray:
     """Send a sample of q = N(mean_q, var_q) to a receiver that knows p = N(mean_p, var_p)
     (float64 arrays of one shape, var_* > 0); return that sample (float64, q's shape),
     exactly as :func:`decode_gaussian` will regenerate it.
 
     ``key_seed`` and ``key_path`` (a tuple of ints, e.g. (image, step)) name the shared
-    randomness; a path must never be reused within a stream.
+    randomness; a path must never be reused within a stream. Encoder-only options of a
+    v2 generator (the stream does not depend on them): ``search_device`` (None or "cpu":
+    numpy; a torch device such as "cuda", or "torch:cpu": torch there) and
+    ``search_threads`` (chunks searched at once on a thread pool; numpy releases the GIL
+    in its loops, yet on the 2-core machine of benchmarks/bench_candidates.py a second
+    thread gained nothing on cache-sized blocks, hence the default 1).
     """
     shape = np.shape(mean_p)
     mq, vq, mp, vp = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape).reshape(-1)
@@ -492,11 +604,12 @@ def encode_gaussian(writer: SymbolWriter, mean_q, var_q, mean_p, var_p, params: 
     st = stats if stats is not None else ChannelStats()
     st.kl_bits += total
     st.num_chunks += len(plan.groups)
-    for j, idx in enumerate(plan.groups):
-        alpha, beta, const = score_coefficients(mq[idx], vq[idx], mp[idx], vp[idx])
-        d_j = float(kl[idx].sum())
-        budget = 1 << _budget_log2(d_j, params, len(idx))
-        sel = pfr_select(alpha, beta, const, plan.key(j), budget, private_rng)
+    chunk_kl = [float(kl[idx].sum()) for idx in plan.groups]
+    chunks = [(*score_coefficients(mq[idx], vq[idx], mp[idx], vp[idx]),
+               1 << _budget_log2(d_j, params, len(idx))) for idx, d_j in zip(plan.groups, chunk_kl)]
+    selections = _search_chunks(plan, chunks, private_rng, search_device, search_threads)
+    # the indices go to the stream, and the index model learns them, in chunk order
+    for sel, d_j, (*_, budget) in zip(selections, chunk_kl, chunks):
         before = writer.bits.get("index", 0.0)
         writer.index(sel.index, plan.octave_probs())
         plan.update(sel.index)
@@ -505,7 +618,7 @@ def encode_gaussian(writer: SymbolWriter, mean_q, var_q, mean_p, var_p, params: 
         st.searched += sel.searched
         st.exact_chunks += int(sel.exact)
         st.saturated_chunks += int(not sel.exact and sel.index >= budget // 2 and budget > 1)
-        plan.place(out, j, sel.index, mp, vp)
+    plan.place(out, [sel.index for sel in selections], mp, vp)
     st.side_bits += writer.bits.get("side", 0.0) - start_bits.get("side", 0.0)
     return out.reshape(shape)
 
@@ -522,8 +635,9 @@ def decode_gaussian(reader: SymbolReader, mean_p, var_p, params: ChannelParams,
     q_int = reader.exp_golomb() if kl_hint is None else hint_to_int(kl_hint)
     plan = _ChunkPlan.make(q_int, params, dims, key_seed, key_path, index_model)
     out = np.empty(dims)
-    for j in range(len(plan.groups)):
-        n = reader.index(plan.octave_probs())
-        plan.update(n)
-        plan.place(out, j, n, mp, vp)
+    indices = []
+    for _ in plan.groups:
+        indices.append(reader.index(plan.octave_probs()))
+        plan.update(indices[-1])
+    plan.place(out, indices, mp, vp)
     return out.reshape(shape)

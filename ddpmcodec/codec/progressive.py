@@ -74,7 +74,8 @@ from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.data import from_model_space, to_model_space
 
 PARAMS_VERSION = 3   # 3: compact fields, compact packets, coded_steps; 1 and 2 still decode
-GENERATORS = (ch.GENERATOR_ID,)  # version 3 names the generator by its index + 1
+GENERATORS = ch.GENERATORS  # version 3 names the generator by its index + 1
+DEFAULT_GENERATOR = ch.GENERATOR_V2  # format 3; formats 1-2 were written with v1
 DEFAULT_STEPS = 16
 DEFAULT_CHUNK_BITS = 12.0
 DEFAULT_MARGIN_BITS = 2.0
@@ -83,9 +84,14 @@ SCHEDULE_OFFSET = container.GEOMETRIC_OFFSET
 VARIANCES = ("fit", "model")
 RECONS = ("mean", "sample", "flow")
 DEFAULT_RECON_STEPS = 20
-LEVELS_PER_NAT = 256        # fine enough that the KL implied by a level is within ~4 bits
+LEVELS_PER_NAT = 256        # formats 1-2: the KL implied by a level is within ~4 bits
+# Format 3: a quarter of that. Half a level's error in log var_p adds at most
+# dims / 4 * (1 / 128)^2 nats of KL (0.07 bits for CIFAR, 0.02 on average) and saves two
+# mantissa bits per image and step; the implied KL is then within ~17 bits, which only
+# moves the chunk layout by a chunk or so.
+LEVELS_PER_NAT_COMPACT = 64
 MAX_LEVEL_EXPONENT = 13     # exp-Golomb octaves of variance levels
-MAX_LEVEL = 40 * LEVELS_PER_NAT  # var_p / var_q <= e^40: far beyond any real step
+MAX_LEVEL_NATS = 40         # var_p / var_q <= e^40: far beyond any real step
 _PRIVATE_TAG = 0xA11
 DEFAULT_CHECK_BITS = 8     # per coded step: a check of its latents (format 3)
 MAX_CHECK_BITS = 32
@@ -106,13 +112,6 @@ def coded_schedule(num_timesteps: int, steps: int, offset: float = SCHEDULE_OFFS
 
 
 # -- parameters in the header ---------------------------------------------------------------
-def generator_check() -> int:
-    """CRC-32 of a fixed set of candidates: a decoder whose generator differs (numpy
-    version, math library) fails this before any work, with a clear error."""
-    eps = ch.candidate_normals(ch.derive_key(12345, 6, 7), 3, 2, 7)
-    return container.crc32(np.ascontiguousarray(eps, dtype="<f8").tobytes())
-
-
 @dataclass(frozen=True)
 class ProgressiveParams:
     """The progressive codec's ``params`` blob: channel constants, the proposal's variance
@@ -121,13 +120,19 @@ class ProgressiveParams:
 
     channel: ch.ChannelParams
     variance: str = "fit"
-    generator: str = ch.GENERATOR_ID
+    generator: str = DEFAULT_GENERATOR
     generator_crc: int = 0
     chain_rule: str = "model"
     chain_variances: tuple | None = None
     coded_steps: int | None = None  # packets in a format 2 file (None: every step)
     version: int = PARAMS_VERSION
     check_bits: int = DEFAULT_CHECK_BITS  # format 3: bits of each coded step's latent check
+
+    def __post_init__(self):
+        # the channel simulates with the generator the file names
+        if self.channel.generator != self.generator:
+            object.__setattr__(self, "channel",
+                               dataclasses.replace(self.channel, generator=self.generator))
 
     def validate(self) -> "ProgressiveParams":
         self.channel.validate()
@@ -156,10 +161,11 @@ class ProgressiveParams:
 
     def generator_matches(self) -> bool:
         """Whether this machine's candidate generator is the file's (version 3 keeps 16
-        bits of the check: a miss is still caught by the first packet's latent CRC)."""
-        check = generator_check()
-        return (self.generator == ch.GENERATOR_ID
-                and self.generator_crc == (check if self.version < 3 else check & 0xFFFF))
+        bits of the check: a miss is still caught by the first step's latent check)."""
+        if self.generator not in GENERATORS:
+            return False
+        check = ch.generator_check(self.generator)
+        return self.generator_crc == (check if self.version < 3 else check & 0xFFFF)
 
     def pack(self) -> bytes:
         """Version 3: u8 version, u8 flags, [v chunk bits x4], [v margin x4], [u8 max_log2],
@@ -340,22 +346,23 @@ def _network_p(model, diffusion, x: torch.Tensor, k: int, batches) -> dict:
 
 
 # -- the fitted proposal variance ------------------------------------------------------------
-def level_variance(var_q: float, level: int) -> float:
-    """The proposal variance of a fitted level: var_q * e^(level / 256)."""
-    return var_q * math.exp(level / LEVELS_PER_NAT)
+def level_variance(var_q: float, level: int, per_nat: int = LEVELS_PER_NAT) -> float:
+    """The proposal variance of a fitted level: var_q * e^(level / per_nat)."""
+    return var_q * math.exp(level / per_nat)
 
 
-def fitted_level(mean_q: np.ndarray, var_q: float, mean_p: np.ndarray) -> int:
-    """The variance level l >= 0 (var_p = var_q e^{l/256}) that minimises the KL: the
+def fitted_level(mean_q: np.ndarray, var_q: float, mean_p: np.ndarray,
+                 per_nat: int = LEVELS_PER_NAT) -> int:
+    """The variance level l >= 0 (var_p = var_q e^{l/per_nat}) that minimises the KL: the
     better of the two levels around the optimum var_q + mean((mean_q - mean_p)^2)."""
     v = float(np.mean((mean_q - mean_p) ** 2))
-    x = LEVELS_PER_NAT * math.log1p(v / var_q)
+    x = per_nat * math.log1p(v / var_q)
     best, best_kl = 0, math.inf
     for lvl in {max(0, math.floor(x)), max(0, math.ceil(x))}:
-        kl = float(ch.kl_bits(mean_q, var_q, mean_p, level_variance(var_q, lvl)).sum())
+        kl = float(ch.kl_bits(mean_q, var_q, mean_p, level_variance(var_q, lvl, per_nat)).sum())
         if kl < best_kl:
             best, best_kl = lvl, kl
-    if best > MAX_LEVEL:
+    if best > MAX_LEVEL_NATS * per_nat:
         raise DDPMCodecError("the fitted variance is out of range for this file format")
     return best
 
@@ -372,9 +379,9 @@ def level_octave_probs(previous: int | None) -> np.ndarray:
     return p / p.sum()
 
 
-def level_kl_hint(level: int, dims: int) -> float:
-    """KL (bits) implied by a fitted level: dims * l / (2 * 256) nats."""
-    return dims * level / (2.0 * LEVELS_PER_NAT) / ch.LN2
+def level_kl_hint(level: int, dims: int, per_nat: int = LEVELS_PER_NAT) -> float:
+    """KL (bits) implied by a fitted level: dims * l / (2 * per_nat) nats."""
+    return dims * level / (2.0 * per_nat) / ch.LN2
 
 
 @dataclass
@@ -487,7 +494,8 @@ class ProgressiveCodec(Codec):
                margin_bits: float = DEFAULT_MARGIN_BITS, max_log2: int = DEFAULT_MAX_LOG2,
                variance: str = "fit", keep_latents: bool = False, chain=None,
                max_bytes: int | None = None, bpp: float | None = None,
-               psnr: float | None = None, check_bits: int = DEFAULT_CHECK_BITS) -> Encoded:
+               psnr: float | None = None, check_bits: int = DEFAULT_CHECK_BITS,
+               generator: str = DEFAULT_GENERATOR, search_device: str | None = None) -> Encoded:
         """Compress ``images`` (uint8 NHWC). ``steps`` = K coded latents (default 16) on
         :func:`coded_schedule`, or the latents of ``chain`` (a Diffusion on the model's
         schedule from t = 0 to T - 1, whose reverse variance the ``model`` proposal uses).
@@ -526,8 +534,11 @@ class ProgressiveCodec(Codec):
                                      "2 steps")
             K, diffusion = chain.num_steps, quantized_chain(chain, model)
             timesteps = tuple(int(t) for t in chain.timesteps)
+        if generator not in GENERATORS:
+            raise DDPMCodecError(f"unknown candidate generator {generator!r} (known: "
+                                 f"{', '.join(GENERATORS)})")
         params = ProgressiveParams(ch.ChannelParams(float(chunk_bits), float(margin_bits), int(max_log2)),
-                                   variance, ch.GENERATOR_ID, generator_check(),
+                                   variance, generator, ch.generator_check(generator),
                                    *variance_rule_of(diffusion, model),
                                    check_bits=int(check_bits)).validate()
         header = container.compact(new_header("progressive", model, n, batch_size, seed,
@@ -544,6 +555,7 @@ class ProgressiveCodec(Codec):
         x = None
         index_model = ch.IndexModel(params.channel)
         last_level: list = [None] * n
+        per_nat = LEVELS_PER_NAT_COMPACT
         plan, reached = None, None
         with Timer() as timer, deterministic(model.device, header.num_threads), \
                 progress_bar(n * K, "encode", "img-step", enabled=progress) as bar:
@@ -563,16 +575,16 @@ class ProgressiveCodec(Codec):
                         var_q = plan.var_q
                         before = sum(writer.bits.values())
                         if s > 0 and params.variance == "fit":
-                            level = fitted_level(mean_q[i], var_q, plan.mean_p[i])
+                            level = fitted_level(mean_q[i], var_q, plan.mean_p[i], per_nat)
                             writer.exp_golomb(level, "side", MAX_LEVEL_EXPONENT,
                                               level_octave_probs(last_level[i]))
                             last_level[i] = level
-                            var_p = np.full(dims, level_variance(var_q, level))
-                            hint = level_kl_hint(level, dims)
+                            var_p = np.full(dims, level_variance(var_q, level, per_nat))
+                            hint = level_kl_hint(level, dims, per_nat)
                         x_new[i] = ch.encode_gaussian(
                             writer, mean_q[i], var_q, plan.mean_p[i], var_p, params.channel,
                             header.seed, (i, s), _private_rng(header.seed, i, s), stats, hint,
-                            index_model)
+                            index_model, search_device=search_device)
                         model_kl = float(ch.kl_bits(mean_q[i], var_q, plan.mean_p[i], plan.var_p[i]).sum())
                         per.append({"kl_bits": stats.kl_bits, "model_kl_bits": model_kl,
                                     "code_bits": sum(writer.bits.values()) - before,
@@ -693,6 +705,7 @@ class ProgressiveCodec(Codec):
         batches = header.batches()
         index_model = ch.IndexModel(params.channel)
         last_level: list = [None] * n
+        per_nat = LEVELS_PER_NAT if src.packets is not None else LEVELS_PER_NAT_COMPACT
         if src.packets is not None:
             ends = packet_ends(src.payload, params.framing)
             readers = ((ch.SymbolReader(coder.QueueReader(words)), crc)
@@ -719,11 +732,11 @@ class ProgressiveCodec(Codec):
                     var_p, hint = plan.var_p[i], plan.kl_hint
                     if s > 0 and params.variance == "fit":
                         level = reader.exp_golomb(MAX_LEVEL_EXPONENT, level_octave_probs(last_level[i]))
-                        if level > MAX_LEVEL:
+                        if level > MAX_LEVEL_NATS * per_nat:
                             raise DDPMCodecError(f"corrupt file: a variance level of {level} at coded step {s + 1}")
                         last_level[i] = level
-                        var_p = np.full(dims, level_variance(plan.var_q, level))
-                        hint = level_kl_hint(level, dims)
+                        var_p = np.full(dims, level_variance(plan.var_q, level, per_nat))
+                        hint = level_kl_hint(level, dims, per_nat)
                     x_new[i] = ch.decode_gaussian(reader, plan.mean_p[i], var_p, params.channel,
                                                   header.seed, (i, s), hint, index_model)
                     if bar is not None:
