@@ -1,18 +1,20 @@
 """Progressive files of one image each, every truncation point, beside the classical codecs.
 
-    python benchmarks/bench_progressive_files.py --first 0 --count 32 \
-        --json benchmarks/results/progressive_files_test0-31.json \
+    python benchmarks/bench_progressive_files.py --first 0 --count 32 --shared-file \
+        --before 4 --json benchmarks/results/progressive_files_test0-31.json \
         --figure reports/progressive_files.png
 
 Encodes each image of ../shared/data/cifar10-test-800.npz [first, first+count) as its own
-file with the codec's defaults (`ddpmcodec encode --progressive`), decodes every whole-packet
-prefix (each checked bit for bit against the encoder's latents) and records, per coded
-step, the whole-file bits per pixel of that prefix (bpp = 3 x bits/dim; the prefix's
-header included), the summed KL of the steps sent, and the PSNR of the mean
-reconstruction. Beside it, the same images through WebP, JPEG and AVIF (Pillow, quality 1
-to 100) and JPEG-XL (imagecodecs, when installed, distances 0.1 to 15), whole files.
-The table compares the mean curves at equal PSNR; `--render` redraws table and figure from
-a results file.
+file with the codec's defaults (`ddpmcodec encode --progressive`), decodes every truncation
+point's prefix (each checked bit for bit against the encoder's latents) and records, per
+coded step, the whole-file bits per pixel of that prefix (bpp = 3 x bits/dim; the
+prefix's header included), the summed KL of the steps sent, and the PSNR of the mean
+reconstruction. ``--shared-file`` also codes all the images as one file (bpp per image).
+Beside them, the same images through WebP, JPEG and AVIF (Pillow, quality 1 to 100) and
+JPEG-XL (imagecodecs, when installed, distances 0.1 to 15), whole files. ``--before N``
+times the first N images with the previous candidate generator and search (generator
+v1, the default before format 3) in the same run. The table compares the mean curves at
+equal PSNR; `--render` redraws table and figure from a results file.
 """
 from __future__ import annotations
 
@@ -62,30 +64,30 @@ def classical(image: np.ndarray) -> dict:
     return out
 
 
-def encode_file(codec, images: np.ndarray) -> dict:
+def encode_file(codec, images: np.ndarray, **options) -> dict:
     """One progressive file of ``images``: per coded step, bpp of the prefix (per image),
-    summed KL bpp and PSNR of each image's mean reconstruction."""
+    summed KL bpp and PSNR of each image's mean reconstruction, each prefix decoded from
+    exactly its bytes."""
     from ddpmcodec.codec import container
-    from ddpmcodec.codec.progressive import packet_ends
     n, h, w, _ = images.shape
     t0 = time.perf_counter()
-    enc = codec.encode(images)
+    enc = codec.encode(images, **options)
     t_enc = time.perf_counter() - t0
     t0 = time.perf_counter()
-    steps = codec.decode_every_step(enc.data)  # every prefix, latents checked bit for bit
+    steps = codec.decode_every_step(enc.data)  # latents checked bit for bit
     t_dec = time.perf_counter() - t0
-    _, payload = container.unpack(enc.data)
-    hsize = len(enc.data) - len(payload)
-    ends = packet_ends(payload)
+    hsize = container.header_size(enc.header, 0)
+    ends = [row["prefix_bytes"] for row in enc.stats.extra["steps"]]
+    assert [st["bytes_used"] for st in steps] == ends and ends[-1] == len(enc.data)
     kl = np.cumsum([sum(im["kl_bits"] for im in row["images"]) for row in enc.stats.extra["steps"]])
     rows = []
     for s, st in enumerate(steps):
         rec = st["images"]["mean"]
-        rows.append({"step": s + 1, "t": st["t"], "file_bytes": hsize + ends[s],
-                     "bpp": 8 * (hsize + ends[s]) / (n * h * w), "kl_bpp": kl[s] / (n * h * w),
+        if s in (0, len(steps) // 2, len(steps) - 1):  # the prefix alone gives the same image
+            assert np.array_equal(codec.decode(enc.data[:ends[s]]).images, rec)
+        rows.append({"step": s + 1, "t": st["t"], "file_bytes": ends[s],
+                     "bpp": 8 * ends[s] / (n * h * w), "kl_bpp": kl[s] / (n * h * w),
                      "psnr": [psnr(rec[i], images[i]) for i in range(n)]})
-    final = codec.decode(enc.data).images  # pixel checksum of the full-rate reconstruction
-    assert np.array_equal(final, steps[-1]["images"]["mean"])
     return {"images": n, "header_bytes": hsize, "file_bytes": len(enc.data),
             "encode_s": t_enc, "decode_every_step_s": t_dec, "steps": rows}
 
@@ -114,17 +116,30 @@ def summarise(results: dict) -> dict:
     kl = mean_curve([[(r["kl_bpp"], r["psnr"][0]) for r in f["steps"]] for f in files])
     base = {name: mean_curve([c[name] for c in results["classical"]])
             for name in results["classical"][0]}
+    shared = results.get("shared_file")
+    shared_curve = ([(r["bpp"], float(np.mean(r["psnr"]))) for r in shared["steps"]]
+                    if shared else None)
     rows = []
     for target in range(22, 41, 2):
         row = {"psnr": target, "ddpmcodec": bpp_at(ours, target), "summed_kl": bpp_at(kl, target)}
+        if shared_curve:
+            row["shared_file"] = bpp_at(shared_curve, target)
         row.update({name: bpp_at(c, target) for name, c in base.items()})
         rows.append(row)
-    return {"ours": ours, "kl": kl, "classical": base, "at_psnr": rows}
+    # whole file over summed KL at each truncation point (mean bits over the files)
+    over = [{"step": s + 1, "bpp": float(np.mean([f["steps"][s]["bpp"] for f in files])),
+             "kl_bpp": float(np.mean([f["steps"][s]["kl_bpp"] for f in files])),
+             "psnr": float(np.mean([f["steps"][s]["psnr"][0] for f in files]))}
+            for s in range(min(len(f["steps"]) for f in files))]
+    for o in over:
+        o["file_over_kl"] = o["bpp"] / o["kl_bpp"] if o["kl_bpp"] > 0 else None
+    return {"ours": ours, "kl": kl, "shared": shared_curve, "classical": base, "at_psnr": rows,
+            "over_kl": over}
 
 
 def table(results: dict) -> str:
     s = summarise(results)
-    names = ["ddpmcodec", "summed_kl"] + list(s["classical"])
+    names = ["ddpmcodec", "summed_kl"] + (["shared_file"] if s["shared"] else []) + list(s["classical"])
     lines = ["| PSNR (dB) | " + " | ".join(f"{n} bpp" for n in names) + " | ddpmcodec / webp |",
              "|" + "---:|" * (len(names) + 2)]
     for row in s["at_psnr"]:
@@ -136,6 +151,29 @@ def table(results: dict) -> str:
     lines += ["", f"{len(files)} single-image files: header {np.mean([f['header_bytes'] for f in files]):.1f} "
                   f"bytes, encode {np.mean([f['encode_s'] for f in files]):.1f} s per image, "
                   f"decode of every prefix {np.mean([f['decode_every_step_s'] for f in files]):.1f} s."]
+    shared = results.get("shared_file")
+    if shared:
+        lines.append(f"One file of the {shared['images']} images: {shared['file_bytes']} bytes, "
+                     f"header {shared['header_bytes']} bytes, encode "
+                     f"{shared['encode_s'] / shared['images']:.1f} s per image, decode of every "
+                     f"prefix {shared['decode_every_step_s'] / shared['images']:.2f} s per image.")
+    lines += ["", "| step | file bpp | summed KL bpp | file / KL | PSNR (dB) |", "|---:|---:|---:|---:|---:|"]
+    for o in s["over_kl"]:
+        ratio = "" if o["file_over_kl"] is None else f"{o['file_over_kl']:.2f}"
+        lines.append(f"| {o['step']} | {o['bpp']:.3f} | {o['kl_bpp']:.3f} | {ratio} | {o['psnr']:.2f} |")
+    before = results.get("before")
+    if before:
+        n = len(before["encode_s"])
+        after = [f["encode_s"] for f in files[:n]]
+        after_dec = [f["decode_every_step_s"] for f in files[:n]]
+        lines += ["", "| images 0..%d, one file each | encode s/image | decode every prefix s/image |" % (n - 1),
+                  "|---|---:|---:|",
+                  f"| before: {before['generator']} | {np.mean(before['encode_s']):.1f} | "
+                  f"{np.mean(before['decode_every_step_s']):.2f} |",
+                  f"| after: {results.get('generator', 'default')} | {np.mean(after):.1f} | "
+                  f"{np.mean(after_dec):.2f} |",
+                  f"| speed-up | {np.mean(before['encode_s']) / np.mean(after):.1f}x | "
+                  f"{np.mean(before['decode_every_step_s']) / np.mean(after_dec):.1f}x |"]
     return "\n".join(lines)
 
 
@@ -152,6 +190,9 @@ def figure(results: dict, path: str) -> None:
                 color="tab:blue", alpha=0.15, lw=0.8)
     ax.plot(*zip(*s["ours"]), "o-", color="tab:blue", label="ddpmcodec progressive (whole file)")
     ax.plot(*zip(*s["kl"]), "--", color="tab:blue", label="summed KL of the coded steps")
+    if s["shared"]:
+        ax.plot(*zip(*s["shared"]), "s-", color="tab:purple", ms=4,
+                label=f"ddpmcodec, one file of all {results['shared_file']['images']} images")
     colors = {"webp": "tab:orange", "jpeg": "tab:brown", "avif": "tab:green", "jpegxl": "tab:red"}
     for name, c in s["classical"].items():
         ax.plot(*zip(*sorted(c)), ".-", label=name, color=colors.get(name))
@@ -171,6 +212,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/cifar10-test-800.npz"))
     p.add_argument("--first", type=int, default=0)
     p.add_argument("--count", type=int, default=32)
+    p.add_argument("--shared-file", action="store_true",
+                   help="also code all the images as one file")
+    p.add_argument("--before", type=int, default=0, metavar="N",
+                   help="also time the first N images with the previous generator (v1)")
     p.add_argument("--json", help="write the results here (after every image)")
     p.add_argument("--figure", help="draw the curves here")
     p.add_argument("--render", metavar="JSON", help="only redraw table and figure from a results file")
@@ -180,7 +225,7 @@ def main(argv=None) -> int:
     else:
         import torch
 
-        from ddpmcodec.codec.progressive import ProgressiveCodec
+        from ddpmcodec.codec.progressive import ProgressiveCodec, ProgressiveParams
         from ddpmcodec.io.atomic import write_json_atomic
         from ddpmcodec.io.models import load_model
         images = np.load(a.data)["images"][a.first:a.first + a.count]
@@ -189,7 +234,10 @@ def main(argv=None) -> int:
         results = {"command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:])),
                    "data": a.data, "first": a.first, "model": model.fingerprint,
                    "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+                   "generator": ProgressiveParams.defaults().generator,
                    "files": [], "classical": []}
+        # warm up (imports, first network calls, numpy's first passes) before any timing
+        codec.decode_every_step(codec.encode(images[:1], steps=3).data)
         for i, im in enumerate(images):
             results["files"].append(encode_file(codec, im[None]))
             results["classical"].append(classical(im))
@@ -198,6 +246,18 @@ def main(argv=None) -> int:
                   f"encode {f['encode_s']:.1f} s", flush=True)
             if a.json:
                 write_json_atomic(a.json, results)
+        if a.shared_file:
+            results["shared_file"] = encode_file(codec, images)
+            print(f"one file of {len(images)} images: {results['shared_file']['file_bytes']} bytes",
+                  flush=True)
+        if a.before:
+            from ddpmcodec.codec.channel import GENERATOR_ID
+            runs = [encode_file(codec, im[None], generator=GENERATOR_ID) for im in images[:a.before]]
+            results["before"] = {"generator": GENERATOR_ID,
+                                 "encode_s": [r["encode_s"] for r in runs],
+                                 "decode_every_step_s": [r["decode_every_step_s"] for r in runs]}
+        if a.json:
+            write_json_atomic(a.json, results)
     print(table(results))
     if a.figure:
         figure(results, a.figure)

@@ -110,3 +110,21 @@ def test_cli_targets(capsys, tmp_path, tiny_ckpt, test_npz):
     code = main(["encode", str(test_npz), "-n", "1", "-o", str(f), "--lossless", "--bpp", "2",
                  "--ckpt", str(tiny_ckpt)])
     assert code == 1 and "--progressive" in capsys.readouterr().err
+
+
+def test_check_bits_and_search_device(tmp_path, tiny_ckpt, test_npz):
+    """--check-bits is recorded and used; --search-device torch:cpu (the torch search a GPU
+    runs) writes the very same file as the numpy search; a device torch lacks is a clear
+    error."""
+    f, g = tmp_path / "a.ddpm", tmp_path / "b.ddpm"
+    base = ["encode", str(test_npz), "-n", "1", "--progressive", "--steps", "3",
+            "--chunk-bits", "6", "--ckpt", str(tiny_ckpt), "-q", "--check-bits", "20"]
+    assert main(base + ["-o", str(f)]) == 0
+    assert main(base + ["-o", str(g), "--search-device", "torch:cpu"]) == 0
+    assert f.read_bytes() == g.read_bytes()
+    header = container.read_header(f.read_bytes())
+    assert pg.ProgressiveParams.unpack(header.params, header.num_steps).check_bits == 20
+    assert main(["decode", str(f), "-o", str(tmp_path / "d.npz"), "--ckpt", str(tiny_ckpt),
+                 "-q"]) == 0
+    assert main(base + ["-o", str(g), "--search-device", "nowhere"]) == 1
+    assert main(base[:-2] + ["-o", str(g), "--check-bits", "0"]) == 1

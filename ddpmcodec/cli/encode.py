@@ -88,6 +88,14 @@ def encode(
     max_bytes: Annotated[Optional[int], Opt(
         "--max-bytes", help="progressive: stop at the last coded step whose whole file "
                             "fits this many bytes per image")] = None,
+    check_bits: Annotated[Optional[int], Opt(
+        "--check-bits", help="progressive: bits of each coded step's check of the decoded "
+                             "latents (1-32, default 8: a wrong decode of a prefix passes "
+                             "with probability 2^-bits)")] = None,
+    search_device: Annotated[Optional[str], Opt(
+        "--search-device", help="progressive: where the encoder searches candidates: cpu "
+                                "(numpy, the default), cuda[:N] or torch:cpu (torch); the "
+                                "file is the same and decodes on the CPU")] = None,
     as_json: Json = False, quiet: Quiet = False,
 ):
     """Compress images into one file. --lossless (the default): bits-back coding in
@@ -114,8 +122,10 @@ def encode(
         raise DDPMCodecError("--chunk-bits and --margin apply to --progressive")
     if progressive and (method != "auto" or seed_images is not None):
         raise DDPMCodecError("--method and --seed-images apply to --lossless")
-    if not progressive and any(v is not None for v in (bpp, psnr, max_bytes)):
-        raise DDPMCodecError("--bpp, --psnr and --max-bytes apply to --progressive")
+    if not progressive and any(v is not None for v in (bpp, psnr, max_bytes, check_bits,
+                                                       search_device)):
+        raise DDPMCodecError("--bpp, --psnr, --max-bytes, --check-bits and --search-device "
+                             "apply to --progressive")
     if out.is_dir():
         raise DDPMCodecError(f"-o {out} is a folder; give the path of the file to write")
     device = resolve_device(device)
@@ -126,7 +136,8 @@ def encode(
                          num_images)
     if progressive:
         opts = {k: v for k, v in (("chunk_bits", chunk_bits), ("margin_bits", margin),
-                                  ("bpp", bpp), ("psnr", psnr), ("max_bytes", max_bytes))
+                                  ("bpp", bpp), ("psnr", psnr), ("max_bytes", max_bytes),
+                                  ("check_bits", check_bits), ("search_device", search_device))
                 if v is not None}
         if chain is not None and variance not in (None, "model"):
             opts["variance"] = "model"  # propose with the chain's own variances

@@ -42,7 +42,8 @@ El Gamal 2018), cut into chunks of bounded KL:
    chunk's KL plus about 2-3 bits (PFR's overhead); a short search costs less but biases
    the sample towards p.
 
-All symbols go through one constriction range coder (queue; first in, first out), so a
+All symbols go through one entropy coder, first in, first out (the writer's backend: a
+constriction range coder per packet in formats 1-2, :mod:`.arith` in format 3), so a
 stream holds steps in the order they were coded. All math here is float64 numpy (but
 v2's candidates, float32, and its scores). Only the candidate generator and the integer
 layout must agree bit for bit between the two sides; scores are encoder-only.
@@ -389,9 +390,9 @@ class ChannelParams:
     chunk_bits: B, the KL per chunk the layout aims at (bits).
     margin_bits: m, candidates searched per chunk N_j = 2^ceil(D_j + m).
     max_log2: the search never goes beyond 2^max_log2 candidates; also the index alphabet.
-    generator: the candidate generator, one of GENERATORS. The default is v1 because
-    callers that name none (the progressive codec today: its files record GENERATOR_ID)
-    must keep decoding their files; GENERATOR_V2 is the faster one for new streams.
+    generator: the candidate generator, one of GENERATORS. The default is v1, the
+    generator of every stream made before v2 existed; the progressive codec sets the one
+    its file names (v2 in format 3).
     """
 
     chunk_bits: float = 12.0

@@ -12,29 +12,30 @@ mean (the clipped x0-prediction), an ancestral sample or the deterministic DDIM 
 
 Proposal variance. ``variance="model"`` uses the model's reverse variance (fixedlarge,
 fixedsmall or learned). ``variance="fit"`` (default) keeps the model's mean but sends,
-per image and step, one level l (exp-Golomb) with var_p = var_q * exp(l / 256), the
-posterior variance var_q being known to both sides: l is the quantised optimum
-var_q + mean((mean_q - mean_p)^2). On the embedded model this lowers the summed KL to
-t = 0 by a third at K = 16 (the fixedlarge variance of a respaced step is far too
-wide for these jumps). With a fitted variance the KL is, up to the quantisation of l,
-dims * l / 512 nats (within dims / 1024 nats, 4.3 bits for CIFAR), which the receiver can
-compute: the channel layout uses it as ``kl_hint`` and no KL is sent.
+per image and step, one level l (exp-Golomb) with var_p = var_q * exp(l / 64) (format 3;
+exp(l / 256) in formats 1-2), the posterior variance var_q being known to both sides: l
+is the quantised optimum var_q + mean((mean_q - mean_p)^2). On the embedded model this
+lowers the summed KL to t = 0 by a third at K = 16 (the fixedlarge variance of a
+respaced step is far too wide for these jumps). With a fitted variance the KL is, up to
+the quantisation of l, dims * l / (2 * 64) nats, which the receiver can compute: the
+channel layout uses it as ``kl_hint`` and no KL is sent.
 
-Payload: one packet per coded step, in order; a packet holds every image of the file::
-
-    LEB128  number of 32-bit words W of the range-coded stream
-    u32     CRC-32 of the latents after this step (float64 [N, C, H, W], little-endian)
-    4*W     the stream: per image, the variance level (fit, s >= 1) and the channel symbols
-
-so the first bytes of a file that hold whole packets decode to the latents of the last
-whole packet, and the CRC proves that they are the encoder's latents bit for bit (a
-different device, library or model, or a corrupt packet, is an error, never a wrong image).
-The header's pixel checksum is that of the full-rate mean reconstruction.
+Payload (format 3, :mod:`.container`'s compact header): one arithmetic-coded stream
+(:mod:`.arith`) to the end of the file. Per coded step: per image, the variance level
+(fit, s >= 1) and the channel symbols; then the low ``check_bits`` bits of the CRC of the
+latents after the step (float64 [N, C, H, W], little-endian); then, unless the step is
+the chain's last, a flag "more steps follow" (:func:`_end_probs`). Any first bytes of a
+file decode the coded steps they determine, and each step's check proves that they are
+the encoder's latents (a different device, library or model, or a corrupt byte, is an
+error with probability 1 - 2^-check_bits per step, never a silently wrong step beyond
+that). Formats 1-2 (one range-coded packet per step: a length, a CRC and the words; a
+pixel checksum in the header) are still read.
 
 The network is evaluated in float32 under :func:`base.deterministic`, batch by batch in the
 header's layout, and p_theta is formed in float64 (``Diffusion.p_mean_variance``), so encoder
-and decoder compute it identically. Candidate generation is numpy Philox + Box-Muller
-(:mod:`.channel`); the header records its identity and a check value.
+and decoder compute it identically. Candidates come from generator v2
+(:mod:`.candidates`: exact IEEE arithmetic, the same bits on every device) in format 3
+and from v1 (numpy Philox + Box-Muller, :mod:`.channel`) in formats 1-2.
 """
 from __future__ import annotations
 
@@ -274,26 +275,11 @@ def latent_crc(x: torch.Tensor, framing: int = 2) -> int:
     return container.crc32(arr.tobytes()) if framing == 1 else container.crc16(arr.tobytes())
 
 
-def stream_bytes(words: np.ndarray) -> bytes:
-    """A range-coded stream's words as bytes, most significant first, without the zero
-    bytes that end its last word (the decoder restores them: the word count is the byte
-    count rounded up)."""
-    raw = np.ascontiguousarray(words, dtype=">u4").tobytes()
-    keep = len(raw)
-    while keep > max(len(raw) - 3, 0) and raw[keep - 1] == 0:
-        keep -= 1
-    return raw[:keep]
-
-
 def stream_words(data: bytes) -> np.ndarray:
+    """The uint32 words of a framing-2 packet's stream: its bytes, most significant first,
+    without the zero bytes that ended its last word (restored here)."""
     raw = bytes(data) + bytes(-len(data) % 4)
     return np.frombuffer(raw, dtype=">u4").astype(np.uint32)
-
-
-def make_packet(words: np.ndarray, x: torch.Tensor) -> bytes:
-    """Framing 2: varint stream length in bytes, u16 latent check, the stream."""
-    body = stream_bytes(words)
-    return BlobWriter().uvar(len(body)).u16(latent_crc(x, 2)).raw(body).getvalue()
 
 
 def _packet_spans(payload: bytes, framing: int = 2) -> tuple[list[tuple[int, int]], str | None]:
@@ -537,6 +523,7 @@ class ProgressiveCodec(Codec):
         if generator not in GENERATORS:
             raise DDPMCodecError(f"unknown candidate generator {generator!r} (known: "
                                  f"{', '.join(GENERATORS)})")
+        _check_search_device(search_device)
         params = ProgressiveParams(ch.ChannelParams(float(chunk_bits), float(margin_bits), int(max_log2)),
                                    variance, generator, ch.generator_check(generator),
                                    *variance_rule_of(diffusion, model),
@@ -848,6 +835,17 @@ class _Source:
     complete: bool | None
     steps: int = 0   # coded steps decoded so far
     used: int = 0    # payload bytes that hold them
+
+
+def _check_search_device(search_device: str | None) -> None:
+    """DDPMCodecError unless torch can allocate on the search device (None, cpu: numpy)."""
+    if search_device in (None, "cpu"):
+        return
+    dev = search_device.removeprefix("torch:")
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as exc:
+        raise DDPMCodecError(f"--search-device {search_device}: {exc}") from None
 
 
 def _check_recons(recons) -> None:
