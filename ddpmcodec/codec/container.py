@@ -325,8 +325,9 @@ class Header:
 
     ``timesteps`` are the original indices of the coded chain (chain step k -> original
     index timesteps[k]); ``num_timesteps`` is T of the model's full chain.
-    ``fingerprint`` is the model id the file holds: 8 hex digits (format 2) or the whole
-    16-digit fingerprint (format 1); ``pixel_checksum`` is 4 (format 2) or 16 bytes.
+    ``fingerprint`` is the model id the file holds: 8 hex digits (format 2), 4 (format 3)
+    or the whole 16-digit fingerprint (format 1); ``pixel_checksum`` is 4 (format 2), 16
+    (format 1) or no bytes (format 3).
     A model-free mode (``webp-lossless``: the classical fallback, decoded without a
     network) uses only ``mode``, ``image_shape`` and ``num_images``; its other fields
     hold the neutral values of :func:`model_free_header`.
@@ -443,10 +444,10 @@ def checksum_bytes(version: int = FORMAT_VERSION) -> int:
     return {1: CHECKSUM_BYTES_V1, FORMAT_COMPACT: 0}.get(version, CHECKSUM_BYTES)
 
 
-def model_id(fingerprint: str, version: int = FORMAT_VERSION) -> str:
-    """The model id a new file of ``version`` records: the first MODEL_ID_BYTES (format 3:
-    COMPACT_ID_BYTES) of the fingerprint."""
-    return fingerprint[:2 * (COMPACT_ID_BYTES if version == FORMAT_COMPACT else MODEL_ID_BYTES)]
+def model_id(fingerprint: str) -> str:
+    """The model id a new file records: the first MODEL_ID_BYTES of the fingerprint
+    (:func:`compact` keeps COMPACT_ID_BYTES of it)."""
+    return fingerprint[:2 * MODEL_ID_BYTES]
 
 
 def compact(header: Header) -> Header:
