@@ -95,11 +95,16 @@ def _mix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def derive_key(seed: int, *counters: int) -> np.ndarray:
-    """A 128-bit Philox key (uint64 [2]) for a tuple of non-negative integers."""
-    h = _mix64(int(seed) + _SPLITMIX_GAMMA)
+def _hash_path(h: int, *counters: int) -> int:
+    """``h`` (a seed's or a path's hash) continued through ``counters``."""
     for c in counters:
         h = _mix64(h ^ _mix64(int(c) + _SPLITMIX_GAMMA))
+    return h
+
+
+def derive_key(seed: int, *counters: int) -> np.ndarray:
+    """A 128-bit Philox key (uint64 [2]) for a tuple of non-negative integers."""
+    h = _hash_path(_mix64(int(seed) + _SPLITMIX_GAMMA), *counters)
     return np.array([h, _mix64(h + 0x632BE59BD9B4E019)], dtype=np.uint64)
 
 
@@ -481,9 +486,7 @@ class _ChunkPlan:
         J = layout(q_int, params, dims)  # bounded by dims whatever a corrupt stream claims
         perm = shared_permutation(derive_key(key_seed, *key_path, 0xC0FFEE), dims)
         model = index_model if index_model is not None else IndexModel(params)
-        path_hash = _mix64(int(key_seed) + _SPLITMIX_GAMMA)
-        for c in key_path:
-            path_hash = _mix64(path_hash ^ _mix64(int(c) + _SPLITMIX_GAMMA))
+        path_hash = _hash_path(_mix64(int(key_seed) + _SPLITMIX_GAMMA), *key_path)
         return cls([perm[a:b] for a, b in chunk_slices(dims, J)], q_int / J, int(J > 1),
                    model, key_seed, key_path, params.generator, path_hash)
 
@@ -494,7 +497,7 @@ class _ChunkPlan:
     def v2_key(self, j: int) -> int:
         """The 64-bit key of chunk j's v2 candidates: the first word of its Philox key
         (derive_key's hash, continued from the path's)."""
-        return _mix64(self.path_hash ^ _mix64(j + 1 + _SPLITMIX_GAMMA))
+        return _hash_path(self.path_hash, j + 1)
 
     def octave_probs(self) -> np.ndarray:
         return self.model.probs(self.mean_bits, self.context)
