@@ -218,17 +218,18 @@ def test_header_helpers():
 
 
 def test_compact_header_fields_and_damage():
-    """Format 3: 9 bytes at the presets; every field away from its preset is spelt out and
+    """Format 3: 8 bytes at the presets; every field away from its preset is spelt out and
     read back; a cut or damaged header, unknown flags and other modes are clear errors."""
     base = container.Header("progressive", "abcd", (3, 32, 32), 1, 1, 0, 1000,
                             container.geometric_timesteps(1000, 16), "cpu:AVX2", 2, b"", b"",
                             container.FORMAT_COMPACT).validate()
-    assert len(container.pack(base, b"")) == 9
+    assert len(container.pack(base, b"")) == 8
     variants = [dict(image_shape=(1, 64, 48)), dict(num_images=40, batch_size=8),
                 dict(seed=12345), dict(num_timesteps=4000, timesteps=(0, 5, 3999)),
                 dict(timesteps=container.geometric_timesteps(1000, 20)),
                 dict(timesteps=(0, 7, 999)), dict(params=b"\x01\x02"),
-                dict(device_kind="cuda:NVIDIA H200")]
+                dict(device_kind="cuda:NVIDIA H200"), dict(num_threads=31),
+                dict(num_threads=32), dict(num_threads=0), dict(device_kind="cpu:SVE256")]
     for v in variants:
         h = dataclasses.replace(base, **v).validate()
         data = container.pack(h, b"payload")
@@ -246,7 +247,14 @@ def test_compact_header_fields_and_damage():
                 continue
             assert got != h  # the 8-bit check missed it: the fields differ (1 in 256)
     geometric = dataclasses.replace(base, timesteps=container.geometric_timesteps(1000, 20))
-    assert len(container.pack(geometric, b"")) == 11  # flag, chain kind, K
+    assert len(container.pack(geometric, b"")) == 10  # flag, chain kind, K
+    # device and threads in one byte while they fit; else the code byte and a varint
+    assert len(container.pack(dataclasses.replace(base, num_threads=32), b"")) == 9
+    # a header written before flag bit 6 (code byte, threads varint) still reads
+    old = (container.MAGIC + bytes([container.FORMAT_COMPACT << 4 | container.MODES["progressive"]])
+           + bytes.fromhex("abcd") + bytes([0, container.DEVICE_KINDS.index("cpu:AVX2") + 1, 2]))
+    old += bytes([container.crc16(old) & 0xFF])
+    assert container.unpack(old + b"xy") == (base, b"xy")
     flags = bytearray(container.pack(base, b""))
     flags[5] = 0xC0
     with pytest.raises(DDPMCodecError):

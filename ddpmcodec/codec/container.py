@@ -55,13 +55,16 @@ and checks itself, so the container adds no length and no checksum to it)::
           (preset 1, 1); bit 2: v seed (preset 0); bit 3: v num_timesteps (preset 1000);
           bit 4: the chain as in format 2, or kind 3 = v K geometric steps (preset: the
           16 geometric steps of :func:`geometric_timesteps`); bit 5: v+s params (preset:
-          empty, the codec's defaults)
-    1     device code    as in format 2 (0: spelt out)
-    v     num_threads
+          empty, the codec's defaults); bit 6: device and threads in one byte
+    1     device code    as in format 2 (0: spelt out)       } unless bit 6 is set;
+    v     num_threads                                        } then one byte,
+                                                               code << 5 | threads
     1     the low byte of the CRC-16 of every byte before it
     ...   payload, to the end of the file
 
-A single-image file at the defaults has 9 bytes of header. The model id is 2 bytes
+The encoder sets bit 6 whenever it can (a device of DEVICE_KINDS, fewer than 32 threads);
+files without it (before bit 6 existed) still read. A single-image file at the defaults
+has 8 bytes of header. The model id is 2 bytes
 because the codec checks every coded step's latents (a wrong model that shares the id,
 probability 2^-16, fails the first step's check); there is no pixel checksum for the same
 reason. The 8-bit header check catches all errors of up to 7 bits in a burst and a random
@@ -531,6 +534,8 @@ def _read_body(r: BlobReader, mode: str) -> Header:
 
 # -- format 3 (compact) -------------------------------------------------------------------
 _F_SHAPE, _F_IMAGES, _F_SEED, _F_T, _F_CHAIN, _F_PARAMS = 1, 2, 4, 8, 16, 32
+_F_HOST = 64           # device code and thread count share one byte
+_HOST_THREAD_BITS = 5  # that byte: code << 5 | threads
 
 
 def _write_device(w: BlobWriter, kind: str) -> None:
@@ -580,6 +585,10 @@ def _write_compact(h: Header) -> bytes:
     if h.params:
         flags |= _F_PARAMS
         fields.varblob(h.params)
+    code = DEVICE_KINDS.index(h.device_kind) + 1 if h.device_kind in DEVICE_KINDS else 0
+    if 0 < code < 1 << (8 - _HOST_THREAD_BITS) and h.num_threads < 1 << _HOST_THREAD_BITS:
+        w = BlobWriter().raw(bytes.fromhex(h.fingerprint)).u8(flags | _F_HOST).raw(fields.getvalue())
+        return w.u8(code << _HOST_THREAD_BITS | h.num_threads).getvalue()
     w = BlobWriter().raw(bytes.fromhex(h.fingerprint)).u8(flags).raw(fields.getvalue())
     _write_device(w, h.device_kind)
     return w.uvar(h.num_threads).getvalue()
@@ -590,7 +599,7 @@ def _read_compact(r: BlobReader, mode: str) -> Header:
         raise DDPMCodecError(f"header: format {FORMAT_COMPACT} holds no {mode} files")
     fp = r.raw(COMPACT_ID_BYTES, "model id").hex()
     flags = r.u8("flags")
-    if flags >= 64:
+    if flags >= 128:
         raise DDPMCodecError(f"header: unknown flags {flags}")
     shape = COMPACT_SHAPE
     if flags & _F_SHAPE:
@@ -604,8 +613,15 @@ def _read_compact(r: BlobReader, mode: str) -> Header:
          if flags & _F_T else COMPACT_TIMESTEPS)
     ts = _read_chain(r, T, geometric=True) if flags & _F_CHAIN else _compact_chain(T)
     params = r.varblob("params", MAX_PARAMS_BYTES) if flags & _F_PARAMS else b""
-    dev = _read_device(r)
-    threads = r.bounded("num_threads", r.uvar("num_threads"), 0, MAX_THREADS)
+    if flags & _F_HOST:
+        host = r.u8("device kind and threads")
+        code, threads = host >> _HOST_THREAD_BITS, host & ((1 << _HOST_THREAD_BITS) - 1)
+        if not 1 <= code <= len(DEVICE_KINDS):
+            raise DDPMCodecError(f"header: unknown device kind code {code}")
+        dev = DEVICE_KINDS[code - 1]
+    else:
+        dev = _read_device(r)
+        threads = r.bounded("num_threads", r.uvar("num_threads"), 0, MAX_THREADS)
     return Header(mode, fp, shape, n, batch, seed, T, ts, dev, threads, b"", params,
                   FORMAT_COMPACT).validate()
 
