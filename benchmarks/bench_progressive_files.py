@@ -12,8 +12,8 @@ prefix's header included), the summed KL of the steps sent, and the PSNR of the 
 reconstruction. ``--shared-file`` also codes all the images as one file (bpp per image).
 Beside them, the same images through WebP, JPEG and AVIF (Pillow, quality 1 to 100) and
 JPEG-XL (imagecodecs, when installed, distances 0.1 to 15), whole files. ``--before N``
-times the first N images with the previous candidate generator and search (generator
-v1, the default before format 3) in the same run. The table compares the mean curves at
+times the first N images with the encoder as it was when issue 13 was filed (generator
+v1 and the "chunk" search budget rule) in the same run. The table compares the mean curves at
 equal PSNR; `--render` redraws table and figure from a results file.
 """
 from __future__ import annotations
@@ -80,13 +80,20 @@ def encode_file(codec, images: np.ndarray, **options) -> dict:
     ends = [row["prefix_bytes"] for row in enc.stats.extra["steps"]]
     assert [st["bytes_used"] for st in steps] == ends and ends[-1] == len(enc.data)
     kl = np.cumsum([sum(im["kl_bits"] for im in row["images"]) for row in enc.stats.extra["steps"]])
-    rows = []
+    rows, index_bits, side_bits = [], 0.0, 0.0
     for s, st in enumerate(steps):
         rec = st["images"]["mean"]
+        per = enc.stats.extra["steps"][s]["images"]
+        index_bits += sum(im["index_bits"] for im in per) / n
+        side_bits += sum(im["code_bits"] - im["index_bits"] for im in per) / n
         if s in (0, len(steps) // 2, len(steps) - 1):  # the prefix alone gives the same image
             assert np.array_equal(codec.decode(enc.data[:ends[s]]).images, rec)
         rows.append({"step": s + 1, "t": st["t"], "file_bytes": ends[s],
                      "bpp": 8 * ends[s] / (n * h * w), "kl_bpp": kl[s] / (n * h * w),
+                # per image, cumulative: ideal bits of the PFR indices and of the side
+                # symbols (variance levels), and the steps' latent checks
+                "index_bits": index_bits, "side_bits": side_bits,
+                "check_bits": enc.stats.extra["steps"][s]["check_bits"] / n,
                      "psnr": [psnr(rec[i], images[i]) for i in range(n)]})
     return {"images": n, "header_bytes": hsize, "file_bytes": len(enc.data),
             "encode_s": t_enc, "decode_every_step_s": t_dec, "steps": rows}
@@ -133,6 +140,16 @@ def summarise(results: dict) -> dict:
             for s in range(min(len(f["steps"]) for f in files))]
     for o in over:
         o["file_over_kl"] = o["bpp"] / o["kl_bpp"] if o["kl_bpp"] > 0 else None
+    if all("index_bits" in r for f in files for r in f["steps"]):  # results since the split
+        pixels = results.get("pixels", 32 * 32)
+        for s, o in enumerate(over):
+            def mean(key, s=s):
+                return float(np.mean([f["steps"][s][key] for f in files]))
+            o["split"] = {"file": o["bpp"] * pixels, "header": float(np.mean([f["header_bytes"] for f in files])) * 8,
+                          "checks": mean("check_bits"), "levels": mean("side_bits"),
+                          "index": mean("index_bits"), "kl": o["kl_bpp"] * pixels}
+            sp = o["split"]
+            sp["rest"] = sp["file"] - sp["header"] - sp["checks"] - sp["levels"] - sp["index"]
     return {"ours": ours, "kl": kl, "shared": shared_curve, "classical": base, "at_psnr": rows,
             "over_kl": over}
 
@@ -161,6 +178,17 @@ def table(results: dict) -> str:
     for o in s["over_kl"]:
         ratio = "" if o["file_over_kl"] is None else f"{o['file_over_kl']:.2f}"
         lines.append(f"| {o['step']} | {o['bpp']:.3f} | {o['kl_bpp']:.3f} | {ratio} | {o['psnr']:.2f} |")
+    if "split" in s["over_kl"][0]:
+        lines += ["", "Where a file's bits go, mean bits per file at each truncation point: header; "
+                      "latent checks; variance levels; PFR indices (ideal bits) and their excess "
+                      "over the KL; rest (the arithmetic coder's ends and the end flag).", "",
+                  "| step | file | header | checks | levels | indices | KL | indices - KL | rest |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for o in s["over_kl"]:
+            sp = o["split"]
+            lines.append(f"| {o['step']} | {sp['file']:.0f} | {sp['header']:.0f} | {sp['checks']:.0f} | "
+                         f"{sp['levels']:.0f} | {sp['index']:.0f} | {sp['kl']:.0f} | "
+                         f"{sp['index'] - sp['kl']:.0f} | {sp['rest']:.0f} |")
     before = results.get("before")
     if before:
         n = len(before["encode_s"])
@@ -215,7 +243,8 @@ def main(argv=None) -> int:
     p.add_argument("--shared-file", action="store_true",
                    help="also code all the images as one file")
     p.add_argument("--before", type=int, default=0, metavar="N",
-                   help="also time the first N images with the previous generator (v1)")
+                   help="also time the first N images with the encoder before issue 13 "
+                        "(generator v1, chunk budget rule)")
     p.add_argument("--json", help="write the results here (after every image)")
     p.add_argument("--figure", help="draw the curves here")
     p.add_argument("--render", metavar="JSON", help="only redraw table and figure from a results file")
@@ -234,6 +263,7 @@ def main(argv=None) -> int:
         results = {"command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:])),
                    "data": a.data, "first": a.first, "model": model.fingerprint,
                    "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+                   "pixels": int(images.shape[1] * images.shape[2]),
                    "generator": ProgressiveParams.defaults().generator,
                    "files": [], "classical": []}
         # warm up (imports, first network calls, numpy's first passes) before any timing
@@ -252,8 +282,9 @@ def main(argv=None) -> int:
                   flush=True)
         if a.before:
             from ddpmcodec.codec.channel import GENERATOR_ID
-            runs = [encode_file(codec, im[None], generator=GENERATOR_ID) for im in images[:a.before]]
-            results["before"] = {"generator": GENERATOR_ID,
+            runs = [encode_file(codec, im[None], generator=GENERATOR_ID, budget_rule="chunk")
+                    for im in images[:a.before]]
+            results["before"] = {"generator": GENERATOR_ID + ", chunk budget rule",
                                  "encode_s": [r["encode_s"] for r in runs],
                                  "decode_every_step_s": [r["decode_every_step_s"] for r in runs]}
         if a.json:

@@ -199,8 +199,8 @@ def test_samples_follow_q_exact_search():
 
 
 def test_samples_follow_q_truncated_search():
-    """var_q = var_p (unbounded weight): the search is truncated at 2^ceil(D + m)
-    candidates. D = 3 bits, m = 11: the exact winner lies beyond the 2^14 candidates with
+    """var_q = var_p (unbounded weight): the search is truncated at 2^(D + m) candidates
+    (one chunk: D is the layout's mean, the KL rounded up). D = 3 bits, m = 11: the exact winner lies beyond the 2^14 candidates with
     probability ~4e-4 (log2 n* ~ N(D - 0.8, 3.5^2)), below what 1000 draws can see."""
     mp, vp = np.zeros(3), np.ones(3)
     mq, vq = np.array([1.4, -1.2, 0.9]), np.ones(3)
@@ -222,6 +222,43 @@ def test_truncation_bias_is_visible():
     z = (samples - mq) / np.sqrt(vq)
     assert z.mean() < -5 / math.sqrt(z.size)  # shrunk towards p's mean 0
     assert stats.kstest(z.ravel(), "norm").pvalue < 1e-6
+
+
+def test_search_budget_rules():
+    params = ch.ChannelParams(chunk_bits=12, margin_bits=2, max_log2=20)
+    # "layout": one budget for every chunk of a layout, from its mean chunk KL
+    assert {ch.search_budget(d, 11.5, params, 8) for d in (3.0, 11.5, 17.2)} == {round(2 ** 13.5)}
+    # "chunk": from the chunk's own KL, rounded up
+    assert [ch.search_budget(d, 11.5, params, 8, "chunk") for d in (3.0, 11.5, 17.2)] == \
+        [1 << 5, 1 << 14, 1 << 20]
+    for rule in ch.BUDGET_RULES:  # capped by the index alphabet and by the normals drawn
+        assert ch.search_budget(40.0, 40.0, params, 8, rule) == 1 << 20
+        assert ch.search_budget(20.0, 20.0, params, 1 << 20, rule) == 1 << 7
+        assert ch.search_budget(0.0, 0.0, params, 8, rule) == 4
+    with pytest.raises(DDPMCodecError, match="budget rule"):
+        ch.search_budget(1.0, 1.0, params, 8, "chunks")
+
+
+@pytest.mark.parametrize("rule", ch.BUDGET_RULES)
+def test_budget_rule_is_the_senders_alone(rule):
+    """The receiver regenerates the sample whatever budget the sender searched; "layout"
+    scores at most its one budget per chunk, "chunk" its own per chunk."""
+    rng = np.random.default_rng(4)
+    mp, vp = rng.normal(size=300), rng.uniform(0.5, 1.5, size=300)
+    mq, vq = mp + 0.4 * rng.normal(size=300), 0.7 * vp
+    params = ch.ChannelParams(chunk_bits=6, margin_bits=2, max_log2=16, generator=ch.GENERATOR_V2)
+    w, st = ch.SymbolWriter(), ch.ChannelStats()
+    x = ch.encode_gaussian(w, mq, vq, mp, vp, params, 5, (0, 1), np.random.default_rng(1), st,
+                           budget_rule=rule)
+    y = ch.decode_gaussian(ch.SymbolReader(w.words()), mp, vp, params, 5, (0, 1))
+    assert np.array_equal(x, y) and st.num_chunks > 5
+    q_int = math.ceil(st.kl_bits)
+    budgets = [ch.search_budget(d, q_int / st.num_chunks, params, 1, rule) for d in st.chunk_kl]
+    assert st.searched <= sum(budgets)
+    if rule == "layout":
+        assert len(set(budgets)) == 1
+    else:
+        assert len(set(budgets)) > 1
 
 
 def test_params_validate():

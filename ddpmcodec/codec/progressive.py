@@ -481,7 +481,8 @@ class ProgressiveCodec(Codec):
                variance: str = "fit", keep_latents: bool = False, chain=None,
                max_bytes: int | None = None, bpp: float | None = None,
                psnr: float | None = None, check_bits: int = DEFAULT_CHECK_BITS,
-               generator: str = DEFAULT_GENERATOR, search_device: str | None = None) -> Encoded:
+               generator: str = DEFAULT_GENERATOR, search_device: str | None = None,
+               budget_rule: str = "layout") -> Encoded:
         """Compress ``images`` (uint8 NHWC). ``steps`` = K coded latents (default 16) on
         :func:`coded_schedule`, or the latents of ``chain`` (a Diffusion on the model's
         schedule from t = 0 to T - 1, whose reverse variance the ``model`` proposal uses).
@@ -497,6 +498,10 @@ class ProgressiveCodec(Codec):
         first coded step that reaches it. Coding stops there: the file holds only those
         steps (``coded_steps`` in its parameters) and its pixel checksum is that of the
         last step's mean reconstruction.
+
+        Encoder-only (the format does not record them): ``search_device`` runs generator
+        v2's candidate search in torch there; ``budget_rule`` ("layout", or "chunk", the
+        rule before) sets each chunk's search budget (channel.search_budget).
         """
         from ddpmcodec.progress import progress_bar
         model = self.model
@@ -524,6 +529,9 @@ class ProgressiveCodec(Codec):
             raise DDPMCodecError(f"unknown candidate generator {generator!r} (known: "
                                  f"{', '.join(GENERATORS)})")
         _check_search_device(search_device)
+        if budget_rule not in ch.BUDGET_RULES:
+            raise DDPMCodecError(f"unknown search budget rule {budget_rule!r} (known: "
+                                 f"{', '.join(ch.BUDGET_RULES)})")
         params = ProgressiveParams(ch.ChannelParams(float(chunk_bits), float(margin_bits), int(max_log2)),
                                    variance, generator, ch.generator_check(generator),
                                    *variance_rule_of(diffusion, model),
@@ -571,7 +579,7 @@ class ProgressiveCodec(Codec):
                         x_new[i] = ch.encode_gaussian(
                             writer, mean_q[i], var_q, plan.mean_p[i], var_p, params.channel,
                             header.seed, (i, s), _private_rng(header.seed, i, s), stats, hint,
-                            index_model, search_device=search_device)
+                            index_model, search_device=search_device, budget_rule=budget_rule)
                         model_kl = float(ch.kl_bits(mean_q[i], var_q, plan.mean_p[i], plan.var_p[i]).sum())
                         per.append({"kl_bits": stats.kl_bits, "model_kl_bits": model_kl,
                                     "code_bits": sum(writer.bits.values()) - before,
@@ -604,6 +612,7 @@ class ProgressiveCodec(Codec):
                 step_rows.append({"step": s + 1, "t": int(timesteps[plan.k_out]) + 1,
                                   "stopped_bytes": stopped,
                                   "side_bits": writer.bits.get("side", 0.0),
+                                  "check_bits": writer.bits.get("check", 0.0),
                                   "seconds": st_timer.seconds, "images": per})
                 # the next step's proposal holds this step's reconstruction (x0-prediction)
                 plan = _plan(model, diffusion, s + 1, x, batches, n, dims) if s + 1 < K else None
@@ -633,7 +642,8 @@ class ProgressiveCodec(Codec):
                            kl_total, timer.seconds,
                            {"steps": step_rows, "timesteps": list(timesteps),
                             "coded_steps": coded, "target_reached": reached,
-                            "params": dataclasses.asdict(params.channel) | {"variance": variance}})
+                            "params": dataclasses.asdict(params.channel) | {
+                                "variance": variance, "budget_rule": budget_rule}})
         if keep_latents:
             stats.extra["latents"] = latents
             stats.extra["reconstruction"] = recon
