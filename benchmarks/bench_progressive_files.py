@@ -145,7 +145,8 @@ def summarise(results: dict) -> dict:
         for s, o in enumerate(over):
             def mean(key, s=s):
                 return float(np.mean([f["steps"][s][key] for f in files]))
-            o["split"] = {"file": o["bpp"] * pixels, "header": float(np.mean([f["header_bytes"] for f in files])) * 8,
+            header = 8 * float(np.mean([f["header_bytes"] for f in files]))
+            o["split"] = {"file": o["bpp"] * pixels, "header": header,
                           "checks": mean("check_bits"), "levels": mean("side_bits"),
                           "index": mean("index_bits"), "kl": o["kl_bpp"] * pixels}
             sp = o["split"]
@@ -198,7 +199,9 @@ def table(results: dict) -> str:
                   "|---|---:|---:|",
                   f"| before: {before['generator']} | {np.mean(before['encode_s']):.1f} | "
                   f"{np.mean(before['decode_every_step_s']):.2f} |",
-                  f"| after: {results.get('generator', 'default')} | {np.mean(after):.1f} | "
+                  f"| after: {results.get('generator', 'default')}"
+                  f"{', layout budget rule' if 'budget' in before['generator'] else ''} | "
+                  f"{np.mean(after):.1f} | "
                   f"{np.mean(after_dec):.2f} |",
                   f"| speed-up | {np.mean(before['encode_s']) / np.mean(after):.1f}x | "
                   f"{np.mean(before['decode_every_step_s']) / np.mean(after_dec):.1f}x |"]

@@ -341,8 +341,8 @@ def test_v1_and_v2_differ_and_v1_is_unchanged():
     assert params.generator == ch.GENERATOR_ID  # the default: files that name none are v1
     x = ch.encode_gaussian(w, mq, vq, mp, vp, params, 3, (1, 2), np.random.default_rng(7), st,
                            budget_rule="chunk")
-    # CRCs from the channel module before v2 and the "layout" budget rule existed (v1 depends on numpy's Philox and the
-    # math library, as tests/test_codec_legacy.py does)
+    # CRCs from the channel module before v2 and the "layout" budget rule existed (v1
+    # depends on numpy's Philox and the math library, as tests/test_codec_legacy.py does)
     assert (_crc(w.words().astype("<u4")), _crc(x.astype("<f8")), st.searched) == \
         (841500490, 2816269021, 256)
     assert _crc(ch.candidate_normals(ch.derive_key(9, 8), 100, 50, 37).astype("<f8")) == 3920154608

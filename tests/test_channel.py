@@ -200,8 +200,9 @@ def test_samples_follow_q_exact_search():
 
 def test_samples_follow_q_truncated_search():
     """var_q = var_p (unbounded weight): the search is truncated at 2^(D + m) candidates
-    (one chunk: D is the layout's mean, the KL rounded up). D = 3 bits, m = 11: the exact winner lies beyond the 2^14 candidates with
-    probability ~4e-4 (log2 n* ~ N(D - 0.8, 3.5^2)), below what 1000 draws can see."""
+    (one chunk: D is the layout's mean, the KL rounded up). D = 3 bits, m = 11: the exact
+    winner lies beyond the 2^14 candidates with probability ~4e-4 (log2 n* ~ N(D - 0.8,
+    3.5^2)), below what 1000 draws can see."""
     mp, vp = np.zeros(3), np.ones(3)
     mq, vq = np.array([1.4, -1.2, 0.9]), np.ones(3)
     params = ch.ChannelParams(chunk_bits=12, margin_bits=11, max_log2=20)

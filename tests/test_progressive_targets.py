@@ -83,7 +83,7 @@ def test_target_errors(full, test_images):
 
 
 def test_compact_file(full):
-    """Format 3: a 9-byte header at the default settings (this file has other settings,
+    """Format 3: an 8-byte header at the default settings (this file has other settings,
     which its header spells out), and no framing: the payload is the
     coded stream, whose size is the coded symbols plus the per-step checks and an end of
     at most two bytes."""
@@ -92,7 +92,7 @@ def test_compact_file(full):
     assert header.version == container.FORMAT_COMPACT
     default = container.compact(dataclasses.replace(
         header, params=b"", seed=0, timesteps=pg.coded_schedule(1000, pg.DEFAULT_STEPS)))
-    assert len(container.pack(default, b"")) == 9
+    assert len(container.pack(default, b"")) == 8
     rows = enc.stats.extra["steps"]
     symbols = sum(im["code_bits"] for row in rows for im in row["images"])
     checks = pg.DEFAULT_CHECK_BITS * len(rows)

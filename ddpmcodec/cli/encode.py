@@ -78,8 +78,8 @@ def encode(
         "--chunk-bits", help="progressive: KL per channel-simulation chunk, bits (default 12)")] = None,
     margin: Annotated[Optional[float], Opt(
         "--margin", help="progressive: search 2^(mean chunk KL + margin) candidates per "
-                         "chunk (default 2; each bit more doubles the encoder's time; 3 "
-                         "gave files about 3% smaller, see docs/progressive.md)")] = None,
+                         "chunk (default 2; each bit more doubles the encoder's time; see "
+                         "docs/progressive.md)")] = None,
     bpp: Annotated[Optional[float], Opt(
         "--bpp", help="progressive: stop at the last coded step whose whole file fits this "
                       "many bits per pixel (per image: H*W pixels)")] = None,

@@ -394,7 +394,8 @@ class ChannelParams:
     """Protocol constants both sides share (stored in the file).
 
     chunk_bits: B, the KL per chunk the layout aims at (bits).
-    margin_bits: m, candidates searched per chunk N_j = 2^ceil(D_j + m).
+    margin_bits: m; the sender searches about 2^(mean chunk KL + m) candidates per chunk
+    (:func:`search_budget`), and the receiver's index model is truncated there.
     max_log2: the search never goes beyond 2^max_log2 candidates; also the index alphabet.
     generator: the candidate generator, one of GENERATORS. The default is v1, the
     generator of every stream made before v2 existed; the progressive codec sets the one
@@ -467,8 +468,8 @@ def search_budget(chunk_kl: float, mean_bits: float, params: ChannelParams, dims
 
     Why "layout": a search costs budget x dims, and a random layout scatters chunk KLs by
     1-3 bits, so the "chunk" rule spends most of its time on the few chunks of highest KL
-    (E[2^D_j] is far above 2^E[D_j]), and it drops the rounding up. The index law of equal
-    budgets also matches the receiver's model, which knows only the mean. On CIFAR-10 test
+    (E[2^D_j] is far above 2^E[D_j]) and on rounding up. The index law of equal budgets
+    also matches the receiver's model, which knows only the mean. On 8 CIFAR-10 test
     images "layout" encodes 3.5x faster at the same rate and distortion
     (benchmarks/bench_progressive_budget.py, docs/progressive.md).
     """
