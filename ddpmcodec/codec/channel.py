@@ -155,7 +155,8 @@ def generator_check(generator: str = GENERATOR_ID) -> int:
     elif generator == GENERATOR_V2:
         data = np.ascontiguousarray(cand.normals_numpy(int(key[0]), 3, 2, 7), dtype="<f4")
     else:
-        raise DDPMCodecError(f"unknown candidate generator {generator!r}")
+        raise DDPMCodecError(f"unknown candidate generator {generator!r} (known: "
+                             f"{', '.join(GENERATORS)})")
     return zlib.crc32(data.tobytes()) & 0xFFFFFFFF
 
 
@@ -476,9 +477,14 @@ def search_budget(chunk_kl: float, mean_bits: float, params: ChannelParams, dims
     cap = min(params.max_log2, max(0, int(math.floor(math.log2(MAX_CANDIDATE_DIMS / max(dims, 1))))))
     if rule == "layout":
         return int(max(1, min(1 << cap, round(2.0 ** max(0.0, mean_bits + params.margin_bits)))))
-    if rule == "chunk":
-        return 1 << int(min(cap, max(0, math.ceil(chunk_kl + params.margin_bits))))
-    raise DDPMCodecError(f"unknown search budget rule {rule!r} (known: {', '.join(BUDGET_RULES)})")
+    check_budget_rule(rule)
+    return 1 << int(min(cap, max(0, math.ceil(chunk_kl + params.margin_bits))))
+
+
+def check_budget_rule(rule: str) -> None:
+    """DDPMCodecError unless ``rule`` is one of BUDGET_RULES."""
+    if rule not in BUDGET_RULES:
+        raise DDPMCodecError(f"unknown search budget rule {rule!r} (known: {', '.join(BUDGET_RULES)})")
 
 
 def octave(n: int) -> int:
@@ -566,6 +572,18 @@ def _search_backend(search_device: str | None) -> tuple[str, str]:
     if search_device.startswith("torch:"):
         return "torch", search_device[len("torch:"):]
     return "torch", search_device
+
+
+def check_search_device(search_device: str | None) -> None:
+    """DDPMCodecError unless torch can allocate on the search device (None, cpu: numpy)."""
+    backend, device = _search_backend(search_device)
+    if backend == "numpy":
+        return
+    import torch
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise DDPMCodecError(f"--search-device {search_device}: {exc}") from None
 
 
 def _search_chunks(plan: _ChunkPlan, chunks: list, private_rng: np.random.Generator,

@@ -538,11 +538,23 @@ _F_HOST = 64           # device code and thread count share one byte
 _HOST_THREAD_BITS = 5  # that byte: code << 5 | threads
 
 
+def _device_code(kind: str) -> int:
+    """1.. for a kind of DEVICE_KINDS, 0 for one that is spelt out."""
+    return DEVICE_KINDS.index(kind) + 1 if kind in DEVICE_KINDS else 0
+
+
+def _device_kind(code: int) -> str:
+    """The kind of a code 1..len(DEVICE_KINDS)."""
+    if not 1 <= code <= len(DEVICE_KINDS):
+        raise DDPMCodecError(f"header: unknown device kind code {code}")
+    return DEVICE_KINDS[code - 1]
+
+
 def _write_device(w: BlobWriter, kind: str) -> None:
-    if kind in DEVICE_KINDS:
-        w.u8(DEVICE_KINDS.index(kind) + 1)
-    else:
-        w.u8(0).varblob(kind.encode("ascii"))
+    code = _device_code(kind)
+    w.u8(code)
+    if code == 0:
+        w.varblob(kind.encode("ascii"))
 
 
 def _read_device(r: BlobReader) -> str:
@@ -553,9 +565,7 @@ def _read_device(r: BlobReader) -> str:
             return raw.decode("ascii")
         except UnicodeDecodeError:
             raise DDPMCodecError("header: device kind is not ASCII") from None
-    if code <= len(DEVICE_KINDS):
-        return DEVICE_KINDS[code - 1]
-    raise DDPMCodecError(f"header: unknown device kind code {code}")
+    return _device_kind(code)
 
 
 def _compact_chain(T: int) -> tuple:
@@ -585,11 +595,12 @@ def _write_compact(h: Header) -> bytes:
     if h.params:
         flags |= _F_PARAMS
         fields.varblob(h.params)
-    code = DEVICE_KINDS.index(h.device_kind) + 1 if h.device_kind in DEVICE_KINDS else 0
-    if 0 < code < 1 << (8 - _HOST_THREAD_BITS) and h.num_threads < 1 << _HOST_THREAD_BITS:
-        w = BlobWriter().raw(bytes.fromhex(h.fingerprint)).u8(flags | _F_HOST).raw(fields.getvalue())
+    code = _device_code(h.device_kind)
+    host = 0 < code < 1 << (8 - _HOST_THREAD_BITS) and h.num_threads < 1 << _HOST_THREAD_BITS
+    w = BlobWriter().raw(bytes.fromhex(h.fingerprint)).u8(flags | (_F_HOST if host else 0))
+    w.raw(fields.getvalue())
+    if host:
         return w.u8(code << _HOST_THREAD_BITS | h.num_threads).getvalue()
-    w = BlobWriter().raw(bytes.fromhex(h.fingerprint)).u8(flags).raw(fields.getvalue())
     _write_device(w, h.device_kind)
     return w.uvar(h.num_threads).getvalue()
 
@@ -615,10 +626,7 @@ def _read_compact(r: BlobReader, mode: str) -> Header:
     params = r.varblob("params", MAX_PARAMS_BYTES) if flags & _F_PARAMS else b""
     if flags & _F_HOST:
         host = r.u8("device kind and threads")
-        code, threads = host >> _HOST_THREAD_BITS, host & ((1 << _HOST_THREAD_BITS) - 1)
-        if not 1 <= code <= len(DEVICE_KINDS):
-            raise DDPMCodecError(f"header: unknown device kind code {code}")
-        dev = DEVICE_KINDS[code - 1]
+        dev, threads = _device_kind(host >> _HOST_THREAD_BITS), host & ((1 << _HOST_THREAD_BITS) - 1)
     else:
         dev = _read_device(r)
         threads = r.bounded("num_threads", r.uvar("num_threads"), 0, MAX_THREADS)

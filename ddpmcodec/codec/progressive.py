@@ -525,13 +525,8 @@ class ProgressiveCodec(Codec):
                                      "2 steps")
             K, diffusion = chain.num_steps, quantized_chain(chain, model)
             timesteps = tuple(int(t) for t in chain.timesteps)
-        if generator not in GENERATORS:
-            raise DDPMCodecError(f"unknown candidate generator {generator!r} (known: "
-                                 f"{', '.join(GENERATORS)})")
-        _check_search_device(search_device)
-        if budget_rule not in ch.BUDGET_RULES:
-            raise DDPMCodecError(f"unknown search budget rule {budget_rule!r} (known: "
-                                 f"{', '.join(ch.BUDGET_RULES)})")
+        ch.check_search_device(search_device)
+        ch.check_budget_rule(budget_rule)
         params = ProgressiveParams(ch.ChannelParams(float(chunk_bits), float(margin_bits), int(max_log2)),
                                    variance, generator, ch.generator_check(generator),
                                    *variance_rule_of(diffusion, model),
@@ -845,17 +840,6 @@ class _Source:
     complete: bool | None
     steps: int = 0   # coded steps decoded so far
     used: int = 0    # payload bytes that hold them
-
-
-def _check_search_device(search_device: str | None) -> None:
-    """DDPMCodecError unless torch can allocate on the search device (None, cpu: numpy)."""
-    if search_device in (None, "cpu"):
-        return
-    dev = search_device.removeprefix("torch:")
-    try:
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError) as exc:
-        raise DDPMCodecError(f"--search-device {search_device}: {exc}") from None
 
 
 def _check_recons(recons) -> None:
