@@ -7,8 +7,8 @@ normals_torch on the CPU with 1 and 2 torch threads, for dims 4, 16, 256 and 153
 (2^19 normals a call). Table 2: one chunk's search, budget 2^14, var_q = var_p (unbounded
 weights: no early stop, every candidate scored), dims 16 and 1536: v1 channel.pfr_select
 against v2 candidates.pfr_search (numpy) in nanoseconds per candidate, and a Gaussian of
-4 such chunks searched one after the other or on a pool of 2 threads (what
-encode_gaussian does with search_threads=2). Table 3: one CIFAR-sized Gaussian through channel.encode_gaussian and
+4 such chunks searched one after the other, on a pool of 2 threads, or on the
+encoder's pool of 2 forked processes (what encode_gaussian does with search_workers=2). Table 3: one CIFAR-sized Gaussian through channel.encode_gaussian and
 decode_gaussian (3072 dims, about 1900 bits, chunk_bits 12, margin 2, max_log2 20: the
 progressive codec's defaults) with each generator, in seconds. Every time is the minimum
 over the repeats, the runs of the contenders interleaved (this machine may share its
@@ -90,8 +90,8 @@ def _chunk(dims: int, j: int):
 
 
 def _search_calls(dims: int, pool: ThreadPoolExecutor) -> dict:
-    """One chunk's search with v1 and v2, and POOL_CHUNKS chunks one after the other or on
-    the pool."""
+    """One chunk's search with v1 and v2, and POOL_CHUNKS chunks one after the other, on
+    the thread pool or on the encoder's process pool."""
     chunks = [_chunk(dims, j) for j in range(POOL_CHUNKS)]
     keys = [ch.derive_key(7, dims, j) for j in range(POOL_CHUNKS)]
 
@@ -103,10 +103,17 @@ def _search_calls(dims: int, pool: ThreadPoolExecutor) -> dict:
         a, b, c = chunks[j]
         return cd.pfr_search(a, b, c, int(keys[j][0]), BUDGET, (5, j))
 
+    tasks = [(*chunks[j], int(keys[j][0]), BUDGET, (5, j)) for j in range(POOL_CHUNKS)]
+    procs = ch._search_pool(2)
+    if procs is None:
+        raise SystemExit("the process pool needs Linux (fork)")
+    list(procs.map(ch._search_task, tasks))  # start the workers before timing
+
     return {"v1_chunk": v1, "v2_chunk": v2,
             "v1_gaussian": lambda: [v1(j) for j in range(POOL_CHUNKS)],
             "v2_gaussian": lambda: [v2(j) for j in range(POOL_CHUNKS)],
-            "v2_gaussian_pool2": lambda: list(pool.map(v2, range(POOL_CHUNKS)))}
+            "v2_gaussian_pool2": lambda: list(pool.map(v2, range(POOL_CHUNKS))),
+            "v2_gaussian_procs2": lambda: list(procs.map(ch._search_task, tasks))}
 
 
 def bench_searches(repeats: int) -> list:
@@ -117,7 +124,8 @@ def bench_searches(repeats: int) -> list:
             per = {k: 1e9 * v / (BUDGET * (POOL_CHUNKS if "gaussian" in k else 1)) for k, v in t.items()}
             rows.append({"dims": dims, "budget": BUDGET, **per,
                          "speedup_chunk": t["v1_chunk"] / t["v2_chunk"],
-                         "speedup_pool2": t["v1_gaussian"] / t["v2_gaussian_pool2"]})
+                         "speedup_pool2": t["v1_gaussian"] / t["v2_gaussian_pool2"],
+                         "speedup_procs2": t["v1_gaussian"] / t["v2_gaussian_procs2"]})
     return rows
 
 
@@ -156,13 +164,16 @@ def main() -> int:
     search = bench_searches(args.repeats)
     print(f"\nPFR search, budget {BUDGET}, ns per candidate (per normal in brackets)")
     print(f"{'dims':>5} {'v1 chunk':>16} {'v2 chunk':>16} {'speedup':>8} "
-          f"{'v1 4 chunks':>16} {'v2 4 chunks':>16} {'v2 pool of 2':>16} {'speedup':>8}")
+          f"{'v1 4 chunks':>16} {'v2 4 chunks':>16} {'v2 2 threads':>16} {'speedup':>8} "
+          f"{'v2 2 processes':>16} {'speedup':>8}")
     for r in search:
         d = r["dims"]
         cells = [f"{r[k]:>8.0f} ({r[k] / d:>5.2f})" for k in ("v1_chunk", "v2_chunk")]
-        pooled = [f"{r[k]:>8.0f} ({r[k] / d:>5.2f})" for k in ("v1_gaussian", "v2_gaussian", "v2_gaussian_pool2")]
+        pooled = [f"{r[k]:>8.0f} ({r[k] / d:>5.2f})" for k in
+                  ("v1_gaussian", "v2_gaussian", "v2_gaussian_pool2", "v2_gaussian_procs2")]
         print(f"{d:>5} {cells[0]:>16} {cells[1]:>16} {r['speedup_chunk']:>7.2f}x "
-              f"{pooled[0]:>16} {pooled[1]:>16} {pooled[2]:>16} {r['speedup_pool2']:>7.2f}x")
+              f"{pooled[0]:>16} {pooled[1]:>16} {pooled[2]:>16} {r['speedup_pool2']:>7.2f}x "
+              f"{pooled[3]:>16} {r['speedup_procs2']:>7.2f}x")
     gauss = _min_time(_gaussian_calls(), args.gaussian_repeats)
     print("\none Gaussian, 3072 dims, about 1900 bits (seconds)")
     print(f"{'':>8}{'v1':>10}{'v2':>10}{'speedup':>9}")

@@ -13,11 +13,14 @@ truncation points, then averaged; beside it the ratio of the mean curves):
 
 * before: generator v1 with the "chunk" budget rule (2^ceil(D_j + m) per chunk), the
   encoder when issue 13 was filed;
-* v2 chunk: generator v2 with the "chunk" rule (the default of commit b27a899);
-* v2 layout: generator v2 with the "layout" rule (round(2^(mean chunk KL + m)) in every
-  chunk), the default now; and the same with margin 3.
+* v2 chunk: generator v2 with the "chunk" rule, one process (the default of commit
+  b27a899);
+* v2 layout, one process: generator v2 with the "layout" rule (round(2^(mean chunk KL +
+  m)) in every chunk), the default of commit fa4bbb3;
+* v2 layout, processes: the same searched on one process per CPU (the default now),
+  which must write the very same files (their SHA-256 are compared).
 
-The reference is "v2 chunk". `--render` reprints the table from a results file.
+The reference is "v2 chunk" (ratios of 1 by definition). `--render` reprints the table from a results file.
 """
 from __future__ import annotations
 
@@ -33,12 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_progressive_files import ROOT, bpp_at, encode_file, mean_curve  # noqa: E402
 
 CONFIGS = {
-    "before: v1, chunk, m=2": {"generator": "philox4x64-boxmuller-v1", "budget_rule": "chunk"},
-    "v2, chunk, m=2": {"budget_rule": "chunk"},
-    "v2, layout, m=2 (default)": {"budget_rule": "layout"},
-    "v2, layout, m=3": {"budget_rule": "layout", "margin_bits": 3.0},
+    "before: v1, chunk, m=2": {"generator": "philox4x64-boxmuller-v1", "budget_rule": "chunk",
+                               "search_workers": 1},
+    "v2, chunk, m=2, 1 process": {"budget_rule": "chunk", "search_workers": 1},
+    "v2, layout, m=2, 1 process": {"budget_rule": "layout", "search_workers": 1},
+    "v2, layout, m=2, 1 process per CPU (default)": {"budget_rule": "layout"},
 }
-REFERENCE = "v2, chunk, m=2"
+REFERENCE = "v2, chunk, m=2, 1 process"
+SAME_FILES = ("v2, layout, m=2, 1 process", "v2, layout, m=2, 1 process per CPU (default)")
 TARGETS = (22, 24, 26, 28, 30, 32, 34, 36, 38)
 
 
@@ -48,14 +53,15 @@ def _curve(f: dict) -> list:
 
 def table(results: dict) -> str:
     runs = results["runs"]
-    ref = runs[REFERENCE]
+    reference = results.get("reference", list(runs)[1])  # older files: the second config
+    ref = runs[reference]
     n = min(len(v) for v in runs.values())
-    lines = [f"{n} images, one file each; bpp ratio to '{REFERENCE}' at equal PSNR: mean of "
+    lines = [f"{n} images, one file each; bpp ratio to '{reference}' at equal PSNR: mean of "
              "per-image ratios (ratio of mean curves)", "",
              "| configuration | encode s/image | speed-up vs before | "
              + " | ".join(f"{t} dB" for t in TARGETS) + " |",
              "|---|---:|---:|" + "---:|" * len(TARGETS)]
-    before = np.mean([f["encode_s"] for f in runs[next(iter(CONFIGS))][:n]])
+    before = np.mean([f["encode_s"] for f in next(iter(runs.values()))[:n]])
     for name, files in runs.items():
         files = files[:n]
         enc = float(np.mean([f["encode_s"] for f in files]))
@@ -67,6 +73,11 @@ def table(results: dict) -> str:
                 bpp_at(mean_curve([_curve(f) for f in ref[:n]]), t)
             cells.append(f"{np.mean(ratios):.3f} ({mc / mr:.3f})" if ratios and mc and mr else "")
         lines.append(f"| {name} | {enc:.1f} | {before / enc:.1f}x | " + " | ".join(cells) + " |")
+    a, b = (runs.get(k, [])[:n] for k in SAME_FILES)
+    if a and b and all("sha256" in f for f in a + b):
+        same = sum(x["sha256"] == y["sha256"] for x, y in zip(a, b))
+        lines += ["", f"'{SAME_FILES[0]}' and '{SAME_FILES[1]}': {same} of {n} files "
+                      "identical byte for byte"]
     return "\n".join(lines)
 
 
@@ -92,7 +103,7 @@ def main(argv=None) -> int:
     results = {"command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:])),
                "data": a.data, "first": a.first, "model": model.fingerprint,
                "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-               "configs": CONFIGS, "runs": {name: [] for name in CONFIGS}}
+               "configs": CONFIGS, "reference": REFERENCE, "runs": {name: [] for name in CONFIGS}}
     for options in CONFIGS.values():  # warm-up of every path before any timing
         codec.decode_every_step(codec.encode(images[:1], steps=3, **options).data)
     for i, im in enumerate(images):

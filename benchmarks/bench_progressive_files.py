@@ -19,6 +19,7 @@ equal PSNR; `--render` redraws table and figure from a results file.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import sys
@@ -96,7 +97,8 @@ def encode_file(codec, images: np.ndarray, **options) -> dict:
                 "check_bits": enc.stats.extra["steps"][s]["check_bits"] / n,
                      "psnr": [psnr(rec[i], images[i]) for i in range(n)]})
     return {"images": n, "header_bytes": hsize, "file_bytes": len(enc.data),
-            "encode_s": t_enc, "decode_every_step_s": t_dec, "steps": rows}
+            "sha256": hashlib.sha256(enc.data).hexdigest(),
+            "search_workers": enc.stats.extra["params"]["search_workers"], "encode_s": t_enc, "decode_every_step_s": t_dec, "steps": rows}
 
 
 def mean_curve(points: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:

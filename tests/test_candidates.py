@@ -308,11 +308,12 @@ def _target(shape, seed=2):
 def test_v2_channel_regenerates_the_sample_with_every_search(shape):
     mq, vq, mp, vp = _target(shape)
     params = ch.ChannelParams(chunk_bits=8, margin_bits=3, max_log2=16, generator=V2).validate()
-    x, y, st, words = _roundtrip(mq, vq, mp, vp, params, search_threads=1)
+    x, y, st, words = _roundtrip(mq, vq, mp, vp, params, search_workers=1)
     assert x.shape == shape and np.array_equal(x, y)
     assert st.num_chunks == len(st.index_bits) and st.searched > 0
     # the stream and the sample do not depend on how or where the chunks are searched
-    for kw in ({"search_threads": 2}, {"search_threads": 3, "search_device": "torch:cpu"},
+    for kw in ({"search_workers": 2}, {"search_workers": 3}, {"search_workers": None},
+               {"search_workers": 3, "search_device": "torch:cpu"},
                *[{"search_device": f"torch:{d}"} for d in DEVICES]):
         x2, y2, st2, words2 = _roundtrip(mq, vq, mp, vp, params, **kw)
         assert np.array_equal(words2, words) and np.array_equal(x2, x) and np.array_equal(y2, x)
@@ -369,7 +370,7 @@ def _draws(mq, vq, mp, vp, params, count):
     for i in range(count):
         st = ch.ChannelStats()
         out.append(ch.encode_gaussian(ch.SymbolWriter(), mq, vq, mp, vp, params, 99, (i, 1),
-                                      np.random.default_rng(i), st, search_threads=1))
+                                      np.random.default_rng(i), st, search_workers=1))
         exact += st.exact_chunks
         chunks += st.num_chunks
     return np.array(out), exact / chunks

@@ -262,6 +262,37 @@ def test_budget_rule_is_the_senders_alone(rule):
         assert len(set(budgets)) > 1
 
 
+@pytest.mark.skipif(ch._search_pool(2) is None, reason="search processes are forked on Linux only")
+def test_search_workers_are_processes_and_a_dead_one_falls_back():
+    import os
+    from concurrent.futures.process import BrokenProcessPool
+    pool = ch._search_pool(2)
+    assert pool is ch._search_pool(2) and pool.submit(os.getpid).result() != os.getpid()
+    rng = np.random.default_rng(6)
+    mp, vp = rng.normal(size=300), rng.uniform(0.5, 1.5, size=300)
+    mq, vq = mp + 0.4 * rng.normal(size=300), 0.7 * vp
+    params = ch.ChannelParams(chunk_bits=6, margin_bits=2, max_log2=16, generator=ch.GENERATOR_V2)
+
+    def encode(workers):
+        w = ch.SymbolWriter()
+        x = ch.encode_gaussian(w, mq, vq, mp, vp, params, 5, (0, 2), np.random.default_rng(1),
+                               search_workers=workers)
+        return x, w.words()
+
+    x1, words1 = encode(1)
+    with pytest.raises(BrokenProcessPool):  # a worker dies: the pool breaks
+        pool.submit(os._exit, 1).result()
+    with pytest.warns(RuntimeWarning, match="search process died"):
+        x2, words2 = encode(2)  # searched here instead, the same result
+    assert np.array_equal(x2, x1) and np.array_equal(words2, words1)
+    fresh = ch._search_pool(2)  # the broken pool was dropped; a new one serves
+    assert fresh is not pool and np.array_equal(encode(2)[1], words1)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(DDPMCodecError, match="search workers"):
+            ch.check_search_workers(bad)
+    assert ch.check_search_workers(None) == ch.default_search_workers() >= 1
+
+
 def test_params_validate():
     with pytest.raises(DDPMCodecError):
         ch.ChannelParams(chunk_bits=0.5).validate()

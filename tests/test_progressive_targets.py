@@ -114,14 +114,17 @@ def test_cli_targets(capsys, tmp_path, tiny_ckpt, test_npz):
 
 def test_check_bits_and_search_device(tmp_path, tiny_ckpt, test_npz):
     """--check-bits is recorded and used; --search-device torch:cpu (the torch search a GPU
-    runs) writes the very same file as the numpy search; a device torch lacks is a clear
-    error."""
+    runs) and --search-workers 1 or 3 write the very same file as the default search (one
+    process per CPU); a device torch lacks and a bad worker count are clear errors."""
     f, g = tmp_path / "a.ddpm", tmp_path / "b.ddpm"
     base = ["encode", str(test_npz), "-n", "1", "--progressive", "--steps", "3",
             "--chunk-bits", "6", "--ckpt", str(tiny_ckpt), "-q", "--check-bits", "20"]
     assert main(base + ["-o", str(f)]) == 0
-    assert main(base + ["-o", str(g), "--search-device", "torch:cpu"]) == 0
-    assert f.read_bytes() == g.read_bytes()
+    for extra in (["--search-device", "torch:cpu"], ["--search-workers", "1"],
+                  ["--search-workers", "3"]):
+        assert main(base + ["-o", str(g)] + extra) == 0
+        assert f.read_bytes() == g.read_bytes()
+    assert main(base + ["-o", str(g), "--search-workers", "0"]) == 1
     header = container.read_header(f.read_bytes())
     assert pg.ProgressiveParams.unpack(header.params, header.num_steps).check_bits == 20
     assert main(["decode", str(f), "-o", str(tmp_path / "d.npz"), "--ckpt", str(tiny_ckpt),

@@ -97,6 +97,10 @@ def encode(
         "--search-device", help="progressive: where the encoder searches candidates: cpu "
                                 "(numpy, the default), cuda[:N] or torch:cpu (torch); the "
                                 "file is the same and decodes on the CPU")] = None,
+    search_workers: Annotated[Optional[int], Opt(
+        "--search-workers", help="progressive: processes that search candidates at once on "
+                                 "the CPU (default: one per CPU; Linux); the file is the "
+                                 "same for any number")] = None,
     as_json: Json = False, quiet: Quiet = False,
 ):
     """Compress images into one file. --lossless (the default): bits-back coding in
@@ -124,9 +128,9 @@ def encode(
     if progressive and (method != "auto" or seed_images is not None):
         raise DDPMCodecError("--method and --seed-images apply to --lossless")
     if not progressive and any(v is not None for v in (bpp, psnr, max_bytes, check_bits,
-                                                       search_device)):
-        raise DDPMCodecError("--bpp, --psnr, --max-bytes, --check-bits and --search-device "
-                             "apply to --progressive")
+                                                       search_device, search_workers)):
+        raise DDPMCodecError("--bpp, --psnr, --max-bytes, --check-bits, --search-device and "
+                             "--search-workers apply to --progressive")
     if out.is_dir():
         raise DDPMCodecError(f"-o {out} is a folder; give the path of the file to write")
     device = resolve_device(device)
@@ -138,7 +142,8 @@ def encode(
     if progressive:
         opts = {k: v for k, v in (("chunk_bits", chunk_bits), ("margin_bits", margin),
                                   ("bpp", bpp), ("psnr", psnr), ("max_bytes", max_bytes),
-                                  ("check_bits", check_bits), ("search_device", search_device))
+                                  ("check_bits", check_bits), ("search_device", search_device),
+                                  ("search_workers", search_workers))
                 if v is not None}
         if chain is not None and variance not in (None, "model"):
             opts["variance"] = "model"  # propose with the chain's own variances

@@ -54,9 +54,14 @@ Units: KL in bits unless a name says nats; d = number of dimensions of one targe
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import sys
 import threading
+import warnings
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -554,13 +559,47 @@ _POOLS: dict = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def _search_pool(threads: int) -> ThreadPoolExecutor:
-    """The process's pool of ``threads`` chunk-search threads (made once)."""
+def default_search_workers() -> int:
+    """The CPUs this process may run on: the encoder's default number of search processes."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def check_search_workers(workers: int | None) -> int:
+    """``workers`` (None: :func:`default_search_workers`) as a positive int, or a
+    DDPMCodecError."""
+    if workers is None:
+        return default_search_workers()
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise DDPMCodecError(f"search workers must be a positive integer, got {workers!r}")
+    return int(workers)
+
+
+def _search_pool(workers: int) -> ProcessPoolExecutor | None:
+    """The process's pool of ``workers`` search processes (made once), or None where
+    processes are forked unsafely or not at all (not Linux): the search then runs here.
+
+    Forked, because a forked worker starts in milliseconds, needs no picklable model and
+    never re-runs the user's main module (spawn and forkserver do, which breaks scripts
+    without a ``__main__`` guard). A worker runs numpy only, never torch, so the parent's
+    torch threads cannot deadlock it."""
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+        return None
     with _POOLS_LOCK:
-        pool = _POOLS.get(threads)
+        pool = _POOLS.get(workers)
         if pool is None:
-            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="pfr-search")
+            with warnings.catch_warnings():  # Python >= 3.12 warns of any fork of a threaded process
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pool = _POOLS[workers] = ProcessPoolExecutor(
+                    workers, mp_context=multiprocessing.get_context("fork"))
         return pool
+
+
+def _search_task(task: tuple) -> "Selection":
+    """One chunk's v2 search (a search process's unit of work)."""
+    return cand.pfr_search(*task)
 
 
 def _search_backend(search_device: str | None) -> tuple[str, str]:
@@ -587,13 +626,13 @@ def check_search_device(search_device: str | None) -> None:
 
 
 def _search_chunks(plan: _ChunkPlan, chunks: list, private_rng: np.random.Generator,
-                   search_device: str | None, search_threads: int) -> list:
+                   search_device: str | None, search_workers: int) -> list:
     """The Selection of every chunk; ``chunks``: (alpha, beta, const, budget) each.
 
     v1: :func:`pfr_select` in chunk order, the arrival times from ``private_rng`` in
     sequence. v2: chunk j's arrival times come from its own generator, seeded by (one
-    draw of ``private_rng``, j), so the chunks may be searched in any order: in parallel
-    on ``search_threads`` threads, on ``search_device``."""
+    draw of ``private_rng``, j), so the chunks may be searched in any order and anywhere:
+    with numpy on ``search_workers`` processes, or in torch on ``search_device``."""
     backend, device = _search_backend(search_device)
     if plan.generator == GENERATOR_ID:
         if backend != "numpy":
@@ -602,21 +641,29 @@ def _search_chunks(plan: _ChunkPlan, chunks: list, private_rng: np.random.Genera
         return [pfr_select(a, b, c, plan.key(j), budget, private_rng)
                 for j, (a, b, c, budget) in enumerate(chunks)]
     seed = int(private_rng.integers(0, 1 << 63))
-
-    def search(j: int) -> Selection:
-        a, b, c, budget = chunks[j]
-        return cand.pfr_search(a, b, c, plan.v2_key(j), budget, (seed, j), backend, device)
-
-    if search_threads > 1 and len(chunks) > 1:
-        return list(_search_pool(search_threads).map(search, range(len(chunks))))
-    return [search(j) for j in range(len(chunks))]
+    tasks = [(a, b, c, plan.v2_key(j), budget, (seed, j), backend, device)
+             for j, (a, b, c, budget) in enumerate(chunks)]
+    workers = min(search_workers, len(tasks))
+    # numpy holds the GIL between its short array operations, so threads gain nothing
+    # (benchmarks/bench_candidates.py); processes do
+    pool = _search_pool(workers) if workers > 1 and backend == "numpy" else None
+    if pool is not None:
+        try:
+            # a few batches per process: one message per chunk would cost about 1 ms each
+            return list(pool.map(_search_task, tasks, chunksize=-(-len(tasks) // (4 * workers))))
+        except BrokenProcessPool:  # a worker died (killed, out of memory): search here
+            with _POOLS_LOCK:
+                _POOLS.pop(workers, None)
+            warnings.warn("a candidate-search process died; searching in this process",
+                          RuntimeWarning, stacklevel=2)
+    return [_search_task(t) for t in tasks]
 
 
 def encode_gaussian(writer: SymbolWriter, mean_q, var_q, mean_p, var_p, params: ChannelParams,
                     key_seed: int, key_path: tuple, private_rng: np.random.Generator,
                     stats: ChannelStats | None = None, kl_hint: float | None = None,
                     index_model: IndexModel | None = None, search_device: str | None = None,
-                    search_threads: int = 1, budget_rule: str = "layout") -> np.ndarray:
+                    search_workers: int | None = 1, budget_rule: str = "layout") -> np.ndarray:
     """Send a sample of q = N(mean_q, var_q) to a receiver that knows p = N(mean_p, var_p)
     (float64 arrays of one shape, var_* > 0); return that sample (float64, q's shape),
     exactly as :func:`decode_gaussian` will regenerate it.
@@ -625,9 +672,8 @@ def encode_gaussian(writer: SymbolWriter, mean_q, var_q, mean_p, var_p, params: 
     randomness; a path must never be reused within a stream. Encoder-only options of a
     v2 generator (the stream does not depend on them): ``search_device`` (None or "cpu":
     numpy; a torch device such as "cuda", or "torch:cpu": torch there) and
-    ``search_threads`` (chunks searched at once on a thread pool; numpy releases the GIL
-    in its loops, yet on the 2-core machine of benchmarks/bench_candidates.py a second
-    thread gained nothing on cache-sized blocks, hence the default 1). ``budget_rule``
+    ``search_workers`` (numpy searches: chunks searched at once on that many forked
+    processes on Linux; None: one per CPU, :func:`default_search_workers`). ``budget_rule``
     (any generator; it changes the stream, not the format): how many candidates each
     chunk's search may score, :func:`search_budget`.
     """
@@ -654,7 +700,8 @@ def encode_gaussian(writer: SymbolWriter, mean_q, var_q, mean_p, var_p, params: 
     chunks = [(*score_coefficients(mq[idx], vq[idx], mp[idx], vp[idx]),
                search_budget(d_j, plan.mean_bits, params, len(idx), budget_rule))
               for idx, d_j in zip(plan.groups, chunk_kl)]
-    selections = _search_chunks(plan, chunks, private_rng, search_device, search_threads)
+    selections = _search_chunks(plan, chunks, private_rng, search_device,
+                                check_search_workers(search_workers))
     # the indices go to the stream, and the index model learns them, in chunk order
     for sel, d_j, (*_, budget) in zip(selections, chunk_kl, chunks):
         before = writer.bits.get("index", 0.0)

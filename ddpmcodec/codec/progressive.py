@@ -482,7 +482,7 @@ class ProgressiveCodec(Codec):
                max_bytes: int | None = None, bpp: float | None = None,
                psnr: float | None = None, check_bits: int = DEFAULT_CHECK_BITS,
                generator: str = DEFAULT_GENERATOR, search_device: str | None = None,
-               budget_rule: str = "layout") -> Encoded:
+               search_workers: int | None = None, budget_rule: str = "layout") -> Encoded:
         """Compress ``images`` (uint8 NHWC). ``steps`` = K coded latents (default 16) on
         :func:`coded_schedule`, or the latents of ``chain`` (a Diffusion on the model's
         schedule from t = 0 to T - 1, whose reverse variance the ``model`` proposal uses).
@@ -500,7 +500,9 @@ class ProgressiveCodec(Codec):
         last step's mean reconstruction.
 
         Encoder-only (the format does not record them): ``search_device`` runs generator
-        v2's candidate search in torch there; ``budget_rule`` ("layout", or "chunk", the
+        v2's candidate search in torch there; ``search_workers`` sets how many processes
+        search chunks at once on the CPU (None: one per CPU; channel.encode_gaussian);
+        ``budget_rule`` ("layout", or "chunk", the
         rule before) sets each chunk's search budget (channel.search_budget).
         """
         from ddpmcodec.progress import progress_bar
@@ -527,6 +529,7 @@ class ProgressiveCodec(Codec):
             timesteps = tuple(int(t) for t in chain.timesteps)
         ch.check_search_device(search_device)
         ch.check_budget_rule(budget_rule)
+        search_workers = ch.check_search_workers(search_workers)
         params = ProgressiveParams(ch.ChannelParams(float(chunk_bits), float(margin_bits), int(max_log2)),
                                    variance, generator, ch.generator_check(generator),
                                    *variance_rule_of(diffusion, model),
@@ -574,7 +577,8 @@ class ProgressiveCodec(Codec):
                         x_new[i] = ch.encode_gaussian(
                             writer, mean_q[i], var_q, plan.mean_p[i], var_p, params.channel,
                             header.seed, (i, s), _private_rng(header.seed, i, s), stats, hint,
-                            index_model, search_device=search_device, budget_rule=budget_rule)
+                            index_model, search_device=search_device,
+                            search_workers=search_workers, budget_rule=budget_rule)
                         model_kl = float(ch.kl_bits(mean_q[i], var_q, plan.mean_p[i], plan.var_p[i]).sum())
                         per.append({"kl_bits": stats.kl_bits, "model_kl_bits": model_kl,
                                     "code_bits": sum(writer.bits.values()) - before,
@@ -638,7 +642,8 @@ class ProgressiveCodec(Codec):
                            {"steps": step_rows, "timesteps": list(timesteps),
                             "coded_steps": coded, "target_reached": reached,
                             "params": dataclasses.asdict(params.channel) | {
-                                "variance": variance, "budget_rule": budget_rule}})
+                                "variance": variance, "budget_rule": budget_rule,
+                                "search_workers": search_workers}})
         if keep_latents:
             stats.extra["latents"] = latents
             stats.extra["reconstruction"] = recon
