@@ -157,6 +157,15 @@ def summarise(results: dict) -> dict:
             "over_kl": over}
 
 
+def _processes(files: list) -> str:
+    """", N search processes" when the files say how many searched (newer results)."""
+    counts = {f.get("search_workers") for f in files}
+    if len(counts) != 1 or None in counts:
+        return ""
+    n = counts.pop()
+    return f", {n} search process{'es' if n > 1 else ''}"
+
+
 def table(results: dict) -> str:
     s = summarise(results)
     names = ["ddpmcodec", "summed_kl"] + (["shared_file"] if s["shared"] else []) + list(s["classical"])
@@ -202,7 +211,8 @@ def table(results: dict) -> str:
                   f"| before: {before['generator']} | {np.mean(before['encode_s']):.1f} | "
                   f"{np.mean(before['decode_every_step_s']):.2f} |",
                   f"| after: {results.get('generator', 'default')}"
-                  f"{', layout budget rule' if 'budget' in before['generator'] else ''} | "
+                  f"{', layout budget rule' if 'budget' in before['generator'] else ''}"
+                  f"{_processes(files[:n])} | "
                   f"{np.mean(after):.1f} | "
                   f"{np.mean(after_dec):.2f} |",
                   f"| speed-up | {np.mean(before['encode_s']) / np.mean(after):.1f}x | "
