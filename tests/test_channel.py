@@ -293,6 +293,26 @@ def test_search_workers_are_processes_and_a_dead_one_falls_back():
     assert ch.check_search_workers(None) == ch.default_search_workers() >= 1
 
 
+def test_a_daemonic_process_searches_in_itself(monkeypatch):
+    """A daemonic process (a multiprocessing.Pool worker) may not have children: no pool,
+    and the search runs in the process, to the same stream."""
+    import multiprocessing
+    from types import SimpleNamespace
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: SimpleNamespace(daemon=True))
+    assert ch._search_pool(2) is None
+    rng = np.random.default_rng(8)
+    mp, vp = rng.normal(size=200), np.ones(200)
+    params = ch.ChannelParams(chunk_bits=6, margin_bits=2, max_log2=16, generator=ch.GENERATOR_V2)
+    words = []
+    for workers in (1, 2):
+        w, st = ch.SymbolWriter(), ch.ChannelStats()
+        ch.encode_gaussian(w, mp + 0.5, 0.7, mp, vp, params, 5, (0, 3), np.random.default_rng(1),
+                           st, search_workers=workers)
+        words.append(w.words())
+        assert st.num_chunks > 4
+    assert np.array_equal(words[0], words[1])
+
+
 def test_params_validate():
     with pytest.raises(DDPMCodecError):
         ch.ChannelParams(chunk_bits=0.5).validate()

@@ -579,13 +579,15 @@ def check_search_workers(workers: int | None) -> int:
 
 def _search_pool(workers: int) -> ProcessPoolExecutor | None:
     """The process's pool of ``workers`` search processes (made once), or None where
-    processes are forked unsafely or not at all (not Linux): the search then runs here.
+    processes are forked unsafely or not at all (not Linux) or may have no children (a
+    daemonic process, such as a multiprocessing.Pool worker): the search then runs here.
 
     Forked, because a forked worker starts in milliseconds, needs no picklable model and
     never re-runs the user's main module (spawn and forkserver do, which breaks scripts
     without a ``__main__`` guard). A worker runs numpy only, never torch, so the parent's
     torch threads cannot deadlock it."""
-    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods() \
+            or multiprocessing.current_process().daemon:
         return None
     with _POOLS_LOCK:
         pool = _POOLS.get(workers)
