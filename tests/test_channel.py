@@ -265,9 +265,12 @@ def test_budget_rule_is_the_senders_alone(rule):
 @pytest.mark.skipif(ch._search_pool(2) is None, reason="search processes are forked on Linux only")
 def test_search_workers_are_processes_and_a_dead_one_falls_back():
     import os
+    import signal
     from concurrent.futures.process import BrokenProcessPool
     pool = ch._search_pool(2)
     assert pool is ch._search_pool(2) and pool.submit(os.getpid).result() != os.getpid()
+    # Ctrl-C is the encoder's to handle: a search process ignores it (no traceback of its own)
+    assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
     rng = np.random.default_rng(6)
     mp, vp = rng.normal(size=300), rng.uniform(0.5, 1.5, size=300)
     mq, vq = mp + 0.4 * rng.normal(size=300), 0.7 * vp

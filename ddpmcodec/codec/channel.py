@@ -56,6 +56,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -595,8 +596,15 @@ def _search_pool(workers: int) -> ProcessPoolExecutor | None:
             with warnings.catch_warnings():  # Python >= 3.12 warns of any fork of a threaded process
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pool = _POOLS[workers] = ProcessPoolExecutor(
-                    workers, mp_context=multiprocessing.get_context("fork"))
+                    workers, mp_context=multiprocessing.get_context("fork"),
+                    initializer=_ignore_interrupts)
         return pool
+
+
+def _ignore_interrupts() -> None:
+    """A search process leaves Ctrl-C to the encoder's process (which stops the encode)
+    instead of printing its own traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _search_task(task: tuple) -> "Selection":
@@ -651,7 +659,8 @@ def _search_chunks(plan: _ChunkPlan, chunks: list, private_rng: np.random.Genera
     pool = _search_pool(workers) if workers > 1 and backend == "numpy" else None
     if pool is not None:
         try:
-            # a few batches per process: one message per chunk would cost about 1 ms each
+            # a few batches per process: a message per chunk costs about as much as a
+            # small chunk's search
             return list(pool.map(_search_task, tasks, chunksize=-(-len(tasks) // (4 * workers))))
         except BrokenProcessPool:  # a worker died (killed, out of memory): search here
             with _POOLS_LOCK:
