@@ -296,24 +296,45 @@ def test_search_workers_are_processes_and_a_dead_one_falls_back():
     assert ch.check_search_workers(None) == ch.default_search_workers() >= 1
 
 
-def test_a_daemonic_process_searches_in_itself(monkeypatch):
-    """A daemonic process (a multiprocessing.Pool worker) may not have children: no pool,
-    and the search runs in the process, to the same stream."""
-    import multiprocessing
-    from types import SimpleNamespace
-    monkeypatch.setattr(multiprocessing, "current_process", lambda: SimpleNamespace(daemon=True))
-    assert ch._search_pool(2) is None
-    rng = np.random.default_rng(8)
+def _encode_in_child(queue) -> None:
+    """In a forked child: how many pools it inherited, whether it may make one, and its
+    stream with 2 workers."""
+    inherited = len(ch._POOLS)
+    queue.put((inherited, ch._search_pool(2) is None, _stream_of_workers(2).tolist()))
+
+
+def _stream_of_workers(workers: int) -> np.ndarray:
+    rng = np.random.default_rng(9)
     mp, vp = rng.normal(size=200), np.ones(200)
     params = ch.ChannelParams(chunk_bits=6, margin_bits=2, max_log2=16, generator=ch.GENERATOR_V2)
-    words = []
-    for workers in (1, 2):
-        w, st = ch.SymbolWriter(), ch.ChannelStats()
-        ch.encode_gaussian(w, mp + 0.5, 0.7, mp, vp, params, 5, (0, 3), np.random.default_rng(1),
-                           st, search_workers=workers)
-        words.append(w.words())
-        assert st.num_chunks > 4
-    assert np.array_equal(words[0], words[1])
+    w, st = ch.SymbolWriter(), ch.ChannelStats()
+    ch.encode_gaussian(w, mp + 0.5, 0.7, mp, vp, params, 5, (0, 4), np.random.default_rng(1), st,
+                       search_workers=workers)
+    assert st.num_chunks > 4
+    return w.words()
+
+
+@pytest.mark.skipif(ch._search_pool(2) is None, reason="search processes are forked on Linux only")
+@pytest.mark.parametrize("daemon", [False, True])
+def test_a_multiprocessing_child_searches_in_itself(daemon):
+    """A process that multiprocessing forks after the encoder made its pool (a DataLoader
+    worker, daemonic, or a user's own) neither uses the parent's pool nor makes one (a
+    daemonic process may have no children; another would wait for them at its exit): it
+    searches in itself, to the same stream, and exits."""
+    import multiprocessing
+    assert ch._search_pool(2) is not None and len(ch._POOLS) >= 1
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_encode_in_child, args=(queue,), daemon=daemon)
+    child.start()
+    inherited, no_pool, words = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and inherited == 0 and no_pool
+    assert words == _stream_of_workers(1).tolist()
+    ch.close_search_pools()
+    assert not ch._POOLS
+    assert np.array_equal(_stream_of_workers(2), _stream_of_workers(1))  # a new pool serves
+    assert len(ch._POOLS) == 1
 
 
 def test_params_validate():

@@ -556,8 +556,19 @@ class _ChunkPlan:
         out[idx] = mp[idx] + np.sqrt(vp[idx]) * eps.astype(np.float64)
 
 
-_POOLS: dict = {}
+_POOLS: dict = {}  # this process's search pools by their number of processes
 _POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools() -> None:
+    """In a forked child: the parent's pools (and maybe its held lock) are not its own."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 def default_search_workers() -> int:
@@ -580,15 +591,17 @@ def check_search_workers(workers: int | None) -> int:
 
 def _search_pool(workers: int) -> ProcessPoolExecutor | None:
     """The process's pool of ``workers`` search processes (made once), or None where
-    processes are forked unsafely or not at all (not Linux) or may have no children (a
-    daemonic process, such as a multiprocessing.Pool worker): the search then runs here.
+    processes are forked unsafely or not at all (not Linux), and in a process that
+    multiprocessing started (a daemonic one, such as a DataLoader or Pool worker, may
+    have no children; another would wait for the pool's processes at its exit, which
+    only the interpreter's own exit stops): the search then runs here.
 
     Forked, because a forked worker starts in milliseconds, needs no picklable model and
     never re-runs the user's main module (spawn and forkserver do, which breaks scripts
     without a ``__main__`` guard). A worker runs numpy only, never torch, so the parent's
     torch threads cannot deadlock it."""
     if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods() \
-            or multiprocessing.current_process().daemon:
+            or multiprocessing.parent_process() is not None:
         return None
     with _POOLS_LOCK:
         pool = _POOLS.get(workers)
@@ -599,6 +612,17 @@ def _search_pool(workers: int) -> ProcessPoolExecutor | None:
                     workers, mp_context=multiprocessing.get_context("fork"),
                     initializer=_ignore_interrupts)
         return pool
+
+
+def close_search_pools() -> None:
+    """Stop this process's search processes (they are made again when needed). They
+    otherwise live, idle, until the interpreter exits, holding their copy of the memory
+    this process had when they were forked."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ignore_interrupts() -> None:
