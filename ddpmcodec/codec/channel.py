@@ -606,11 +606,12 @@ def _search_pool(workers: int) -> ProcessPoolExecutor | None:
     with _POOLS_LOCK:
         pool = _POOLS.get(workers)
         if pool is None:
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_ignore_interrupts)
             with warnings.catch_warnings():  # Python >= 3.12 warns of any fork of a threaded process
                 warnings.simplefilter("ignore", DeprecationWarning)
-                pool = _POOLS[workers] = ProcessPoolExecutor(
-                    workers, mp_context=multiprocessing.get_context("fork"),
-                    initializer=_ignore_interrupts)
+                pool.submit(int).result()  # the first task forks all the processes
+            _POOLS[workers] = pool
         return pool
 
 
