@@ -98,7 +98,8 @@ def encode_file(codec, images: np.ndarray, **options) -> dict:
                      "psnr": [psnr(rec[i], images[i]) for i in range(n)]})
     return {"images": n, "header_bytes": hsize, "file_bytes": len(enc.data),
             "sha256": hashlib.sha256(enc.data).hexdigest(),
-            "search_workers": enc.stats.extra["params"]["search_workers"], "encode_s": t_enc, "decode_every_step_s": t_dec, "steps": rows}
+            "search_workers": enc.stats.extra["params"]["search_workers"],
+            "encode_s": t_enc, "decode_every_step_s": t_dec, "steps": rows}
 
 
 def mean_curve(points: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:

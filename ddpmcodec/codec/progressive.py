@@ -502,8 +502,8 @@ class ProgressiveCodec(Codec):
         Encoder-only (the format does not record them): ``search_device`` runs generator
         v2's candidate search in torch there; ``search_workers`` sets how many processes
         search chunks at once on the CPU (None: one per CPU; channel.encode_gaussian);
-        ``budget_rule`` ("layout", or "chunk", the
-        rule before) sets each chunk's search budget (channel.search_budget).
+        ``budget_rule`` ("layout", or "chunk", the rule before) sets each chunk's search
+        budget (channel.search_budget).
         """
         from ddpmcodec.progress import progress_bar
         model = self.model
