@@ -78,23 +78,23 @@ def encode_file(codec, images: np.ndarray, **options) -> dict:
     steps = codec.decode_every_step(enc.data)  # latents checked bit for bit
     t_dec = time.perf_counter() - t0
     hsize = container.header_size(enc.header, 0)
-    ends = [row["prefix_bytes"] for row in enc.stats.extra["steps"]]
+    coded = enc.stats.extra["steps"]
+    ends = [row["prefix_bytes"] for row in coded]
     assert [st["bytes_used"] for st in steps] == ends and ends[-1] == len(enc.data)
-    kl = np.cumsum([sum(im["kl_bits"] for im in row["images"]) for row in enc.stats.extra["steps"]])
+    kl = np.cumsum([sum(im["kl_bits"] for im in row["images"]) for row in coded])
     rows, index_bits, side_bits = [], 0.0, 0.0
-    for s, st in enumerate(steps):
+    for s, (st, row) in enumerate(zip(steps, coded)):
         rec = st["images"]["mean"]
-        per = enc.stats.extra["steps"][s]["images"]
-        index_bits += sum(im["index_bits"] for im in per) / n
-        side_bits += sum(im["code_bits"] - im["index_bits"] for im in per) / n
+        index_bits += sum(im["index_bits"] for im in row["images"]) / n
+        side_bits += sum(im["code_bits"] - im["index_bits"] for im in row["images"]) / n
         if s in (0, len(steps) // 2, len(steps) - 1):  # the prefix alone gives the same image
             assert np.array_equal(codec.decode(enc.data[:ends[s]]).images, rec)
         rows.append({"step": s + 1, "t": st["t"], "file_bytes": ends[s],
                      "bpp": 8 * ends[s] / (n * h * w), "kl_bpp": kl[s] / (n * h * w),
-                # per image, cumulative: ideal bits of the PFR indices and of the side
-                # symbols (variance levels), and the steps' latent checks
-                "index_bits": index_bits, "side_bits": side_bits,
-                "check_bits": enc.stats.extra["steps"][s]["check_bits"] / n,
+                     # per image, cumulative: ideal bits of the PFR indices and of the side
+                     # symbols (variance levels), and the steps' latent checks
+                     "index_bits": index_bits, "side_bits": side_bits,
+                     "check_bits": row["check_bits"] / n,
                      "psnr": [psnr(rec[i], images[i]) for i in range(n)]})
     return {"images": n, "header_bytes": hsize, "file_bytes": len(enc.data),
             "sha256": hashlib.sha256(enc.data).hexdigest(),

@@ -262,6 +262,20 @@ def test_budget_rule_is_the_senders_alone(rule):
         assert len(set(budgets)) > 1
 
 
+def _encode_with_workers(workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """One Gaussian of several chunks sent with ``workers`` search processes: (sample,
+    stream words)."""
+    rng = np.random.default_rng(6)
+    mp, vp = rng.normal(size=300), rng.uniform(0.5, 1.5, size=300)
+    mq, vq = mp + 0.4 * rng.normal(size=300), 0.7 * vp
+    params = ch.ChannelParams(chunk_bits=6, margin_bits=2, max_log2=16, generator=ch.GENERATOR_V2)
+    w, st = ch.SymbolWriter(), ch.ChannelStats()
+    x = ch.encode_gaussian(w, mq, vq, mp, vp, params, 5, (0, 2), np.random.default_rng(1), st,
+                           search_workers=workers)
+    assert st.num_chunks > 4
+    return x, w.words()
+
+
 @pytest.mark.skipif(ch._search_pool(2) is None, reason="search processes are forked on Linux only")
 def test_search_workers_are_processes_and_a_dead_one_falls_back():
     import os
@@ -271,25 +285,14 @@ def test_search_workers_are_processes_and_a_dead_one_falls_back():
     assert pool is ch._search_pool(2) and pool.submit(os.getpid).result() != os.getpid()
     # Ctrl-C is the encoder's to handle: a search process ignores it (no traceback of its own)
     assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
-    rng = np.random.default_rng(6)
-    mp, vp = rng.normal(size=300), rng.uniform(0.5, 1.5, size=300)
-    mq, vq = mp + 0.4 * rng.normal(size=300), 0.7 * vp
-    params = ch.ChannelParams(chunk_bits=6, margin_bits=2, max_log2=16, generator=ch.GENERATOR_V2)
-
-    def encode(workers):
-        w = ch.SymbolWriter()
-        x = ch.encode_gaussian(w, mq, vq, mp, vp, params, 5, (0, 2), np.random.default_rng(1),
-                               search_workers=workers)
-        return x, w.words()
-
-    x1, words1 = encode(1)
+    x1, words1 = _encode_with_workers(1)
     with pytest.raises(BrokenProcessPool):  # a worker dies: the pool breaks
         pool.submit(os._exit, 1).result()
     with pytest.warns(RuntimeWarning, match="search process died"):
-        x2, words2 = encode(2)  # searched here instead, the same result
+        x2, words2 = _encode_with_workers(2)  # searched here instead, the same result
     assert np.array_equal(x2, x1) and np.array_equal(words2, words1)
     fresh = ch._search_pool(2)  # the broken pool was dropped; a new one serves
-    assert fresh is not pool and np.array_equal(encode(2)[1], words1)
+    assert fresh is not pool and np.array_equal(_encode_with_workers(2)[1], words1)
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(DDPMCodecError, match="search workers"):
             ch.check_search_workers(bad)
@@ -304,14 +307,7 @@ def _encode_in_child(queue) -> None:
 
 
 def _stream_of_workers(workers: int) -> np.ndarray:
-    rng = np.random.default_rng(9)
-    mp, vp = rng.normal(size=200), np.ones(200)
-    params = ch.ChannelParams(chunk_bits=6, margin_bits=2, max_log2=16, generator=ch.GENERATOR_V2)
-    w, st = ch.SymbolWriter(), ch.ChannelStats()
-    ch.encode_gaussian(w, mp + 0.5, 0.7, mp, vp, params, 5, (0, 4), np.random.default_rng(1), st,
-                       search_workers=workers)
-    assert st.num_chunks > 4
-    return w.words()
+    return _encode_with_workers(workers)[1]
 
 
 @pytest.mark.skipif(ch._search_pool(2) is None, reason="search processes are forked on Linux only")

@@ -476,9 +476,8 @@ def search_budget(chunk_kl: float, mean_bits: float, params: ChannelParams, dims
     Why "layout": a search costs budget x dims, and a random layout scatters chunk KLs by
     1-3 bits, so the "chunk" rule spends most of its time on the few chunks of highest KL
     (E[2^D_j] is far above 2^E[D_j]) and on rounding up. The index law of equal budgets
-    also matches the receiver's model, which knows only the mean. On 8 CIFAR-10 test
-    images "layout" encodes 3.5x faster at the same rate and distortion
-    (benchmarks/bench_progressive_budget.py, docs/progressive.md).
+    also matches the receiver's model, which knows only the mean. Its time and rate
+    against "chunk": benchmarks/bench_progressive_budget.py, docs/progressive.md.
     """
     cap = min(params.max_log2, max(0, int(math.floor(math.log2(MAX_CANDIDATE_DIMS / max(dims, 1))))))
     if rule == "layout":
