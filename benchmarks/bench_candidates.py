@@ -26,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ddpmcodec.codec import candidates as cd
-from ddpmcodec.codec import channel as ch
+from ddpmcodec.codec.progressive.channel import generator_v2, search
+from ddpmcodec.codec.progressive import channel as ch
+from ddpmcodec.codec.progressive.channel import pool as search_pool
 
 DIMS = (4, 16, 256, 1536)
 SEARCH_DIMS = (16, 1536)
@@ -66,9 +67,9 @@ def _generator_calls(dims: int) -> dict:
     k2, count = int(key[0]), NORMALS // dims
     return {
         "v1": lambda: ch.candidate_normals(key, 0, count, dims),
-        "v2_numpy": lambda: cd.normals_numpy(k2, 0, count, dims),
-        "v2_torch_1": _with_torch_threads(1, lambda: cd.normals_torch(k2, 0, count, dims)),
-        "v2_torch_2": _with_torch_threads(2, lambda: cd.normals_torch(k2, 0, count, dims)),
+        "v2_numpy": lambda: generator_v2.normals_numpy(k2, 0, count, dims),
+        "v2_torch_1": _with_torch_threads(1, lambda: generator_v2.normals_torch(k2, 0, count, dims)),
+        "v2_torch_2": _with_torch_threads(2, lambda: generator_v2.normals_torch(k2, 0, count, dims)),
     }
 
 
@@ -101,19 +102,19 @@ def _search_calls(dims: int, pool: ThreadPoolExecutor) -> dict:
 
     def v2(j=0):
         a, b, c = chunks[j]
-        return cd.pfr_search(a, b, c, int(keys[j][0]), BUDGET, (5, j))
+        return search.pfr_search(a, b, c, int(keys[j][0]), BUDGET, (5, j))
 
     tasks = [(*chunks[j], int(keys[j][0]), BUDGET, (5, j)) for j in range(POOL_CHUNKS)]
-    procs = ch._search_pool(2)
+    procs = search_pool._search_pool(2)
     if procs is None:
         raise SystemExit("the process pool needs Linux (fork)")
-    list(procs.map(ch._search_task, tasks))  # start the workers before timing
+    list(procs.map(search_pool._search_task, tasks))  # start the workers before timing
 
     return {"v1_chunk": v1, "v2_chunk": v2,
             "v1_gaussian": lambda: [v1(j) for j in range(POOL_CHUNKS)],
             "v2_gaussian": lambda: [v2(j) for j in range(POOL_CHUNKS)],
             "v2_gaussian_pool2": lambda: list(pool.map(v2, range(POOL_CHUNKS))),
-            "v2_gaussian_procs2": lambda: list(procs.map(ch._search_task, tasks))}
+            "v2_gaussian_procs2": lambda: list(procs.map(search_pool._search_task, tasks))}
 
 
 def bench_searches(repeats: int) -> list:

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from ddpmcodec.codec.bitsback import BitsBackCodec
+    from ddpmcodec.codec.lossless.codec import BitsBackCodec
     from ddpmcodec.io.chain_choice import ChainOptions, select_chain
     from ddpmcodec.io.data import load_images
     from ddpmcodec.io.models import load_model

@@ -48,7 +48,7 @@ def classical_bits(images: np.ndarray) -> dict:
 
 
 def run_files(codec, images: np.ndarray, per_file: int, label: str, chain=None) -> dict:
-    from ddpmcodec.codec.base import decode_bytes
+    from ddpmcodec.codec.api import decode_bytes
     rows = []
     for a in range(0, len(images), per_file):
         x = images[a:a + per_file]
@@ -92,7 +92,7 @@ def summarise(res: dict, dims: int, base: dict) -> dict:
 
 
 def codec_default_steps() -> int:
-    from ddpmcodec.codec.bitsback import DEFAULT_STEPS
+    from ddpmcodec.codec.lossless.params import DEFAULT_STEPS
     return DEFAULT_STEPS
 
 
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from ddpmcodec.codec.bitsback import BitsBackCodec
+    from ddpmcodec.codec.lossless.codec import BitsBackCodec
     from ddpmcodec.io.models import load_model
     if a.threads:
         torch.set_num_threads(a.threads)

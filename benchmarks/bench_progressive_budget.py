@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from ddpmcodec.codec.progressive import ProgressiveCodec
+    from ddpmcodec.codec.progressive.codec import ProgressiveCodec
     from ddpmcodec.io.atomic import write_json_atomic
     from ddpmcodec.io.models import load_model
     images = np.load(a.data)["images"][a.first:a.first + a.count]

@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from ddpmcodec.codec.channel import GENERATOR_ID, GENERATOR_V2
-    from ddpmcodec.codec.progressive import ProgressiveCodec
+    from ddpmcodec.codec.progressive.channel import GENERATOR_ID, GENERATOR_V2
+    from ddpmcodec.codec.progressive.codec import ProgressiveCodec
     from ddpmcodec.io.atomic import write_json_atomic
     from ddpmcodec.io.models import load_model
     image = np.load(a.data)["images"][a.image:a.image + 1]

@@ -270,7 +270,8 @@ def main(argv=None) -> int:
     else:
         import torch
 
-        from ddpmcodec.codec.progressive import ProgressiveCodec, ProgressiveParams
+        from ddpmcodec.codec.progressive.codec import ProgressiveCodec
+        from ddpmcodec.codec.progressive.params import ProgressiveParams
         from ddpmcodec.io.atomic import write_json_atomic
         from ddpmcodec.io.models import load_model
         images = np.load(a.data)["images"][a.first:a.first + a.count]
@@ -297,7 +298,7 @@ def main(argv=None) -> int:
             print(f"one file of {len(images)} images: {results['shared_file']['file_bytes']} bytes",
                   flush=True)
         if a.before:
-            from ddpmcodec.codec.channel import GENERATOR_ID
+            from ddpmcodec.codec.progressive.channel import GENERATOR_ID
             runs = [encode_file(codec, im[None], generator=GENERATOR_ID, budget_rule="chunk")
                     for im in images[:a.before]]
             results["before"] = {"generator": GENERATOR_ID + ", chunk budget rule",

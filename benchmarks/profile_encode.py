@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from ddpmcodec.codec.progressive import ProgressiveCodec
+    from ddpmcodec.codec.progressive.codec import ProgressiveCodec
     from ddpmcodec.io.atomic import write_json_atomic
     from ddpmcodec.io.models import load_model
     images = np.load(a.data)["images"]

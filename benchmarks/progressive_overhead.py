@@ -40,16 +40,18 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-test-800.npz"
 def main(argv=None) -> int:
     from ddpmcodec.analysis.rd_codec import rate_at_rmse
     from ddpmcodec.pipelines.rd_codec import theory_curve
-    from ddpmcodec.codec import progressive as pg
+    from ddpmcodec.codec.progressive import codec as prog_codec
+    from ddpmcodec.codec.progressive import params as prog_params
+    from ddpmcodec.codec.progressive import reconstruct
     from ddpmcodec.io.models import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--num-images", type=int, default=16)
     ap.add_argument("--first", type=int, default=0, help="index of the first image")
-    ap.add_argument("--steps", type=int, default=pg.DEFAULT_STEPS)
+    ap.add_argument("--steps", type=int, default=prog_params.DEFAULT_STEPS)
     ap.add_argument("--chunk-bits", default="6,8,10,12,14")
-    ap.add_argument("--margin", type=float, default=pg.DEFAULT_MARGIN_BITS)
+    ap.add_argument("--margin", type=float, default=prog_params.DEFAULT_MARGIN_BITS)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write all numbers here")
@@ -61,17 +63,17 @@ def main(argv=None) -> int:
     with np.load(args.data, allow_pickle=False) as f:
         images = f["images"][args.first:args.first + args.num_images]
     model = load_model()
-    codec = pg.ProgressiveCodec(model)
+    codec = prog_codec.ProgressiveCodec(model)
     chunk_sizes = [float(b) for b in args.chunk_bits.split(",")]
     n = len(images)
     dims = images[0].size
 
     t0 = time.time()
-    theory = theory_curve(model, images, pg.coded_schedule(model.diffusion.num_steps, args.steps),
+    theory = theory_curve(model, images, prog_params.coded_schedule(model.diffusion.num_steps, args.steps),
                           args.seed, args.batch_size)
     th_bits, th_rmse = theory["kl_bits_per_image"], theory["rmse"]
     print(f"{n} images from {args.data.name}, K={args.steps} coded steps "
-          f"{list(pg.coded_schedule(model.diffusion.num_steps, args.steps))}, margin {args.margin} bits; "
+          f"{list(prog_params.coded_schedule(model.diffusion.num_steps, args.steps))}, margin {args.margin} bits; "
           f"theory (exact samples) computed in {time.time() - t0:.0f} s")
     print(f"theory at full rate: KL {th_bits.iloc[-1]:.0f} bits/image "
           f"({th_bits.iloc[-1] / dims:.3f} bits/dim), RMSE {th_rmse.iloc[-1]:.3f}")
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
         enc = codec.encode(images, steps=args.steps, chunk_bits=B, margin_bits=args.margin,
                            batch_size=args.batch_size, seed=args.seed)
         secs = time.time() - t
-        rows = pg.truncation_table(enc.stats)
+        rows = reconstruct.truncation_table(enc.stats)
         tables[B] = rows
         last = rows[-1]
         bits = [r["payload_bits_per_image"] for r in rows]
@@ -112,12 +114,12 @@ def main(argv=None) -> int:
                                    "bits_at_rmse8": at8, "bits_at_rmse2": at2,
                                    "theory_bits_at_rmse8": th8, "theory_bits_at_rmse2": th2,
                                    "file_bytes": len(enc.data), "rows": rows})
-        if B == chunk_sizes[-1] or B == pg.DEFAULT_CHUNK_BITS:
+        if B == chunk_sizes[-1] or B == prog_params.DEFAULT_CHUNK_BITS:
             t = time.time()
             dec = codec.decode(enc.data)
             results["configs"][-1]["decode_seconds_per_image"] = (time.time() - t) / n
             assert np.array_equal(dec.images, codec.decode(enc.data).images)
-    default = pg.DEFAULT_CHUNK_BITS if pg.DEFAULT_CHUNK_BITS in tables else chunk_sizes[-1]
+    default = prog_params.DEFAULT_CHUNK_BITS if prog_params.DEFAULT_CHUNK_BITS in tables else chunk_sizes[-1]
     print()
     print(f"B = {default}: actual bits against summed KL at every truncation point (per image)")
     print(" step |    t | payload bits |  KL bits | overhead | KL theory | RMSE  | RMSE theory | PSNR")

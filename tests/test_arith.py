@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from ddpmcodec.codec import arith
+from ddpmcodec.codec.entropy import arith
 from ddpmcodec.errors import DDPMCodecError
 
 

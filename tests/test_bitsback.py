@@ -13,20 +13,12 @@ import torch
 from conftest import make_tiny_ckpt
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.base import (
-    decode_bytes,
-    get_codec,
-    log2_variance_codes,
-    variances_of_codes,
-)
-from ddpmcodec.codec.bitsback import (
-    BitsBackCodec,
-    LosslessParams,
-    decoder_probs,
-    initial_words,
-    latent_grids,
-    max_initial_words,
-)
+from ddpmcodec.codec.api import decode_bytes, get_codec
+from ddpmcodec.codec.container.chains import log2_variance_codes, variances_of_codes
+from ddpmcodec.codec.lossless.codec import BitsBackCodec
+from ddpmcodec.codec.lossless.grids import decoder_probs, latent_grids
+from ddpmcodec.codec.lossless.params import LosslessParams, max_initial_words
+from ddpmcodec.codec.lossless.seeds import initial_words
 from ddpmcodec.codec.container import BlobWriter
 from ddpmcodec.core.likelihood import (
     bound_plain_loop,
@@ -238,7 +230,7 @@ def test_params_round_trip_and_bounds():
     q = log2_variance_codes((1.5e-4, 0.25))
     assert variances_of_codes(q)[1] == 0.25 and abs(variances_of_codes(q)[0] / 1.5e-4 - 1) < 2e-3
     # versions 1 and 2 (fixed-width fields, exact float64 variances) still read
-    from ddpmcodec.codec.base import pack_variance_rule
+    from ddpmcodec.codec.container.chains import pack_variance_rule
     v2 = BlobWriter().u8(2).u8(5).u16(72).u32(100).u32(20).f64(123.5).f64(124.25)
     v2 = pack_variance_rule(v2, "explicit", (1.5e-4, 0.25)).getvalue()
     r = LosslessParams.unpack(v2, h)
@@ -298,7 +290,7 @@ def test_whitening_makes_pops_follow_q():
     """Bits that a too-wide model just wrote are bunched; ANS hands them to the next pop
     almost unchanged, so a pop from N(0, 1) comes out too narrow. After whitening (which
     is bit-neutral and its own inverse) the pop follows N(0, 1)."""
-    from ddpmcodec.codec.bitsback import _Stack
+    from ddpmcodec.codec.lossless.stack import ChainStack as _Stack
     rng = np.random.default_rng(0)
     n, delta, half = 20000, 1 / 64, 5 * 64
     sym = torch.from_numpy(np.rint(rng.normal(0, 0.3, n) / delta).astype(np.int64))

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ddpmcodec.codec import channel as ch
+from ddpmcodec.codec.progressive import channel as ch
+from ddpmcodec.codec.progressive.channel import pool as search_pool
 from ddpmcodec.errors import DDPMCodecError
 
 
@@ -276,13 +277,13 @@ def _encode_with_workers(workers: int) -> tuple[np.ndarray, np.ndarray]:
     return x, w.words()
 
 
-@pytest.mark.skipif(ch._search_pool(2) is None, reason="search processes are forked on Linux only")
+@pytest.mark.skipif(search_pool._search_pool(2) is None, reason="search processes are forked on Linux only")
 def test_search_workers_are_processes_and_a_dead_one_falls_back():
     import os
     import signal
     from concurrent.futures.process import BrokenProcessPool
-    pool = ch._search_pool(2)
-    assert pool is ch._search_pool(2) and pool.submit(os.getpid).result() != os.getpid()
+    pool = search_pool._search_pool(2)
+    assert pool is search_pool._search_pool(2) and pool.submit(os.getpid).result() != os.getpid()
     # Ctrl-C is the encoder's to handle: a search process ignores it (no traceback of its own)
     assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
     x1, words1 = _encode_with_workers(1)
@@ -291,7 +292,7 @@ def test_search_workers_are_processes_and_a_dead_one_falls_back():
     with pytest.warns(RuntimeWarning, match="search process died"):
         x2, words2 = _encode_with_workers(2)  # searched here instead, the same result
     assert np.array_equal(x2, x1) and np.array_equal(words2, words1)
-    fresh = ch._search_pool(2)  # the broken pool was dropped; a new one serves
+    fresh = search_pool._search_pool(2)  # the broken pool was dropped; a new one serves
     assert fresh is not pool and np.array_equal(_encode_with_workers(2)[1], words1)
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(DDPMCodecError, match="search workers"):
@@ -302,15 +303,15 @@ def test_search_workers_are_processes_and_a_dead_one_falls_back():
 def _encode_in_child(queue) -> None:
     """In a forked child: how many pools it inherited, whether it may make one, and its
     stream with 2 workers."""
-    inherited = len(ch._POOLS)
-    queue.put((inherited, ch._search_pool(2) is None, _stream_of_workers(2).tolist()))
+    inherited = len(search_pool._POOLS)
+    queue.put((inherited, search_pool._search_pool(2) is None, _stream_of_workers(2).tolist()))
 
 
 def _stream_of_workers(workers: int) -> np.ndarray:
     return _encode_with_workers(workers)[1]
 
 
-@pytest.mark.skipif(ch._search_pool(2) is None, reason="search processes are forked on Linux only")
+@pytest.mark.skipif(search_pool._search_pool(2) is None, reason="search processes are forked on Linux only")
 @pytest.mark.parametrize("daemon", [False, True])
 def test_a_multiprocessing_child_searches_in_itself(daemon):
     """A process that multiprocessing forks after the encoder made its pool (a DataLoader
@@ -318,7 +319,7 @@ def test_a_multiprocessing_child_searches_in_itself(daemon):
     daemonic process may have no children; another would wait for them at its exit): it
     searches in itself, to the same stream, and exits."""
     import multiprocessing
-    assert ch._search_pool(2) is not None and len(ch._POOLS) >= 1
+    assert search_pool._search_pool(2) is not None and len(search_pool._POOLS) >= 1
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_encode_in_child, args=(queue,), daemon=daemon)
@@ -328,9 +329,9 @@ def test_a_multiprocessing_child_searches_in_itself(daemon):
     assert child.exitcode == 0 and inherited == 0 and no_pool
     assert words == _stream_of_workers(1).tolist()
     ch.close_search_pools()
-    assert not ch._POOLS
+    assert not search_pool._POOLS
     assert np.array_equal(_stream_of_workers(2), _stream_of_workers(1))  # a new pool serves
-    assert len(ch._POOLS) == 1
+    assert len(search_pool._POOLS) == 1
 
 
 def test_params_validate():

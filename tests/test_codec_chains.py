@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ddpmcodec.cli import main
-from ddpmcodec.codec.base import get_codec
+from ddpmcodec.codec.api import get_codec
 from ddpmcodec.codec.container import read_header
 from ddpmcodec.core import chains
 

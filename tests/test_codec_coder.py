@@ -11,7 +11,7 @@ import constriction
 import numpy as np
 import pytest
 
-from ddpmcodec.codec import coder
+from ddpmcodec.codec.entropy import coder
 from ddpmcodec.errors import DDPMCodecError
 
 M = constriction.stream.model

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.bitsback import BitsBackCodec
+from ddpmcodec.codec.lossless.codec import BitsBackCodec
 from ddpmcodec.errors import DDPMCodecError
 
 SEED = 20240611
@@ -204,13 +204,13 @@ def test_forged_headers_are_bounded(files):
 def test_bugs_in_the_decoder_are_not_corrupt_files(files, monkeypatch, bug):
     """A programming error inside the entropy-decoding step of a valid file must propagate
     unchanged (the old decoder renamed TypeError, ValueError, ... "corrupt file")."""
-    from ddpmcodec.codec import bitsback
+    from ddpmcodec.codec.lossless import stack
     codec, cases = files
     data, images = cases[0]
 
     def broken_family(self, half):
         raise bug("a bug in the decoder")
-    monkeypatch.setattr(bitsback._Stack, "_family", broken_family)
+    monkeypatch.setattr(stack.ChainStack, "_family", broken_family)
     with pytest.raises(bug, match="a bug in the decoder"):
         codec.decode(data)
     monkeypatch.undo()

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.base import decode_bytes, device_kind
+from ddpmcodec.codec.api import decode_bytes
+from ddpmcodec.codec.reproducibility import device_kind
 
 DATA = Path(__file__).parent / "data"
 LOSSLESS = DATA / "v0.1-lossless-K5.ddpm"
@@ -51,7 +52,8 @@ def test_legacy_lossless_file_decodes_to_the_image(embedded_model, request):
 
 
 def test_legacy_progressive_file_decodes_at_every_step(embedded_model):
-    from ddpmcodec.codec.progressive import ProgressiveCodec, ProgressiveParams
+    from ddpmcodec.codec.progressive.codec import ProgressiveCodec
+    from ddpmcodec.codec.progressive.params import ProgressiveParams
     data = _legacy(PROGRESSIVE)
     codec = ProgressiveCodec(embedded_model)
     full = codec.decode(data)  # every step's latent CRC, then the pixel checksum

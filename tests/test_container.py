@@ -10,15 +10,8 @@ import numpy as np
 import pytest
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.container import (
-    MAGIC,
-    BlobReader,
-    BlobWriter,
-    Header,
-    pack,
-    pixel_checksum,
-    unpack,
-)
+from ddpmcodec.codec.container import v2
+from ddpmcodec.codec.container import BlobReader, BlobWriter, Header, MAGIC, pack, pixel_checksum, unpack
 from ddpmcodec.errors import DDPMCodecError
 
 
@@ -151,7 +144,7 @@ def _forge(body: bytes, mode: int = 1, version: int = 2, payload: bytes = b"",
 
 
 def _body(**over) -> bytes:
-    return container._write_body(make_header(**over))
+    return v2.write_body(make_header(**over))
 
 
 def _fields(n=1, batch=1, T=1000) -> BlobWriter:

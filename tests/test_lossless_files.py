@@ -11,16 +11,12 @@ import io
 import numpy as np
 import pytest
 
-from ddpmcodec.codec import classical, container
-from ddpmcodec.codec.base import decode_bytes
-from ddpmcodec.codec.bitsback import (
-    DEFAULT_STEPS,
-    BitsBackCodec,
-    LosslessParams,
-    _read_seeds,
-    initial_words,
-    seed_words,
-)
+from ddpmcodec.codec import container
+from ddpmcodec.codec.lossless import webp
+from ddpmcodec.codec.api import decode_bytes
+from ddpmcodec.codec.lossless.codec import BitsBackCodec
+from ddpmcodec.codec.lossless.params import DEFAULT_STEPS, LosslessParams
+from ddpmcodec.codec.lossless.seeds import initial_words, read_seeds as _read_seeds, seed_words
 from ddpmcodec.errors import DDPMCodecError
 
 
@@ -41,7 +37,7 @@ def test_one_image_falls_back_to_a_webp_stream_smaller_than_webp(embedded_model,
     assert len(enc.data) < pillow_webp_bytes(test_images[0])
     assert enc.stats.header_bits // 8 == 15
     for dec in (codec.decode(enc.data), decode_bytes(embedded_model, enc.data),
-                classical.WebPLosslessCodec(None).decode(enc.data)):
+                webp.WebPLosslessCodec(None).decode(enc.data)):
         assert np.array_equal(dec.images, test_images[:1])
 
 
@@ -54,7 +50,7 @@ def test_default_file_of_many_images_uses_seeds_and_a_growing_layout(embedded_mo
     params = LosslessParams.unpack(h.params, h)
     m = len(params.seed_lengths)
     assert m >= 1 and s.extra["seed_images"] == m and s.net_dims == (8 - m) * 3072
-    streams = [classical.webp_stream(im) for im in x[:m]]
+    streams = [webp.webp_stream(im) for im in x[:m]]
     assert params.seed_lengths == tuple(len(v) for v in streams)
     assert s.side_bits == 8 * sum(len(v) for v in streams)
     # the seeds carry the first batch's dip: almost no initial bits are left to pay

@@ -14,8 +14,11 @@ import torch
 from test_codec_fuzz import assert_raised_where_detected
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec import progressive as pg
-from ddpmcodec.codec.base import decode_bytes
+from ddpmcodec.codec.progressive import codec as prog_codec
+from ddpmcodec.codec.progressive import levels
+from ddpmcodec.codec.progressive import params as prog_params
+from ddpmcodec.codec.progressive import reconstruct
+from ddpmcodec.codec.api import decode_bytes
 from ddpmcodec.errors import DDPMCodecError
 
 FAST = dict(chunk_bits=6.0, margin_bits=2.0, max_log2=12)
@@ -33,7 +36,7 @@ def _ends(enc) -> list:
 
 @pytest.fixture(scope="module")
 def codec(tiny_model):
-    return pg.ProgressiveCodec(tiny_model)
+    return prog_codec.ProgressiveCodec(tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def _same_latents(a, b):
 # -- schedule and parameters ------------------------------------------------------------------
 @pytest.mark.parametrize("K", [2, 3, 16, 24, 1000])
 def test_schedule(K):
-    ts = pg.coded_schedule(1000, K)
+    ts = prog_params.coded_schedule(1000, K)
     assert len(ts) == K and ts[0] == 0 and ts[-1] == 999
     assert all(b > a for a, b in zip(ts, ts[1:]))
     if K == 1000:
@@ -57,50 +60,50 @@ def test_schedule(K):
 
 def test_schedule_errors():
     with pytest.raises(DDPMCodecError):
-        pg.coded_schedule(1000, 1)
+        prog_params.coded_schedule(1000, 1)
     with pytest.raises(DDPMCodecError):
-        pg.coded_schedule(10, 11)
+        prog_params.coded_schedule(10, 11)
 
 
 def test_params_round_trip():
-    from ddpmcodec.codec.base import pack_variance_rule, variances_of_codes
-    from ddpmcodec.codec.channel import GENERATOR_ID, ChannelParams
+    from ddpmcodec.codec.container.chains import pack_variance_rule, variances_of_codes
+    from ddpmcodec.codec.progressive.channel import ChannelParams, GENERATOR_ID
     from ddpmcodec.codec.container import BlobWriter
-    p = pg.ProgressiveParams(ChannelParams(10.25, 3.5, 18), "model", GENERATOR_ID, 1234,
+    p = prog_params.ProgressiveParams(ChannelParams(10.25, 3.5, 18), "model", GENERATOR_ID, 1234,
                              "explicit", variances_of_codes([-2000, -5, 0]), 2).validate()
-    assert pg.ProgressiveParams.unpack(p.pack(), 3) == p
-    default = pg.ProgressiveParams(ChannelParams(pg.DEFAULT_CHUNK_BITS, pg.DEFAULT_MARGIN_BITS,
-                                                 pg.DEFAULT_MAX_LOG2), "fit", GENERATOR_ID, 99)
+    assert prog_params.ProgressiveParams.unpack(p.pack(), 3) == p
+    default = prog_params.ProgressiveParams(ChannelParams(prog_params.DEFAULT_CHUNK_BITS, prog_params.DEFAULT_MARGIN_BITS,
+                                                 prog_params.DEFAULT_MAX_LOG2), "fit", GENERATOR_ID, 99)
     assert len(default.pack()) == 7  # version, flags, variance, generator, check, rule
     with pytest.raises(DDPMCodecError, match="generator"):
-        pg.ProgressiveParams(ChannelParams(), generator="gen").pack()
+        prog_params.ProgressiveParams(ChannelParams(), generator="gen").pack()
     # version 2 (fixed-width fields, the generator spelt out, float64 variances) still reads
     def v2_blob(gen: bytes) -> bytes:
         w = BlobWriter().u8(2).u16(41).u16(14).u8(18).u8(1).u8(len(gen)).raw(gen).u32(1234)
         return pack_variance_rule(w, "explicit", (0.5, 0.25)).getvalue()
-    old = pg.ProgressiveParams.unpack(v2_blob(GENERATOR_ID.encode()), 2)
+    old = prog_params.ProgressiveParams.unpack(v2_blob(GENERATOR_ID.encode()), 2)
     assert (old.version, old.framing, old.chain_variances, old.generator) == \
         (2, 1, (0.5, 0.25), GENERATOR_ID)
     assert old.channel.generator == GENERATOR_ID  # the channel simulates with the file's
     with pytest.raises(DDPMCodecError, match="generator"):
-        pg.ProgressiveParams.unpack(v2_blob(b"gen"), 2)
+        prog_params.ProgressiveParams.unpack(v2_blob(b"gen"), 2)
     with pytest.raises(DDPMCodecError):
-        pg.ProgressiveParams(ChannelParams(10.1, 3.0, 18)).pack()
+        prog_params.ProgressiveParams(ChannelParams(10.1, 3.0, 18)).pack()
     with pytest.raises(DDPMCodecError):
-        pg.ProgressiveParams.unpack(p.pack()[:-1], 3)
+        prog_params.ProgressiveParams.unpack(p.pack()[:-1], 3)
     with pytest.raises(DDPMCodecError):
-        pg.ProgressiveParams(ChannelParams(), "wide").validate()
+        prog_params.ProgressiveParams(ChannelParams(), "wide").validate()
 
 
 def test_fitted_level_minimises_kl():
-    from ddpmcodec.codec.channel import kl_bits
+    from ddpmcodec.codec.progressive.channel import kl_bits
     rng = np.random.default_rng(0)
     mq, mp, vq = rng.normal(size=500), rng.normal(size=500) * 0.5, 0.3
-    lvl = pg.fitted_level(mq, vq, mp)
-    kls = [kl_bits(mq, vq, mp, vq * np.exp(l / pg.LEVELS_PER_NAT)).sum() for l in range(0, 2000)]
+    lvl = levels.fitted_level(mq, vq, mp)
+    kls = [kl_bits(mq, vq, mp, vq * np.exp(l / prog_params.LEVELS_PER_NAT)).sum() for l in range(0, 2000)]
     assert lvl == int(np.argmin(kls))
     # the hint the receiver computes from the level is close to the true KL
-    assert pg.level_kl_hint(lvl, 500) == pytest.approx(min(kls), rel=0.02)
+    assert levels.level_kl_hint(lvl, 500) == pytest.approx(min(kls), rel=0.02)
 
 
 # -- bit-exact round trips ---------------------------------------------------------------------
@@ -116,7 +119,7 @@ def test_round_trip_tiny(codec, encoded, test_images):
 
 def test_stats(encoded):
     st = encoded.stats
-    rows = pg.truncation_table(st)
+    rows = reconstruct.truncation_table(st)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     kl = sum(im["kl_bits"] for row in st.extra["steps"] for im in row["images"])
     assert st.bound_bits == pytest.approx(kl)
@@ -139,14 +142,14 @@ def test_model_variance_round_trip(codec, test_images):
 
 
 def test_round_trip_embedded(embedded_model, test_images):
-    codec = pg.ProgressiveCodec(embedded_model)
+    codec = prog_codec.ProgressiveCodec(embedded_model)
     enc = codec.encode(test_images[:1], steps=3, seed=1, keep_latents=True, **FAST)
     dec = codec.decode(enc.data, keep_latents=True)
     assert _same_latents(dec.stats.extra["latents"], enc.stats.extra["latents"])
     assert np.array_equal(dec.images, enc.stats.extra["reconstruction"])
     rmse = np.sqrt(np.mean((dec.images.astype(float) - test_images[:1]) ** 2))
     assert rmse < 5  # a real model at t = 1 reconstructs closely
-    assert pg.truncation_table(enc.stats)[-1]["rmse"] == pytest.approx(rmse)
+    assert reconstruct.truncation_table(enc.stats)[-1]["rmse"] == pytest.approx(rmse)
 
 
 # -- prefixes ------------------------------------------------------------------------------------
@@ -211,8 +214,8 @@ def test_wrong_model_and_foreign_files(codec, encoded, tmp_path):
     from ddpmcodec.io.models import load_model
     other = load_model(make_tiny_ckpt(tmp_path / "other", seed=1))
     with pytest.raises(DDPMCodecError, match="model"):
-        pg.ProgressiveCodec(other).decode(encoded.data)
-    other_codec = pg.ProgressiveCodec(other)
+        prog_codec.ProgressiveCodec(other).decode(encoded.data)
+    other_codec = prog_codec.ProgressiveCodec(other)
     for junk in (b"", b"hello world", bytes(200), np.random.default_rng(0).bytes(500)):
         with pytest.raises(DDPMCodecError):
             other_codec.decode(junk)
@@ -223,7 +226,7 @@ def test_wrong_model_and_foreign_files(codec, encoded, tmp_path):
         h, mode="lossless", params=b"", version=2, fingerprint=other.fingerprint[:8],
         pixel_checksum=bytes(4)), b"\x00" * 8)
     with pytest.raises(DDPMCodecError, match="lossless"):
-        pg.ProgressiveCodec(other).decode(foreign)
+        prog_codec.ProgressiveCodec(other).decode(foreign)
     # a hostile header cannot make the decoder allocate without bound
     huge = container.pack(dataclasses.replace(h, num_images=1 << 20), b"\x00" * 8)
     with pytest.raises(DDPMCodecError, match="claims"):
@@ -281,7 +284,7 @@ def test_fuzz(codec, encoded):
 def test_bugs_in_the_decoder_are_not_corrupt_files(codec, encoded, monkeypatch, bug):
     """A programming error inside the stream decoder, on a valid file, propagates
     unchanged (the old channel decoder turned any Exception into "corrupt file")."""
-    from ddpmcodec.codec import arith
+    from ddpmcodec.codec.entropy import arith
 
     def broken(self, probs):
         raise bug("a bug in the decoder")
@@ -344,10 +347,10 @@ def test_rd_codec_small(tiny_model, test_images, tmp_path):
     # the mean points are the encoder's own truncation table (a real decode reproduces them):
     # the same encode again (deterministic) gives the same file and that table
     mean = pts[pts["recon"] == "mean"].reset_index(drop=True)
-    enc = pg.ProgressiveCodec(tiny_model).encode(test_images[:2], steps=3, chunk_bits=6.0,
+    enc = prog_codec.ProgressiveCodec(tiny_model).encode(test_images[:2], steps=3, chunk_bits=6.0,
                                                  margin_bits=2.0)
     assert enc.data == (tmp_path / "rd" / "encoded.ddpmc").read_bytes()
-    table = pd.DataFrame(pg.truncation_table(enc.stats))
+    table = pd.DataFrame(reconstruct.truncation_table(enc.stats))
     assert list(mean["step"]) == list(table["step"]) == [1, 2, 3]
     for point, row in (("bits_per_image", "payload_bits_per_image"),
                        ("file_bits_per_image", "file_bits_per_image"),
@@ -368,7 +371,7 @@ def test_rd_codec_small(tiny_model, test_images, tmp_path):
 # that doubled the file breaks the bound.
 INDEX_OVERHEAD_PER_CHUNK = 4.0      # bits, the upper end of "3-4 bits per chunk"
 LEVEL_BITS_PER_STEP = 8.0           # bits per image and coded step (s >= 1)
-FRAMING_BITS_PER_STEP = pg.DEFAULT_CHECK_BITS + 1  # the check, and the "more steps" flag
+FRAMING_BITS_PER_STEP = prog_params.DEFAULT_CHECK_BITS + 1  # the check, and the "more steps" flag
 FLUSH_BITS = 16
 
 
@@ -386,10 +389,10 @@ def test_defaults_size_is_bounded_by_the_kl(embedded_model, test_images):
     """The codec at its default settings (K = 16, B = 12, margin 2, fitted variance) on
     the embedded model, one image: the file decodes bit for bit, and its payload is within
     the documented overheads of the KL the channel conveyed."""
-    codec = pg.ProgressiveCodec(embedded_model)
+    codec = prog_codec.ProgressiveCodec(embedded_model)
     enc = codec.encode(test_images[5:6], keep_latents=True)
     st = enc.stats
-    assert st.num_steps == pg.DEFAULT_STEPS and enc.header.timesteps == pg.coded_schedule(1000, 16)
+    assert st.num_steps == prog_params.DEFAULT_STEPS and enc.header.timesteps == prog_params.coded_schedule(1000, 16)
     assert enc.header.params == b"" and len(enc.data) - st.payload_bits // 8 == 8
     dec = codec.decode(enc.data, keep_latents=True)
     assert _same_latents(dec.stats.extra["latents"], st.extra["latents"])
@@ -397,7 +400,7 @@ def test_defaults_size_is_bounded_by_the_kl(embedded_model, test_images):
     assert 0.9 * kl <= st.payload_bits <= bound, (st.payload_bits, kl, bound)
     # the bound is tight enough to matter: twice the payload would break it
     assert 2 * st.payload_bits > bound
-    assert pg.truncation_table(st)[-1]["rmse"] < 3.0
+    assert reconstruct.truncation_table(st)[-1]["rmse"] < 3.0
 
 
 # -- heavier checks (pytest -m slow) ---------------------------------------------------------------
@@ -405,12 +408,12 @@ def test_defaults_size_is_bounded_by_the_kl(embedded_model, test_images):
 def test_defaults_round_trip_embedded(embedded_model, test_images):
     """The default settings (K = 16, B = 12, margin 2) on the embedded model: every coded
     step bit for bit, and a full-rate reconstruction close to the image."""
-    codec = pg.ProgressiveCodec(embedded_model)
+    codec = prog_codec.ProgressiveCodec(embedded_model)
     enc = codec.encode(test_images[3:5], batch_size=2, keep_latents=True)
     dec = codec.decode(enc.data, keep_latents=True)
     assert _same_latents(dec.stats.extra["latents"], enc.stats.extra["latents"])
-    assert len(dec.stats.extra["latents"]) == pg.DEFAULT_STEPS
-    rows = pg.truncation_table(enc.stats)
+    assert len(dec.stats.extra["latents"]) == prog_params.DEFAULT_STEPS
+    rows = reconstruct.truncation_table(enc.stats)
     assert rows[-1]["rmse"] < 2.0 and rows[-1]["overhead"] < 0.4
 
 

@@ -14,7 +14,9 @@ import pytest
 
 from ddpmcodec.cli import main
 from ddpmcodec.codec import container
-from ddpmcodec.codec import progressive as pg
+from ddpmcodec.codec.progressive import codec as prog_codec
+from ddpmcodec.codec.progressive import params as prog_params
+from ddpmcodec.codec.progressive import reconstruct
 from ddpmcodec.errors import DDPMCodecError
 
 FAST = dict(chunk_bits=6.0, margin_bits=2.0, max_log2=12, steps=4, seed=3)
@@ -22,7 +24,7 @@ FAST = dict(chunk_bits=6.0, margin_bits=2.0, max_log2=12, steps=4, seed=3)
 
 @pytest.fixture(scope="module")
 def full(tiny_model, test_images):
-    codec = pg.ProgressiveCodec(tiny_model)
+    codec = prog_codec.ProgressiveCodec(tiny_model)
     return codec, codec.encode(test_images[:1], **FAST)
 
 
@@ -62,7 +64,7 @@ def test_bpp_is_max_bytes_per_pixel(full, test_images):
 
 def test_psnr_stops_at_the_first_step_that_reaches_it(full, test_images):
     codec, enc = full
-    rows = pg.truncation_table(enc.stats)
+    rows = reconstruct.truncation_table(enc.stats)
     target = rows[1]["psnr"]
     expect = next(r["step"] for r in rows if r["psnr"] >= target)
     t = codec.encode(test_images[:1], psnr=target, **FAST)
@@ -91,13 +93,13 @@ def test_compact_file(full):
     header, payload = container.unpack(enc.data)
     assert header.version == container.FORMAT_COMPACT
     default = container.compact(dataclasses.replace(
-        header, params=b"", seed=0, timesteps=pg.coded_schedule(1000, pg.DEFAULT_STEPS)))
+        header, params=b"", seed=0, timesteps=prog_params.coded_schedule(1000, prog_params.DEFAULT_STEPS)))
     assert len(container.pack(default, b"")) == 8
     rows = enc.stats.extra["steps"]
     symbols = sum(im["code_bits"] for row in rows for im in row["images"])
-    checks = pg.DEFAULT_CHECK_BITS * len(rows)
+    checks = prog_params.DEFAULT_CHECK_BITS * len(rows)
     assert symbols + checks <= 8 * len(payload) <= symbols + checks + 16 + 1
-    assert pg.ProgressiveParams.defaults().pack_compact() == b""
+    assert prog_params.ProgressiveParams.defaults().pack_compact() == b""
 
 
 def test_cli_targets(capsys, tmp_path, tiny_ckpt, test_npz):
@@ -126,7 +128,7 @@ def test_check_bits_and_search_device(tmp_path, tiny_ckpt, test_npz):
         assert f.read_bytes() == g.read_bytes()
     assert main(base + ["-o", str(g), "--search-workers", "0"]) == 1
     header = container.read_header(f.read_bytes())
-    assert pg.ProgressiveParams.unpack(header.params, header.num_steps).check_bits == 20
+    assert prog_params.ProgressiveParams.unpack(header.params, header.num_steps).check_bits == 20
     assert main(["decode", str(f), "-o", str(tmp_path / "d.npz"), "--ckpt", str(tiny_ckpt),
                  "-q"]) == 0
     assert main(base + ["-o", str(g), "--search-device", "nowhere"]) == 1

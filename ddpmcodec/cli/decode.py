@@ -40,7 +40,8 @@ def decode(
     The decoded pixels are checked against the checksum in the file; a mismatch is an
     error, never a wrong image. A progressive file (or the first bytes of one) decodes
     to the last whole coded step, its latents checked bit for bit."""
-    from ddpmcodec.codec.base import decode_device, get_codec
+    from ddpmcodec.codec.api import get_codec
+    from ddpmcodec.codec.reproducibility import decode_device
     from ddpmcodec.codec.container import read_file, read_header, unpack_prefix
     from ddpmcodec.io.data import save_images
     from ddpmcodec.io.models import load_model
@@ -49,7 +50,7 @@ def decode(
     if header.mode == "progressive":
         if upto_step is not None and max_bytes is not None:
             raise DDPMCodecError("give at most one of --upto-step and --bytes")
-        from ddpmcodec.codec.progressive import DEFAULT_RECON_STEPS
+        from ddpmcodec.codec.progressive.params import DEFAULT_RECON_STEPS
         model = load_model(ckpt, decode_device(header))
         recon = recon or "mean"
         dec = get_codec("progressive")(model).decode(

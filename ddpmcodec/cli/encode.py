@@ -115,7 +115,7 @@ def encode(
     model its proposals use the chain's variance, else a variance fitted per image and step.
     The chain (timesteps and variances) is recorded in the file: decoding needs only the
     file and the model."""
-    from ddpmcodec.codec.base import get_codec
+    from ddpmcodec.codec.api import get_codec
     from ddpmcodec.io.atomic import write_bytes_atomic
     from ddpmcodec.io.data import SAMPLE_IMAGES, load_images
     from ddpmcodec.io.models import load_model
@@ -175,7 +175,7 @@ def _chain(model, progressive: bool, steps, trajectory, variance, timesteps, cal
     """The chain the options ask for, or None for the codec's default chain."""
     from ddpmcodec.io.chain_choice import ChainOptions, select_chain
     if progressive and trajectory is None and timesteps is None:
-        from ddpmcodec.codec.progressive import DEFAULT_STEPS, coded_schedule
+        from ddpmcodec.codec.progressive.params import DEFAULT_STEPS, coded_schedule
         coded = coded_schedule(model.diffusion.num_steps, steps or DEFAULT_STEPS)  # validates
         if variance in (None, "model"):
             return None  # the codec's own schedule and fitted proposals
@@ -183,7 +183,7 @@ def _chain(model, progressive: bool, steps, trajectory, variance, timesteps, cal
     if progressive:
         variance = variance or "model"
     elif trajectory is None and timesteps is None and variance is None:
-        from ddpmcodec.codec.bitsback import default_chain
+        from ddpmcodec.codec.lossless.params import default_chain
         return default_chain(model, steps, calibration)
     opts = ChainOptions(steps if timesteps is None else None, trajectory or "even",
                         variance or "model", timesteps, calibration).validate()
@@ -194,7 +194,7 @@ def _chain(model, progressive: bool, steps, trajectory, variance, timesteps, cal
 
 
 def _progressive_summary(enc, out: Path, model) -> tuple[dict, list[str]]:
-    from ddpmcodec.codec.progressive import truncation_table
+    from ddpmcodec.codec.progressive.reconstruct import truncation_table
     s = enc.stats
     rows = truncation_table(s)
     summary = {"file": str(out), "mode": "progressive", "fingerprint": model.fingerprint,

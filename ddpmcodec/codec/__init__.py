@@ -1,22 +1,27 @@
 """Real compression through the latent chain of a DDPM.
 
-* :mod:`.container` -- the versioned file format shared by every codec;
-* :mod:`.base` -- the one compress/decompress contract (:class:`Codec`, :class:`Encoded`,
-  :class:`Decoded`, :class:`CodecStats`) and the checks every decoder makes;
-* :mod:`.coder` -- the one wrapper around constriction's entropy coders and its one
-  error policy (bad data -> DDPMCodecError, a bug keeps its traceback);
-* :mod:`.bitsback` -- lossless coding with bits-back ANS in Bit-Swap order;
-* :mod:`.channel` -- channel simulation of Gaussians (PFR) under shared randomness;
-* :mod:`.progressive` -- progressive lossy coding through the latent chain.
+A map of the package. Every codec fulfils one contract, :mod:`.api` (``Codec.encode`` ->
+``Encoded``, ``Codec.decode`` -> ``Decoded``, ``CodecStats`` with the whole file's bits
+beside the net bits and the bound, and the registry ``get_codec(mode)``); what all codecs
+check sits beside it in :mod:`.checks` (the images, the model a file needs, the decoded
+pixels), :mod:`.network` (the chain a file names and p_theta of one step in the file's
+batch layout) and :mod:`.reproducibility` (device kinds, thread counts and the torch
+settings under which float32 results repeat). The file format is one subpackage,
+:mod:`.container`: constants and bounds, field readers and writers (the one LEB128 and
+CRC implementation), the ``Header``, the chain fields, and a module per format
+generation (``v1`` read only, ``v2``, the compact ``v3``). The entropy coders are
+:mod:`.entropy`: the constriction wrapper with its error policy, and the prefix-aware
+arithmetic coder. The lossless codec is :mod:`.lossless` (bits-back ANS in Bit-Swap
+order: params, per-latent grids, the ANS stack, seeds, the codec, and the WebP-lossless
+streams it falls back to and seeds with). The progressive codec is :mod:`.progressive`
+(params and schedule, payload framing, variance levels, encoder, decoder,
+reconstruction), with its channel simulation of Gaussians in
+:mod:`.progressive.channel` (keys, candidate generators v1 and v2, the PFR search, the
+index code, the search processes). Imports only point down this list: nothing in
+``container`` or ``entropy`` knows a codec, and no codec knows another but through the
+registry (the lossless codec uses its own ``webp`` module).
 """
-from ddpmcodec.codec.base import (
-           Codec,
-           CodecStats,
-           Decoded,
-           Encoded,
-           decode_bytes,
-           get_codec,
-)
+from ddpmcodec.codec.api import Codec, CodecStats, Decoded, Encoded, decode_bytes, get_codec
 from ddpmcodec.codec.container import Header, pack, pixel_checksum, read_header, unpack
 
 __all__ = ["Codec", "CodecStats", "Decoded", "Encoded", "Header", "decode_bytes", "get_codec",

@@ -12,35 +12,23 @@ import math
 
 import torch
 
-_GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)
-_M1 = 0xBF58476D1CE4E5B9 - (1 << 64)
-_M2 = 0x94D049BB133111EB - (1 << 64)
+from ddpmcodec.core.splitmix import GAMMA, mix64_torch, signed64, srl64
 
-
-def _srl(z: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's >> is arithmetic)."""
-    return (z >> k) & ((1 << (64 - k)) - 1)
-
-
-def _mix(z: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finaliser; int64 multiplication wraps modulo 2^64."""
-    z = (z ^ _srl(z, 30)) * _M1
-    z = (z ^ _srl(z, 27)) * _M2
-    return z ^ _srl(z, 31)
+_GAMMA = signed64(GAMMA)
 
 
 def stream_keys(seed: int, *counters: torch.Tensor) -> torch.Tensor:
     """One 64-bit key per element of the broadcast counters (int64 tensors)."""
-    key = _mix(torch.tensor(int(seed) & ((1 << 63) - 1), dtype=torch.long) + _GAMMA)
+    key = mix64_torch(torch.tensor(int(seed) & ((1 << 63) - 1), dtype=torch.long) + _GAMMA)
     for c in counters:
-        key = _mix(key ^ _mix(torch.as_tensor(c, dtype=torch.long) + _GAMMA))
+        key = mix64_torch(key ^ mix64_torch(torch.as_tensor(c, dtype=torch.long) + _GAMMA))
     return key
 
 
 def uniform_bits(keys: torch.Tensor, n: int) -> torch.Tensor:
     """[*keys.shape, n] int64 words, word j of stream key = mix(key + (j+1)*gamma)."""
     j = torch.arange(1, n + 1, dtype=torch.long, device=keys.device)
-    return _mix(keys.unsqueeze(-1) + j * _GAMMA)
+    return mix64_torch(keys.unsqueeze(-1) + j * _GAMMA)
 
 
 def counter_normal(seed: int, image_ids, timesteps, shape, device=None) -> torch.Tensor:
@@ -57,7 +45,7 @@ def counter_normal(seed: int, image_ids, timesteps, shape, device=None) -> torch
     n = math.prod(shape)
     words = uniform_bits(keys, 2 * n)
     scale = 2.0 ** -53
-    u1 = (_srl(words[..., 0::2], 11) + 1).to(torch.float64) * scale  # (0, 1]
-    u2 = _srl(words[..., 1::2], 11).to(torch.float64) * scale  # [0, 1)
+    u1 = (srl64(words[..., 0::2], 11) + 1).to(torch.float64) * scale  # (0, 1]
+    u2 = srl64(words[..., 1::2], 11).to(torch.float64) * scale  # [0, 1)
     z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
     return z.reshape(len(keys), *shape)

@@ -86,9 +86,9 @@ def theory_curve(model, images: np.ndarray, timesteps, seed: int = 0, batch_size
     step, the mean over images of the cumulative KL with the codec's fitted proposal and
     with the model's variance (bits per image), and the RMSE/PSNR of the uint8 mean
     reconstruction from the latent reached."""
-    from ddpmcodec.codec import channel as ch
-    from ddpmcodec.codec.base import network_p
-    from ddpmcodec.codec.progressive import fitted_level, level_variance
+    from ddpmcodec.codec.progressive import channel as ch
+    from ddpmcodec.codec.network import network_p
+    from ddpmcodec.codec.progressive.levels import fitted_level, level_variance
     from ddpmcodec.core.rng import counter_normal
     diffusion = model.diffusion.respace(tuple(timesteps))
     K = diffusion.num_steps
@@ -164,14 +164,16 @@ def codec_points(model, images: np.ndarray, steps: int | None = None, chunk_bits
                  progress: bool = False, encoded=None):
     """Encode ``images`` into one progressive file, decode it at every truncation point with
     each reconstruction, and measure. Returns (DataFrame, Encoded)."""
-    from ddpmcodec.codec import progressive as pg
-    codec = pg.ProgressiveCodec(model)
+    from ddpmcodec.codec.progressive import codec as prog_codec
+    from ddpmcodec.codec.progressive import params as prog_params
+    from ddpmcodec.codec.progressive import reconstruct
+    codec = prog_codec.ProgressiveCodec(model)
     opts = {k: v for k, v in (("chunk_bits", chunk_bits), ("margin_bits", margin_bits)) if v is not None}
     if encoded is None:
         encoded = codec.encode(images, steps=steps, batch_size=batch_size, seed=seed,
                                progress=progress, **opts)
-    table = {r["step"]: r for r in pg.truncation_table(encoded.stats)}
-    decoded = codec.decode_every_step(encoded.data, recons, recon_steps or pg.DEFAULT_RECON_STEPS,
+    table = {r["step"]: r for r in reconstruct.truncation_table(encoded.stats)}
+    decoded = codec.decode_every_step(encoded.data, recons, recon_steps or prog_params.DEFAULT_RECON_STEPS,
                                       progress=progress)
     n, dims = len(images), images[0].size
     rows = []

@@ -9,7 +9,7 @@ container) come out smaller than the WebP file of the same image.
 
 :class:`WebPLosslessCodec` is the model-free mode ``webp-lossless``: N streams, their
 lengths as varints (the last one implied). The bits-back codec writes it when it is the
-shorter code (always for one image: see ``bitsback``), and puts the streams of its first
+shorter code (always for one image: see :mod:`ddpmcodec.codec.lossless`), and puts the streams of its first
 images on its ANS stack as initial bits (HiLLoC's seeding).
 """
 from __future__ import annotations
@@ -20,14 +20,8 @@ import struct
 import numpy as np
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.base import (
-    Codec,
-    CodecStats,
-    Decoded,
-    Encoded,
-    Timer,
-    check_images,
-)
+from ddpmcodec.codec.api import Codec, CodecStats, Decoded, Encoded, Timer
+from ddpmcodec.codec.checks import check_images
 from ddpmcodec.codec.container import BlobReader, BlobWriter
 from ddpmcodec.errors import DDPMCodecError
 

@@ -1,4 +1,4 @@
-"""Candidate generator v2 ("hash-bmpoly-v2") and the PFR search that uses it.
+"""Candidate generator v2 ("hash-bmpoly-v2"), numpy and torch.
 
 Candidate n of a chunk (64-bit key k, ``dims`` normals) is made of W = ceil(dims / 2)
 64-bit words; word i is splitmix64's finaliser of k + (n W + i) GAMMA (mod 2^64). Each word
@@ -26,12 +26,8 @@ grids and the approximations) plus the tail cut. Blocks of candidates are comput
 word-major (all candidates' word 0, then word 1, ...): [W, count] planes of cos and sin
 normals, which the search scores without laying them out per candidate.
 
-The search (:func:`pfr_search`) scores candidates in float32 (encoder-only: the decoder
-regenerates only the winner) with a fixed order of float32 operations, so its scores,
-and hence its result, are the same bits with numpy and with torch on any device.
-
 tests/test_candidates.py checks the bit identity of the backends, the approximations
-exhaustively, the law of the normals and the law of the PFR samples.
+exhaustively and the law of the normals.
 """
 from __future__ import annotations
 
@@ -42,12 +38,12 @@ from typing import ClassVar
 
 import numpy as np
 
-GENERATOR_V2 = "hash-bmpoly-v2"
-SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
-MIX_MULTIPLIERS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # splitmix64's finaliser
-_MASK64 = (1 << 64) - 1
-EPS_MAX = math.sqrt(48.0 * math.log(2.0))  # the largest |normal| the generator gives
+from ddpmcodec.core.splitmix import GAMMA as SPLITMIX_GAMMA
+from ddpmcodec.core.splitmix import MASK64 as _MASK64
+from ddpmcodec.core.splitmix import mix64_numpy, mix64_torch, signed64
 
+GENERATOR_V2 = "hash-bmpoly-v2"
+EPS_MAX = math.sqrt(48.0 * math.log(2.0))  # the largest |normal| the generator gives
 # float32 constants (every literal is exactly a float32)
 _A_OFFSET = 8388609.0             # (h as int32 >> 8) + 2^23 + 1 in [1, 2^24]: a' + 1
 _LOG_SHIFT = 0x3F800000 - 0x3F3504F3  # carries mantissas >= sqrt(2) into the next binade
@@ -61,7 +57,6 @@ _ANGLE_SCALE = 1.462918119976564e-09  # float32(pi) 2^-31: y = (j 2^8 + 2^7) * s
 _S1, _S2, _S3 = -0.16666655242443085, 0.008332177996635437, -0.00019517303735483438
 _J_MASK = 0x1FFFFF00              # position bits 28..8
 _SIGN = -(1 << 31)                # int32 0x80000000
-
 _LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)  # uint32 halves of a uint64
 BLOCK_WORDS = 1 << 15             # words per numpy block (about 1.5 MB of scratch)
 TORCH_CPU_BLOCK_WORDS = 1 << 16   # torch on CPU: per-op overhead against cache
@@ -78,11 +73,6 @@ def _check(key: int, start: int, count: int, dims: int) -> None:
         raise ValueError(f"the key must be a 64-bit unsigned integer, got {key}")
     if start < 0 or count < 0 or dims < 1:
         raise ValueError(f"bad candidate range: start {start}, count {count}, dims {dims}")
-
-
-def _signed(v: int) -> int:
-    """A uint64 value as the int64 of the same bits (torch has no uint64 arithmetic)."""
-    return v - (1 << 64) if v >= 1 << 63 else v
 
 
 def _hash_inputs(key: int, start: int, w: int) -> tuple[int, int]:
@@ -106,8 +96,7 @@ class _K:
         "s8": 8, "s23": 23, "s31": 31}.items()}
     u32_1, u32_2 = np.uint32(1), np.uint32(2)
     u64: ClassVar[dict] = {name: np.uint64(v) for name, v in {
-        "gamma": SPLITMIX_GAMMA, "m1": MIX_MULTIPLIERS[0], "m2": MIX_MULTIPLIERS[1],
-        "s27": 27, "s30": 30, "s31": 31}.items()}
+        "gamma": SPLITMIX_GAMMA}.items()}
 
 
 class _Scratch:
@@ -143,7 +132,6 @@ class _Scratch:
             self._views[n] = v
         return v
 
-
 _local = threading.local()
 
 
@@ -156,14 +144,8 @@ def _scratch(words: int) -> _Scratch:
 
 
 def _mix_numpy(v: dict) -> None:
-    """splitmix64's finaliser on v["z"] in place (uint64 arithmetic wraps mod 2^64)."""
-    z, t, u = v["z"], v["t"], _K.u64
-    for shift, mult in ((u["s30"], u["m1"]), (u["s27"], u["m2"])):
-        np.right_shift(z, shift, t)
-        np.bitwise_xor(z, t, z)
-        np.multiply(z, mult, z)
-    np.right_shift(z, u["s31"], t)
-    np.bitwise_xor(z, t, z)
+    """splitmix64's finaliser on v["z"] in place, v["t"] its scratch."""
+    mix64_numpy(v["z"], v["t"])
 
 
 def _words_numpy(key: int, start: int, count: int, w: int, v: dict) -> np.ndarray:
@@ -329,12 +311,9 @@ def _words_torch(key: int, start: int, count: int, w: int, device):
     a logical right shift is an arithmetic one then a mask): int64 [W, count]."""
     import torch
     base, step = _hash_inputs(key, start, w)
-    col = torch.arange(w, dtype=torch.int64, device=device) * _signed(SPLITMIX_GAMMA) + _signed(base)
-    z = col[:, None] + torch.arange(count, dtype=torch.int64, device=device)[None, :] * _signed(step)
-    for shift, mult in zip((30, 27), MIX_MULTIPLIERS):
-        z = z ^ ((z >> shift) & ((1 << (64 - shift)) - 1))
-        z = z * _signed(mult)
-    return z ^ ((z >> 31) & ((1 << 33) - 1))
+    col = torch.arange(w, dtype=torch.int64, device=device) * signed64(SPLITMIX_GAMMA) + signed64(base)
+    z = col[:, None] + torch.arange(count, dtype=torch.int64, device=device)[None, :] * signed64(step)
+    return mix64_torch(z)
 
 
 def candidate_words_torch(key: int, start: int, count: int, dims: int, device="cpu"):
@@ -426,195 +405,3 @@ def normals_torch(key: int, start: int, count: int, dims: int, device="cpu"):
         _planes_torch(key, start + s, c, w, planes)
         out[s:s + c] = planes.permute(2, 0, 1)
     return out.reshape(count, 2 * w)[:, :dims]
-
-
-# -- the PFR search ------------------------------------------------------------------------
-def arrival_rng(seed) -> np.random.Generator:
-    """The generator of a chunk's arrival times: ``seed`` itself if it is a numpy
-    Generator, else numpy.random.default_rng(seed) (an int or a tuple of ints)."""
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-
-
-def _score_terms(dims: int) -> int:
-    """Rows of the planes the scores sum over: 2 W (an odd dims pads one zero term)."""
-    return 2 * words_per_candidate(dims)
-
-
-def score_tolerance(alpha: np.ndarray, beta: np.ndarray) -> float:
-    """A bound (nats) on |float32 score - exact score| of any candidate given its float32
-    normals: each of the 2W terms (alpha_i eps + beta_i) eps takes 3 roundings and the
-    coefficients' own, the pairwise sum ceil(log2 2W) more, all relative to
-    sum |alpha_i| EPS_MAX^2 + |beta_i| EPS_MAX; doubled for safety."""
-    depth = math.ceil(math.log2(_score_terms(len(alpha))))
-    scale = EPS_MAX ** 2 * float(np.abs(alpha).sum()) + EPS_MAX * float(np.abs(beta).sum())
-    return 2.0 * (depth + 5) * 2.0 ** -24 * scale
-
-
-def _float32_below(x: float) -> np.float32:
-    """The largest float32 <= x: ``v > _float32_below(x)`` keeps every float32 v > x."""
-    f = np.float32(x)
-    if float(f) > x:  # compared in float64 (numpy would round x to float32)
-        f = np.nextafter(f, np.float32(-np.inf))
-    return f
-
-
-def _plane_coefficients(c: np.ndarray) -> np.ndarray:
-    """float64 [dims] -> float32 [2W, 1] in the planes' row order (cos normals, then sin
-    normals); the padding normal of an odd dims gets 0, so it never counts."""
-    out = np.zeros(_score_terms(len(c)), dtype=np.float32)
-    out[:len(c)] = c
-    return out[:, None]
-
-
-def _pairwise_rows(terms, add) -> None:
-    """Sum the rows of ``terms`` ([m, count]) into row 0 by a fixed pairwise tree (the
-    same float32 additions in the same order in every backend); add(a, b) does a += b."""
-    m = terms.shape[0]
-    while m > 1:
-        h = m // 2
-        add(terms[:h], terms[m - h:m])  # an odd m keeps its middle row for the next level
-        m -= h
-
-
-class _NumpyScorer:
-    """Float32 scores of blocks of candidates, from [2W, count] planes of their normals
-    (in this thread's scratch)."""
-
-    def __init__(self, key: int, alpha: np.ndarray, beta: np.ndarray):
-        self.key, self.w = key, words_per_candidate(len(alpha))
-        self.a, self.b = _plane_coefficients(alpha), _plane_coefficients(beta)
-
-    def log_weights(self, start: int, count: int) -> np.ndarray:
-        """sum_i (alpha_i eps_i + beta_i) eps_i (nats, without the constant) of candidates
-        start..start+count-1: float32 [count] (valid until this thread's next call).
-        Mirrors :meth:`_TorchScorer.log_weights`."""
-        n = 2 * self.w * count
-        sc = _scratch(self.w * count)
-        planes, terms = sc.planes[:n].reshape(2 * self.w, count), sc.terms[:n].reshape(2 * self.w, count)
-        _planes_numpy(self.key, start, count, self.w, planes.reshape(2, self.w, count))
-        np.multiply(planes, self.a, out=terms)
-        np.add(terms, self.b, out=terms)
-        np.multiply(terms, planes, out=terms)
-        _pairwise_rows(terms, lambda a, b: np.add(a, b, out=a))
-        self.last = planes
-        return terms[0]
-
-    def normals(self, j: int, dims: int) -> np.ndarray:
-        """The normals of candidate j of the last block: float32 [dims] (a copy)."""
-        return self.last[:dims, j].copy()
-
-
-class _TorchScorer:
-    """:class:`_NumpyScorer` with torch on ``device``: the same float32 operations."""
-
-    def __init__(self, key: int, alpha: np.ndarray, beta: np.ndarray, rows: int, device):
-        import torch
-        self.key, self.w = key, words_per_candidate(len(alpha))
-        self.a = torch.from_numpy(_plane_coefficients(alpha)).to(device)
-        self.b = torch.from_numpy(_plane_coefficients(beta)).to(device)
-        self.planes = torch.empty((2 * self.w, rows), dtype=torch.float32, device=device)
-
-    def log_weights(self, start: int, count: int) -> np.ndarray:
-        planes = self.planes[:, :count]
-        _planes_torch(self.key, start, count, self.w, planes.view(2, self.w, count))
-        terms = planes * self.a
-        terms = terms + self.b
-        terms = terms * planes
-        _pairwise_rows(terms, lambda a, b: a.add_(b))
-        self.last = planes
-        return terms[0].cpu().numpy()
-
-    def normals(self, j: int, dims: int) -> np.ndarray:
-        """The normals of candidate j of the last block: float32 [dims] (a numpy copy:
-        on the CPU, .cpu() shares memory)."""
-        return self.last[:dims, j].cpu().numpy().copy()
-
-
-def pfr_search(alpha, beta, const: float, key: int, budget: int, arrivals_seed,
-               backend: str = "numpy", device="cpu", block_words: int | None = None):
-    """Truncated PFR over candidates 0..budget-1 of chunk ``key`` with generator v2: the
-    semantics of channel.pfr_select, faster. Returns a channel.Selection.
-
-    alpha, beta: float64 [dims] score coefficients (channel.score_coefficients), const
-    their constant (nats); key: the chunk's 64-bit key; arrivals_seed: the chunk's
-    private randomness (:func:`arrival_rng`), from which the arrival times T_n (cumulative
-    Exp(1)) are drawn in candidate order, so the result depends on (coefficients, key,
-    budget, seed) only. backend "numpy" (CPU) or "torch" (on ``device``): the same float32
-    scores, hence the same result. The winner is argmax_n (log w_n - log T_n) among the
-    candidates searched; the search stops early, exactly, once the bound on log w (plus
-    :func:`score_tolerance`) minus log T cannot beat it. ``searched`` counts the
-    candidates up to that point (the budget if it never comes), whatever the block size
-    (the search scores whole blocks). The returned log_weight is float64, from the
-    winner's float32 normals.
-    """
-    # imported here: channel imports this module
-    from ddpmcodec.codec.channel import Selection, log_weight_bound
-
-    alpha, beta = np.asarray(alpha, dtype=np.float64), np.asarray(beta, dtype=np.float64)
-    key, budget, dims = int(key), int(budget), len(alpha)
-    _check(key, 0, budget, dims)
-    w = words_per_candidate(dims)
-    if backend == "numpy":
-        rows = max(1, min(budget, (block_words or BLOCK_WORDS) // w))
-        scorer = _NumpyScorer(key, alpha, beta)
-    elif backend == "torch":
-        rows = max(1, min(budget, (block_words or _torch_block_words(device)) // w))
-        scorer = _TorchScorer(key, alpha, beta, rows, device)
-    else:
-        raise ValueError(f"unknown search backend {backend!r}")
-    bound = log_weight_bound(alpha, beta, const) + score_tolerance(alpha, beta)
-    rng = arrival_rng(arrivals_seed)
-    best, best_n, best_eps, t_last, start, exact = -math.inf, 0, None, 0.0, 0, False
-    while start < budget:
-        count = min(rows, budget - start)
-        lw = scorer.log_weights(start, count)
-        arrivals = rng.standard_exponential(count)
-        np.cumsum(arrivals, out=arrivals)
-        arrivals += t_last
-        t_last = float(arrivals[-1])
-        best_before, cands, scores = best, [], []
-        for a, b in _pieces(count):
-            # T_n >= arrivals[a] for n >= a: only lw above best - const + log arrivals[a]
-            # can win (after the first pieces, a few candidates)
-            cand = a + np.flatnonzero(lw[a:b] > _float32_below(best - const + math.log(arrivals[a])))
-            if cand.size:
-                score = lw[cand].astype(np.float64) + const - np.log(arrivals[cand])
-                j = int(np.argmax(score))
-                if score[j] > best:
-                    best, best_n = float(score[j]), start + int(cand[j])
-                    best_eps = scorer.normals(int(cand[j]), dims)
-                cands.append(cand)
-                scores.append(score)
-        if bound - math.log(t_last) <= best:  # no later candidate can beat the winner
-            exact = True
-            start += _stop_offset(arrivals, cands, scores, best_before, bound)
-            break
-        start += count
-    eps = best_eps.astype(np.float64)
-    log_weight = float((eps * eps) @ alpha + eps @ beta + const)
-    return Selection(best_n, start, budget, exact, log_weight)
-
-
-def _pieces(count: int):
-    """[a, b) pieces of a block of ``count`` candidates, 64 then four times longer each:
-    the pruning threshold is refreshed at each piece's start, so that the first block
-    does not score every candidate."""
-    a, size = 0, 64
-    while a < count:
-        b = min(count, a + size)
-        yield a, b
-        a, size = b, 4 * size
-
-
-def _stop_offset(arrivals: np.ndarray, cands: list, scores: list, best_before: float,
-                 bound: float) -> int:
-    """Candidates of the last block an exact search needs: up to the first n with
-    bound - log T_n <= (the best score among candidates up to n); ``cands``, ``scores``:
-    the block's candidates that could win and their scores. It depends on the arrivals
-    and scores only, not on how candidates were cut into blocks."""
-    running = np.full(len(arrivals), -math.inf)
-    for cand, score in zip(cands, scores):
-        running[cand] = score
-    running[0] = max(running[0], best_before)
-    np.maximum.accumulate(running, out=running)
-    return int(np.argmax(bound - np.log(arrivals) <= running)) + 1

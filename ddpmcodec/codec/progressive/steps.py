@@ -1,0 +1,69 @@
+"""One coded step's two Gaussians: the proposal p_theta both sides form from the latent
+so far, and the encoder's target q(x_s | x_t, x0)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ddpmcodec.codec.network import network_p
+from ddpmcodec.core.likelihood import LN2
+
+_PRIVATE_TAG = 0xA11
+
+
+# -- per-step math ---------------------------------------------------------------------------
+def kvec(k: int, n: int) -> torch.Tensor:
+    return torch.full((n,), k, dtype=torch.long)
+
+
+def network_p_on_device(model, diffusion, x: torch.Tensor, k: int, batches) -> dict:
+    """:func:`base.network_p` as this codec has always formed it (on the model's device)."""
+    return network_p(model, diffusion, x, k, batches, math_on_model_device=True)
+
+
+@dataclass
+class StepPlan:
+    """What both sides know at a coded step before any symbol: chain step of the latent
+    they produce and the proposal p (float64 numpy [N, dims])."""
+
+    k_out: int
+    mean_p: np.ndarray
+    var_p: np.ndarray  # [N, dims]
+    var_q: float       # posterior variance (scalar) of this step
+    pred_x0: torch.Tensor | None  # x0-prediction of the latent coded before (None at s=0)
+    kl_hint: float | None = None  # bits, when the receiver can bound the KL itself
+
+
+def step_plan(model, diffusion, s: int, x: torch.Tensor | None, batches, n: int, dims: int) -> StepPlan:
+    K = diffusion.num_steps
+    if s == 0:
+        k = K - 1
+        abar = float(diffusion.alphas_cumprod[k])
+        # KL(q(x_T|x0) || N(0, I)) <= dims * -log(1 - abar) / 2 nats for x0 in [-1, 1]: a
+        # bound both sides know (about 0.09 bits for CIFAR), so the prior step sends no KL
+        hint = -0.5 * dims * math.log1p(-abar) / LN2
+        return StepPlan(k, np.zeros((n, dims)), np.ones((n, dims)), 1.0 - abar, None, hint)
+    k = K - s  # chain step of the latent we condition on; we produce k - 1
+    p = network_p_on_device(model, diffusion, x, k, batches)
+    var_q = float(torch.exp(diffusion.posterior_log_variance_clipped[k]))
+    return StepPlan(k - 1, p["mean"].reshape(n, dims).numpy(),
+                     torch.exp(p["log_variance"]).reshape(n, dims).numpy(), var_q, p["pred_x0"])
+
+
+def q_target(diffusion, x0: torch.Tensor, x: torch.Tensor | None, s: int):
+    """q's mean [N, dims] (float64 numpy) for coded step s."""
+    n = x0.shape[0]
+    K = diffusion.num_steps
+    if s == 0:
+        k = K - 1
+        mean = float(diffusion.sqrt_alphas_cumprod[k]) * x0
+    else:
+        mean, _ = diffusion.q_posterior(x0, x, kvec(K - s, n))
+    return mean.reshape(n, -1).numpy()
+
+
+def private_rng(seed: int, image: int, step: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64([int(seed), image, step, _PRIVATE_TAG]))

@@ -1,0 +1,94 @@
+"""Where float32 results are reproducible, and the settings that make them so.
+
+A float32 file decodes only where the encoder's numbers can be remade: the same device
+kind (:func:`device_kind`: the CPU's instruction set, or the GPU), the encoder's CPU
+thread count (:func:`coding_threads`) and :func:`deterministic` torch settings (no TF32,
+deterministic algorithms, cuDNN without benchmarking). The header records the first two;
+:func:`decode_device` turns them into the device to decode on, or a clear refusal.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from ddpmcodec.codec import container
+from ddpmcodec.codec.container import Header
+from ddpmcodec.errors import DDPMCodecError
+
+# cuBLAS is deterministic only with a fixed workspace; it reads this when CUDA starts.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+# -- what every codec checks and shares --------------------------------------------------
+def device_kind(device) -> str:
+    """Where results are reproducible: "cpu:<ISA>", or "cuda:<GPU name>;cpu:<ISA>" (the
+    float64 coding math always runs on the CPU, so its instruction set counts too)."""
+    import torch
+    device = torch.device(device)
+    try:
+        isa = f"cpu:{torch.backends.cpu.get_cpu_capability()}"
+    except AttributeError:  # pragma: no cover - old torch
+        isa = "cpu:unknown"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"cuda:{name[:container.MAX_DEVICE_CHARS - 24]};{isa}"
+    if device.type == "cpu":
+        return isa
+    raise DDPMCodecError(f"codecs run on cpu or cuda devices, not {device.type}")
+
+
+def coding_threads() -> int:
+    """CPU threads to record in a header: float results of the CPU math (and of a CPU
+    network) depend on how torch splits work between threads."""
+    import torch
+    return min(torch.get_num_threads(), container.MAX_THREADS)
+
+
+def decode_device(header: Header):
+    """The torch device a file must be decoded on (its header's device kind)."""
+    import torch
+    kind = header.device_kind
+    if kind.startswith("cpu"):
+        here = device_kind("cpu")
+        if kind != here:
+            raise DDPMCodecError(
+                f"this file was encoded on {kind} and must be decoded on the same kind of "
+                f"device (this CPU is {here}): numerical results differ between them")
+        return torch.device("cpu")
+    if kind.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DDPMCodecError(f"this file was encoded on {kind}; decoding it needs that GPU "
+                                 f"(no CUDA device is available)")
+        here = [device_kind(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+        if kind in here:
+            return torch.device(f"cuda:{here.index(kind)}")
+        raise DDPMCodecError(f"this file was encoded on {kind}; no such device here "
+                             f"({', '.join(here)})")
+    raise DDPMCodecError(f"unknown device kind {kind!r} in the header")
+
+
+@contextlib.contextmanager
+def deterministic(device, num_threads: int = 0):
+    """Torch settings under which the network gives the same bits on every run of the same
+    device kind: deterministic algorithms, cuDNN without benchmarking, no TF32, and (on
+    ``num_threads`` CPU threads (0: leave as is). The previous settings are restored."""
+    import torch
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+             torch.get_num_threads())
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved[2:6]
+        torch.set_num_threads(saved[6])
