@@ -11,8 +11,9 @@ on the CPU; :meth:`Diffusion.to` moves them.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
+from fractions import Fraction
 
 import torch
 
@@ -24,22 +25,82 @@ SCHEDULES = ("linear", "cosine")
 
 def beta_schedule(name: str, num_timesteps: int = 1000, beta_start: float = 1e-4,
                   beta_end: float = 0.02) -> torch.Tensor:
-    """Betas (float64, shape [T]) for the named schedule.
+    """Betas (float64, shape [T]) for the named schedule, the same bits on every machine.
 
-    ``linear``: Ho et al.'s ``linspace(beta_start, beta_end, T)``.
+    ``linear``: Ho et al.'s ``linspace(beta_start, beta_end, T)`` (:func:`linear_betas`).
     ``cosine``: Nichol & Dhariwal's alpha-bar ``cos^2((t/T + s)/(1 + s) * pi/2)``, s=0.008,
-    betas capped at 0.999.
+    betas capped at 0.999 (:func:`cosine_betas`).
     """
     if num_timesteps < 1:
         raise DDPMCodecError(f"a schedule needs at least one timestep, got {num_timesteps}")
     if name == "linear":
-        return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        return torch.tensor(linear_betas(beta_start, beta_end, num_timesteps), dtype=torch.float64)
     if name == "cosine":
-        def abar(t):
-            return math.cos((t / num_timesteps + 0.008) / 1.008 * math.pi / 2) ** 2
-        betas = [min(1 - abar(i + 1) / abar(i), 0.999) for i in range(num_timesteps)]
-        return torch.tensor(betas, dtype=torch.float64)
+        return torch.tensor(cosine_betas(num_timesteps), dtype=torch.float64)
     raise DDPMCodecError(f"unknown beta schedule {name!r}; choose one of {SCHEDULES}")
+
+
+def linear_betas(start: float, end: float, num: int) -> list[float]:
+    """``num`` evenly spaced floats from ``start`` to ``end``, each correctly rounded.
+
+    ``torch.linspace`` gives other last bits under other CPU kernels (with AVX2 it uses a
+    fused multiply-add, without it a multiply and an add), and a model's fingerprint is
+    hashed from its betas. Here every value is one correctly rounded operation on exact
+    rationals, so IEEE 754 fixes it: step = (end - start) / (num - 1) in float64, then
+    start + i * step for i < num // 2 and end - (num - 1 - i) * step above, each rounded
+    once -- the same bits as torch's AVX2 kernel (checked for every schedule the project
+    ships), so fingerprints and calibrations made on AVX2 machines stay valid.
+    """
+    if num == 1:
+        return [float(start)]
+    step = (float(end) - float(start)) / (num - 1)
+    s, e, d = Fraction(float(start)), Fraction(float(end)), Fraction(step)
+    half = num // 2
+    return [float(s + d * i) if i < half else float(e - d * (num - 1 - i)) for i in range(num)]
+
+
+_COS_DIGITS = 40  # decimal digits: far beyond float64, so rounding once is exact
+
+
+def _decimal_cos(x: Decimal) -> Decimal:
+    """cos(x) by its Taylor series in decimal arithmetic (exactly specified, no libm)."""
+    term, total, k, x2 = Decimal(1), Decimal(1), 0, x * x
+    eps = Decimal(10) ** -(_COS_DIGITS + 2)
+    while abs(term) > eps:
+        k += 2
+        term = -term * x2 / (k * (k - 1))
+        total += term
+    return total
+
+
+def _decimal_pi() -> Decimal:
+    """pi to the working precision (Machin's formula, arctan by its series)."""
+    def arctan_inv(n: int) -> Decimal:
+        x, total, k = Decimal(1) / n, Decimal(0), 0
+        power, n2 = x, n * n
+        eps = Decimal(10) ** -(_COS_DIGITS + 2)
+        while power > eps:
+            total += power / (2 * k + 1) if k % 2 == 0 else -power / (2 * k + 1)
+            power /= n2
+            k += 1
+        return total
+    return 16 * arctan_inv(5) - 4 * arctan_inv(239)
+
+
+def cosine_betas(num: int, s: float = 0.008, cap: float = 0.999) -> list[float]:
+    """Nichol & Dhariwal's cosine schedule with every beta correctly rounded: alpha-bar
+    and the ratios in 40-digit decimal arithmetic (platform independent), rounded to
+    float64 once, so the betas do not depend on a platform's cos."""
+    with localcontext() as ctx:
+        ctx.prec = _COS_DIGITS + 10
+        half_pi = _decimal_pi() / 2
+        off = Decimal(s)
+
+        def abar(t: int) -> Decimal:
+            return _decimal_cos((Decimal(t) / num + off) / (1 + off) * half_pi) ** 2
+
+        a = [abar(t) for t in range(num + 1)]
+        return [min(float(1 - a[i + 1] / a[i]), cap) for i in range(num)]
 
 
 def spaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
