@@ -110,7 +110,12 @@ def test_embedded_model_fast_equals_plain_25_steps(embedded_model, test_images):
     diff = (got["total"] - ref["total"]).abs()
     assert float(diff.max()) < 1e-6, diff
     assert float((got["vb"] - ref["vb"]).abs().max()) < 1e-6
-    assert float((got["xstart_mse"] - ref["xstart_mse"]).abs().max()) < 1e-6
+    # the x0-prediction's MSE (not bits): the prediction multiplies eps by up to
+    # sqrt(1/abar - 1) = 157, so float32 rounding of eps moves it relatively; measured on an
+    # AVX-512 CPU (where oneDNN rounds batches of 48 and of 1 differently): 4.2e-6 of the
+    # value, against an MSE range of 5.9e-5..1.6. A real difference (another noise draw)
+    # moves it by percents.
+    np.testing.assert_allclose(got["xstart_mse"].numpy(), ref["xstart_mse"].numpy(), rtol=1e-5, atol=0)
 
 
 def test_fixed_shape_padding_changes_nothing():
