@@ -16,11 +16,11 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from channel_helpers import assert_follows_q, draws, roundtrip
 from scipy import stats
 
-from ddpmcodec.codec.progressive.channel import generator_v2, search
 from ddpmcodec.codec.progressive import channel as ch
-from ddpmcodec.codec.progressive.channel import chunks
+from ddpmcodec.codec.progressive.channel import chunks, generator_v2, search
 from ddpmcodec.core.splitmix import mix64
 from ddpmcodec.errors import DDPMCodecError
 
@@ -288,14 +288,7 @@ def test_search_argument_errors():
 
 
 # -- the channel with v2 ---------------------------------------------------------------------
-def _roundtrip(mq, vq, mp, vp, params, rng_seed=0, **encode_kw):
-    w = ch.SymbolWriter()
-    st = ch.ChannelStats()
-    x = ch.encode_gaussian(w, mq, vq, mp, vp, params, 3, (0, 0), np.random.default_rng(rng_seed),
-                           st, **encode_kw)
-    words = w.words()
-    y = ch.decode_gaussian(ch.SymbolReader(words), mp, vp, params, 3, (0, 0))
-    return x, y, st, words
+
 
 
 def _target(shape, seed=2):
@@ -309,14 +302,14 @@ def _target(shape, seed=2):
 def test_v2_channel_regenerates_the_sample_with_every_search(shape):
     mq, vq, mp, vp = _target(shape)
     params = ch.ChannelParams(chunk_bits=8, margin_bits=3, max_log2=16, generator=V2).validate()
-    x, y, st, words = _roundtrip(mq, vq, mp, vp, params, search_workers=1)
+    x, y, st, words = roundtrip(mq, vq, mp, vp, params, search_workers=1)
     assert x.shape == shape and np.array_equal(x, y)
     assert st.num_chunks == len(st.index_bits) and st.searched > 0
     # the stream and the sample do not depend on how or where the chunks are searched
     for kw in ({"search_workers": 2}, {"search_workers": 3}, {"search_workers": None},
                {"search_workers": 3, "search_device": "torch:cpu"},
                *[{"search_device": f"torch:{d}"} for d in DEVICES]):
-        x2, y2, st2, words2 = _roundtrip(mq, vq, mp, vp, params, **kw)
+        x2, y2, st2, words2 = roundtrip(mq, vq, mp, vp, params, **kw)
         assert np.array_equal(words2, words) and np.array_equal(x2, x) and np.array_equal(y2, x)
         assert (st2.searched, st2.exact_chunks) == (st.searched, st.exact_chunks)
 
@@ -325,7 +318,7 @@ def test_v2_private_randomness_changes_choice_not_decodability():
     mp, vp = np.zeros(200), np.ones(200)
     mq, vq = np.full(200, 0.5), np.full(200, 0.8)  # 39 bits in 5 chunks
     params = ch.ChannelParams(chunk_bits=8, margin_bits=6, max_log2=16, generator=V2)
-    xs = [_roundtrip(mq, vq, mp, vp, params, rng_seed=s)[:2] for s in range(6)]
+    xs = [roundtrip(mq, vq, mp, vp, params, rng_seed=s)[:2] for s in range(6)]
     assert all(np.array_equal(x, y) for x, y in xs)
     # PFR's winner often ignores the arrival times (about half the pairs of seeds agree
     # on all 5 chunks here, with v1 too): six seeds must not all agree
@@ -352,7 +345,7 @@ def test_v1_and_v2_differ_and_v1_is_unchanged():
     assert ch.generator_check(ch.GENERATOR_ID) == 8612183  # float32-rounded: CPU-independent
     if _crc(ch.candidate_normals(ch.derive_key(9, 8), 100, 50, 37).astype("<f8")) == 3920154608:
         assert _crc(x.astype("<f8")) == 2816269021
-    x2 = _roundtrip(mq, vq, mp, vp, ch.ChannelParams(6, 3, 16, V2))[0]
+    x2 = roundtrip(mq, vq, mp, vp, ch.ChannelParams(6, 3, 16, V2))[0]
     assert not np.array_equal(x, x2)
     with pytest.raises(DDPMCodecError, match="numpy only"):
         ch.encode_gaussian(ch.SymbolWriter(), mq, vq, mp, vp, params, 3, (1, 2),
@@ -369,33 +362,14 @@ def test_v2_generator_check_is_the_same_everywhere():
         assert _crc(eps.astype("<f4")) == 635693329
 
 
-def _draws(mq, vq, mp, vp, params, count):
-    out, exact, chunks = [], 0, 0
-    for i in range(count):
-        st = ch.ChannelStats()
-        out.append(ch.encode_gaussian(ch.SymbolWriter(), mq, vq, mp, vp, params, 99, (i, 1),
-                                      np.random.default_rng(i), st, search_workers=1))
-        exact += st.exact_chunks
-        chunks += st.num_chunks
-    return np.array(out), exact / chunks
-
-
-def _assert_follows_q(samples, mq, vq):
-    n = len(samples)
-    z = (samples - mq) / np.sqrt(vq)
-    assert np.all(np.abs(z.mean(0)) < 4.5 / math.sqrt(n)), z.mean(0)
-    assert np.all(np.abs(z.var(0) - 1) < 4.5 * math.sqrt(2 / n)), z.var(0)
-    assert stats.kstest(z.ravel(), "norm").pvalue > 1e-4
-
-
 def test_v2_samples_follow_q_exact_search():
     """var_q < var_p: the search stops exactly, so the PFR sample is exact."""
     mp, vp = np.zeros(4), np.ones(4)
     mq, vq = np.array([0.9, -0.6, 0.3, 0.0]), np.full(4, 0.5)
     params = ch.ChannelParams(chunk_bits=12, margin_bits=12, max_log2=20, generator=V2)
-    samples, exact = _draws(mq, vq, mp, vp, params, 1500)
+    samples, _, exact = draws(mq, vq, mp, vp, params, 1500, search_workers=1)
     assert exact == 1.0
-    _assert_follows_q(samples, mq, vq)
+    assert_follows_q(samples, mq, vq)
 
 
 def test_v2_samples_follow_q_truncated_search():
@@ -403,6 +377,6 @@ def test_v2_samples_follow_q_truncated_search():
     mp, vp = np.zeros(3), np.ones(3)
     mq, vq = np.array([1.4, -1.2, 0.9]), np.ones(3)
     params = ch.ChannelParams(chunk_bits=12, margin_bits=11, max_log2=20, generator=V2)
-    samples, exact = _draws(mq, vq, mp, vp, params, 1000)
+    samples, _, exact = draws(mq, vq, mp, vp, params, 1000, search_workers=1)
     assert exact == 0.0
-    _assert_follows_q(samples, mq, vq)
+    assert_follows_q(samples, mq, vq)

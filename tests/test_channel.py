@@ -12,21 +12,12 @@ import math
 
 import numpy as np
 import pytest
+from channel_helpers import assert_follows_q, draws, roundtrip
 from scipy import stats
 
 from ddpmcodec.codec.progressive import channel as ch
 from ddpmcodec.codec.progressive.channel import pool as search_pool
 from ddpmcodec.errors import DDPMCodecError
-
-
-def _roundtrip(mean_q, var_q, mean_p, var_p, params, seed=3, path=(0, 0), kl_hint=None, rng_seed=0):
-    w = ch.SymbolWriter()
-    st = ch.ChannelStats()
-    x = ch.encode_gaussian(w, mean_q, var_q, mean_p, var_p, params, seed, path,
-                           np.random.default_rng(rng_seed), st, kl_hint)
-    words = w.words()
-    y = ch.decode_gaussian(ch.SymbolReader(words), mean_p, var_p, params, seed, path, kl_hint)
-    return x, y, st, words
 
 
 # -- shared randomness -------------------------------------------------------------------------
@@ -140,7 +131,7 @@ def test_receiver_regenerates_the_sample(shape, hint):
     mq = mp + 0.3 * rng.normal(size=shape)
     vq = 0.6 * vp
     params = ch.ChannelParams(chunk_bits=6, margin_bits=3, max_log2=16)
-    x, y, st, _ = _roundtrip(mq, vq, mp, vp, params, kl_hint=hint)
+    x, y, st, _ = roundtrip(mq, vq, mp, vp, params, kl_hint=hint)
     assert x.shape == shape and np.array_equal(x, y)
     assert st.kl_bits == pytest.approx(ch.kl_bits(mq, vq, mp, vp).sum())
     assert st.num_chunks == len(st.chunk_kl) == len(st.index_bits)
@@ -151,7 +142,7 @@ def test_high_kl_per_dimension_caps_chunks():
     mp, vp = np.zeros(3), np.ones(3)
     mq, vq = np.array([3.0, -3.0, 2.5]), np.full(3, 0.05)
     params = ch.ChannelParams(chunk_bits=2, margin_bits=2, max_log2=12)
-    x, y, st, _ = _roundtrip(mq, vq, mp, vp, params)
+    x, y, st, _ = roundtrip(mq, vq, mp, vp, params)
     assert np.array_equal(x, y) and st.num_chunks == 3
 
 
@@ -159,42 +150,21 @@ def test_private_randomness_changes_choice_not_decodability():
     mp, vp = np.zeros(200), np.ones(200)
     mq, vq = np.full(200, 0.5), np.full(200, 0.8)  # 39 bits in 5 chunks, a wide margin
     params = ch.ChannelParams(chunk_bits=8, margin_bits=6, max_log2=16)
-    xs = [_roundtrip(mq, vq, mp, vp, params, rng_seed=s)[:2] for s in range(3)]
+    xs = [roundtrip(mq, vq, mp, vp, params, rng_seed=s)[:2] for s in range(3)]
     assert all(np.array_equal(x, y) for x, y in xs)
     assert not np.array_equal(xs[0][0], xs[1][0])
 
 
 # -- the channel: the law of the samples -----------------------------------------------------------
-def _draws(mq, vq, mp, vp, params, count):
-    out, bits, exact, chunks = [], [], 0, 0
-    for i in range(count):
-        w = ch.SymbolWriter()
-        st = ch.ChannelStats()
-        out.append(ch.encode_gaussian(w, mq, vq, mp, vp, params, 99, (i, 1), np.random.default_rng(i), st))
-        bits.append(st.code_bits)
-        exact += st.exact_chunks
-        chunks += st.num_chunks
-    return np.array(out), np.array(bits), exact / chunks
-
-
-def _assert_follows_q(samples, mq, vq):
-    n = len(samples)
-    z = (samples - mq) / np.sqrt(vq)
-    # moments per dimension: mean within 4.5 standard errors, variance within 4.5 SE
-    assert np.all(np.abs(z.mean(0)) < 4.5 / math.sqrt(n)), z.mean(0)
-    assert np.all(np.abs(z.var(0) - 1) < 4.5 * math.sqrt(2 / n)), z.var(0)
-    assert stats.kstest(z.ravel(), "norm").pvalue > 1e-4
-
-
 def test_samples_follow_q_exact_search():
     """var_q < var_p: the weight is bounded and the search stops exactly, so the PFR
     sample is exact."""
     mp, vp = np.zeros(4), np.ones(4)
     mq, vq = np.array([0.9, -0.6, 0.3, 0.0]), np.full(4, 0.5)
     params = ch.ChannelParams(chunk_bits=12, margin_bits=12, max_log2=20)
-    samples, bits, exact = _draws(mq, vq, mp, vp, params, 1500)
+    samples, bits, exact = draws(mq, vq, mp, vp, params, 1500)
     assert exact == 1.0
-    _assert_follows_q(samples, mq, vq)
+    assert_follows_q(samples, mq, vq)
     kl = ch.kl_bits(mq, vq, mp, vp).sum()
     assert kl < bits.mean() < kl + 12  # side information (about 6 bits) + the index
 
@@ -208,9 +178,9 @@ def test_samples_follow_q_truncated_search():
     mq, vq = np.array([1.4, -1.2, 0.9]), np.ones(3)
     params = ch.ChannelParams(chunk_bits=12, margin_bits=11, max_log2=20)
     assert ch.kl_bits(mq, vq, mp, vp).sum() == pytest.approx(3.0, abs=0.1)
-    samples, _, exact = _draws(mq, vq, mp, vp, params, 1000)
+    samples, _, exact = draws(mq, vq, mp, vp, params, 1000)
     assert exact == 0.0
-    _assert_follows_q(samples, mq, vq)
+    assert_follows_q(samples, mq, vq)
 
 
 def test_truncation_bias_is_visible():
@@ -220,7 +190,7 @@ def test_truncation_bias_is_visible():
     mq, vq = np.full(4, 1.665), np.ones(4)
     params = ch.ChannelParams(chunk_bits=12, margin_bits=0, max_log2=20)
     assert ch.kl_bits(mq, vq, mp, vp).sum() == pytest.approx(8.0, abs=0.05)
-    samples, _, _ = _draws(mq, vq, mp, vp, params, 600)
+    samples, _, _ = draws(mq, vq, mp, vp, params, 600)
     z = (samples - mq) / np.sqrt(vq)
     assert z.mean() < -5 / math.sqrt(z.size)  # shrunk towards p's mean 0
     assert stats.kstest(z.ravel(), "norm").pvalue < 1e-6
