@@ -96,3 +96,16 @@ Where each part lives: :mod:`.params` (the defaults and the header's params blob
 seeds), :mod:`.codec` (:class:`BitsBackCodec`: encode and decode) and :mod:`.webp` (the
 WebP-lossless streams and the model-free fallback mode).
 """
+
+# The public names, imported when first used: the params module must stay importable
+# without torch (the command line builds its help from it).
+_PUBLIC = {"BitsBackCodec": "codec", "LosslessParams": "params", "default_chain": "params",
+           "WebPLosslessCodec": "webp"}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)

@@ -45,3 +45,17 @@ target), :mod:`.targets` (--bpp / --psnr / --max-bytes), :mod:`.encoder` and
 :mod:`.reconstruct` (x0 from a latent, truncation tables) and :mod:`.channel` (the
 channel simulation of one Gaussian).
 """
+
+# The public names, imported when first used: the params module must stay importable
+# without torch (the command line builds its help from it).
+_PUBLIC = {"ProgressiveCodec": "codec", "ProgressiveParams": "params",
+           "coded_schedule": "params",
+           "truncation_table": "reconstruct"}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
