@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = {"search": ("channel.py", "_search_chunks"), "network": ("progressive.py", "_network_p")}
+PARTS = {"search": ("channel/pool.py", "search_chunks"),
+         "network": ("progressive/steps.py", "network_p_on_device")}
 
 
 def _cumulative(stats: pstats.Stats, file_suffix: str, name: str) -> float:
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     enc = codec.encode(images[a.image:a.image + 1], search_workers=a.search_workers)
     prof.disable()
     st = pstats.Stats(prof)
-    total = _cumulative(st, "progressive.py", "encode")
+    total = _cumulative(st, "progressive/codec.py", "encode")
     parts = {k: _cumulative(st, *v) for k, v in PARTS.items()}
     parts["rest"] = total - sum(parts.values())
     st.sort_stats("cumulative")

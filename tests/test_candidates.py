@@ -1,4 +1,5 @@
-"""Candidate generator v2 and its PFR search (ddpmcodec.codec.candidates).
+"""Candidate generator v2 and its PFR search (ddpmcodec.codec.progressive.channel:
+generator_v2 and search).
 
 Oracles: the words are splitmix64 of the counter (channel._mix64, a Python-int
 implementation); numpy and torch give the same bits (words, normals, scores, searches);

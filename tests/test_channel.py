@@ -1,4 +1,4 @@
-"""Channel simulation of diagonal Gaussians (ddpmcodec.codec.channel).
+"""Channel simulation of diagonal Gaussians (ddpmcodec.codec.progressive.channel).
 
 Oracles: the receiver regenerates the sender's sample bit for bit; candidate blocks equal
 candidates regenerated one by one; the score equals log q - log p from scipy; and the

@@ -1,4 +1,4 @@
-"""The entropy-coder wrapper (ddpmcodec.codec.coder) and its one error policy.
+"""The entropy-coder wrapper (ddpmcodec.codec.entropy.coder) and its one error policy.
 
 Oracles: what constriction itself raises on bad streams and on programming errors
 (pinned here, so that a constriction upgrade that changes them is noticed); the wrapper
