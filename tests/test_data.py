@@ -62,6 +62,43 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         check_fits(load_images(tmp_path / "gray.png").images, (3, 32, 32))
 
 
+def _flag_encrypted(path):
+    """Set the 'encrypted' bit of every central-directory entry (zipfile then raises a
+    RuntimeError, not a BadZipFile)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        data[at + 8] |= 0x01
+        at = data.find(b"PK\x01\x02", at + 4)
+    path.write_bytes(bytes(data))
+
+
+def test_an_unreadable_npz_names_its_cause(tmp_path, monkeypatch):
+    """A user's .npz that does not parse, or that the OS will not let us read, is one line
+    that says which, never a traceback."""
+    import ddpmcodec.io.data as data_mod
+    bad = tmp_path / "enc.npz"
+    np.savez(bad, images=np.zeros((2, 32, 32, 3), np.uint8))
+    _flag_encrypted(bad)
+    with pytest.raises(DDPMCodecError, match=r"cannot read .*enc\.npz as \.npz.*encrypted"):
+        load_images(bad)
+    good = tmp_path / "good.npz"
+    np.savez(good, images=np.zeros((2, 32, 32, 3), np.uint8))
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(good))
+    monkeypatch.setattr(data_mod.np, "load", refused)
+    with pytest.raises(DDPMCodecError, match=r"cannot read .*good\.npz.*Permission denied") as info:
+        load_images(good)
+    assert "as .npz" not in str(info.value)  # nothing is wrong with its format
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug")
+    monkeypatch.setattr(data_mod.np, "load", bug)
+    with pytest.raises(KeyError):
+        load_images(good)
+
+
 def test_cifar10_offline_says_where_to_put_it(tmp_path, monkeypatch):
     import torchvision.datasets.utils as u
 

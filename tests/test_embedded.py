@@ -29,13 +29,33 @@ TOLERANCE = 1e-6                  # bits/dim per image; see the module docstring
 
 
 def test_embedded_fingerprint(embedded_model):
+    import torch
+
+    from ddpmcodec.io.calibration import load_calibration
+    from ddpmcodec.io.models import DEFAULT_CHECKPOINT, fingerprint
     fp = embedded_model.fingerprint
-    assert len(fp) == 16 and int(fp, 16) >= 0
     assert fp == FINGERPRINT
     assert embedded_model.diffusion.variance_type == "fixedlarge"
     assert embedded_model.diffusion.num_steps == 1000
-    # the committed results were made by this very model
-    assert json.loads((COMMITTED / "results.json").read_text())["config"]["model"]["fingerprint"] == fp
+    # what ships with the model and every committed result were made by this very model
+    assert load_calibration(DEFAULT_CHECKPOINT / "calibration.json", fp).fingerprint == fp
+    assert json.loads((DEFAULT_CHECKPOINT / "proposal.json").read_text())["source"]["fingerprint"] == fp
+    committed = sorted((ROOT / "reports" / "results").glob("*/results.json"))
+    assert COMMITTED / "results.json" in committed
+    for res in committed:
+        assert json.loads(res.read_text())["config"]["model"]["fingerprint"] == fp, res
+    # and it is a hash of these weights: recomputed it agrees, the last bit of one weight changes it
+    unet, diffusion = embedded_model.unet, embedded_model.diffusion
+    assert fingerprint(unet, diffusion) == fp
+    w = dict(unet.named_parameters())["mid_block.resnets.0.conv1.weight"]
+    with torch.no_grad():
+        before = w.view(-1)[0].clone()
+        w.view(-1)[0] = torch.nextafter(before, torch.tensor(float("inf")))
+        try:
+            assert fingerprint(unet, diffusion) != fp
+        finally:
+            w.view(-1)[0] = before
+    assert fingerprint(unet, diffusion) == fp
 
 
 def test_committed_k100_bound_is_reproduced(embedded_model, test_npz, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,6 +225,53 @@ def test_proposal_respacing_io_and_sources(tmp_path):
         Proposal.load(tmp_path / "bad.json")
     g = Proposal.gaussian(FULL)
     assert np.all(g.probs[1:] > 0) and g.source["kind"] == "gaussian"
+
+
+def test_a_bug_while_building_a_read_proposal_keeps_its_traceback(tmp_path, monkeypatch):
+    """Old code turned any ValueError, KeyError or TypeError raised while building the
+    proposal, a bug included, into "unreadable proposal"."""
+    good = tmp_path / "p.json"
+    Proposal.from_terms(synthetic_table(K=50), np.arange(50)).save(good)
+
+    def buggy(self):
+        raise TypeError("a bug in Proposal")
+    monkeypatch.setattr(Proposal, "__post_init__", buggy)
+    with pytest.raises(TypeError, match="a bug in Proposal"):
+        Proposal.load(good)
+
+
+def test_a_proposal_the_os_refuses_names_that_cause(tmp_path, monkeypatch):
+    good = tmp_path / "p.json"
+    Proposal.from_terms(synthetic_table(K=50), np.arange(50)).save(good)
+    real_read_text = Path.read_text
+
+    def refused(self, *args, **kwargs):
+        if self == good:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "read_text", refused)
+    with pytest.raises(DDPMCodecError, match="Permission denied") as info:
+        Proposal.load(good)
+    assert "unreadable proposal" not in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"\xff\xfe not text", "unreadable proposal"),
+    (b"[1, 2, 3]", "not a proposal"),
+    (b'{"kind": "calibration", "scale": [1], "timesteps": [0]}', "not a proposal"),
+    (b'{"scale": [1, 2]}', "not a proposal"),
+    (b'{"scale": [1, "x"], "timesteps": [0, 1]}', "'scale'"),
+    (b'{"scale": [1, 2], "timesteps": [0, 1.5]}', "'timesteps'"),
+    (b'{"scale": [1, 2], "timesteps": [0, 1], "mix": "lots"}', "'mix'"),
+    (b'{"scale": [1, 2], "timesteps": [0, 1], "source": 3}', "'source'"),
+    (b'{"scale": [1, -2], "timesteps": [0, 1]}', "finite and >= 0"),
+])
+def test_a_foreign_proposal_file_is_one_line_naming_what_is_wrong(tmp_path, content, match):
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    with pytest.raises(DDPMCodecError, match=match) as info:
+        Proposal.load(bad)
+    assert "\n" not in str(info.value)
 
 
 def test_summary_with_one_image_falls_back_to_the_mc_error():

@@ -1,4 +1,7 @@
+import errno
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +79,50 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DDPMCodecError, match="huggingface-cli download"):
         load_model("google/ddpm-cifar10-32")
+
+
+def test_a_failed_restore_keeps_the_previous_checkpoint_and_says_where(tmp_path, tiny_model, monkeypatch):
+    """Replacing a checkpoint moves the old one aside, renames the new one in and, if that
+    fails, moves the old one back. Old code deleted the old copy when moving it back failed
+    too: both checkpoints were gone."""
+    import ddpmcodec.io.models as models_mod
+    path = tmp_path / "ckpt"
+    save_model(tiny_model.unet, tiny_model.diffusion, path)
+    other = Diffusion.from_schedule(variance_type="fixedsmall")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        src, dst = Path(src), Path(dst)
+        if src.name.startswith(".tmp-ckpt.") and dst == path and not path.exists():
+            raise OSError(errno.EIO, "Input/output error")  # the new one cannot go in
+        if src.parent.name.startswith(".old-ckpt.") and dst == path:
+            raise OSError(errno.EIO, "Input/output error")  # nor the old one back
+        return real_rename(src, dst)
+    monkeypatch.setattr(models_mod.os, "rename", rename)
+    with pytest.raises(DDPMCodecError) as info:
+        save_model(tiny_model.unet, other, path)
+    monkeypatch.undo()
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg
+    kept = [p / "ckpt" for p in tmp_path.glob(".old-ckpt.*") if (p / "ckpt").is_dir()]
+    assert len(kept) == 1 and str(kept[0]) in msg
+    assert load_model(kept[0]).fingerprint == tiny_model.fingerprint  # the last good copy
+    assert not path.exists() and not list(tmp_path.glob(".tmp-ckpt.*"))
+
+
+def test_a_failed_replacement_puts_the_previous_checkpoint_back(tmp_path, tiny_model, monkeypatch):
+    import ddpmcodec.io.models as models_mod
+    path = tmp_path / "ckpt"
+    save_model(tiny_model.unet, tiny_model.diffusion, path)
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(src).name.startswith(".tmp-ckpt.") and Path(dst) == path and not path.exists():
+            raise OSError(errno.EIO, "Input/output error")
+        return real_rename(src, dst)
+    monkeypatch.setattr(models_mod.os, "rename", rename)
+    with pytest.raises(OSError, match="Input/output"):
+        save_model(tiny_model.unet, Diffusion.from_schedule(variance_type="fixedsmall"), path)
+    monkeypatch.undo()
+    assert load_model(path).fingerprint == tiny_model.fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

@@ -1,5 +1,6 @@
-"""Results folders: a damaged shard is kept and reported (never deleted), an error that
-does not prove damage propagates, and an --out that is a file is a one-line error."""
+"""Results folders: a damaged shard is kept and reported (never deleted), an OS error is
+reported as what it is (not as damage), a bug (a wrong array name included) propagates, and
+an --out that is a file is a one-line error."""
 import numpy as np
 import pytest
 
@@ -21,7 +22,18 @@ def _cut(path, keep):
     path.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "no_image_id"])
+def _flag_encrypted(path):
+    """Set the 'encrypted' bit of every central-directory entry: a one-bit corruption that
+    zipfile reports as a RuntimeError, not as a BadZipFile."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        data[at + 8] |= 0x01
+        at = data.find(b"PK\x01\x02", at + 4)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "encrypted_flag", "no_image_id"])
 def test_damaged_shard_is_kept_and_reported(tmp_path, damage):
     folder = _folder(tmp_path)
     shards = sorted(folder.shards.glob("shard-*.npz"))
@@ -32,6 +44,8 @@ def test_damaged_shard_is_kept_and_reported(tmp_path, damage):
         bad.write_bytes(b"")
     elif damage == "garbage":
         bad.write_bytes(b"this is not a zip file at all" * 4)
+    elif damage == "encrypted_flag":
+        _flag_encrypted(bad)
     else:
         np.savez(bad, total=np.zeros(2))  # readable, but not a shard of this schema
     before = bad.read_bytes()
@@ -46,8 +60,8 @@ def test_damaged_shard_is_kept_and_reported(tmp_path, damage):
     assert folder.done_ids() == {0, 1}
 
 
-@pytest.mark.parametrize("exc", [PermissionError(13, "Permission denied"), OSError(5, "I/O error"),
-                                 RuntimeError("not a file problem"), TypeError("a bug")])
+@pytest.mark.parametrize("exc", [RuntimeError("not a file problem"), TypeError("a bug"),
+                                 KeyError("a bug: an array name that was never written")])
 def test_an_error_that_proves_no_damage_propagates_and_deletes_nothing(tmp_path, monkeypatch, exc):
     folder = _folder(tmp_path)
     shards = sorted(folder.shards.glob("shard-*.npz"))
@@ -62,14 +76,54 @@ def test_an_error_that_proves_no_damage_propagates_and_deletes_nothing(tmp_path,
     assert folder.done_ids() == {0, 1, 2, 3}
 
 
+def test_asking_a_shard_for_an_array_it_never_had_is_a_bug_not_damage(tmp_path):
+    """Old code caught the KeyError as damage and told the user to delete a good shard."""
+    folder = _folder(tmp_path)
+    shard = min(folder.shards.glob("shard-*.npz"))
+    before = shard.read_bytes()
+    with pytest.raises(KeyError, match="totl"):
+        folder._read_shard(shard, ["image_id", "totl"])
+    assert shard.read_bytes() == before
+    assert set(folder._read_shard(shard, ["image_id", "total"])) == {"image_id", "total"}
+
+
+@pytest.mark.parametrize("exc", [PermissionError(13, "Permission denied"), OSError(5, "Input/output error")])
+def test_an_unreadable_shard_is_reported_as_what_it_is_not_as_damage(tmp_path, monkeypatch, exc):
+    """A permission or I/O error says nothing about the bytes: the user hears that error,
+    in one line naming the shard, and is not told to delete the file."""
+    folder = _folder(tmp_path)
+    shards = sorted(folder.shards.glob("shard-*.npz"))
+
+    def failing_load(*args, **kwargs):
+        raise exc
+    monkeypatch.setattr(results_mod.np, "load", failing_load)
+    for read in (folder.done_ids, folder.merged):
+        with pytest.raises(DDPMCodecError) as info:
+            read()
+        msg = str(info.value)
+        assert shards[0].name in msg and exc.strerror in msg and "\n" not in msg
+        assert "damaged" not in msg and "delete" not in msg.lower()
+    monkeypatch.undo()
+    assert all(p.is_file() for p in shards)
+    folder.finish(folder.merged(), {}, {})
+    monkeypatch.setattr(results_mod.np, "load", failing_load)
+    with pytest.raises(DDPMCodecError) as info:
+        load_arrays(folder.path)
+    msg = str(info.value)
+    assert "arrays.npz" in msg and exc.strerror in msg and "damaged" not in msg
+    monkeypatch.undo()
+    assert list(load_arrays(folder.path)["image_id"]) == [0, 1, 2, 3]
+
+
 def test_damage_classification_follows_the_experiment():
     import zipfile
     import zlib
     for exc in (zipfile.BadZipFile("x"), zlib.error("x"), EOFError(), ValueError("x"),
-                KeyError("x"), NotImplementedError("zip file version"), OSError(22, "Invalid argument")):
+                NotImplementedError("zip file version"), OSError(22, "Invalid argument"),
+                RuntimeError("File 'image_id.npy' is encrypted, password required for extraction")):
         assert results_mod.is_npz_damage(exc), exc
     for exc in (PermissionError(13, "x"), OSError(5, "x"), FileNotFoundError(2, "x"),
-                RuntimeError("x"), TypeError("x")):
+                RuntimeError("x"), TypeError("x"), KeyError("image_id is not a file in the archive")):
         assert not results_mod.is_npz_damage(exc), exc
 
 

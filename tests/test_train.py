@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -286,6 +287,77 @@ def test_resume_refuses_another_recipe_and_other_data(tmp_path, train_images):
     (tmp_path / "train_state.pt").write_bytes(b"not a torch file")
     with pytest.raises(DDPMCodecError, match="cannot read the training state"):
         train(cfg, train_images[:16], tmp_path, 2, None, opts, resume=True)
+
+
+def _small_state_file(path):
+    """A small torch file shaped like a training state (nested dicts, tensors, rng lists) but
+    without its format tag: every corruption of it that still loads is refused as foreign."""
+    torch.save({"version": 1, "model": {"w": torch.arange(6.0).reshape(2, 3)},
+                "rng": {"torch": torch.zeros(4, dtype=torch.uint8), "python": [3, (1, 2, 3), None]},
+                "config": {"objective": "simple", "lr": 2e-4}}, path)
+    return path.read_bytes()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # a damaged protocol byte
+def test_every_damaged_training_state_is_one_line(tmp_path, train_images):
+    """torch.load on a damaged file raises what its reader or its unpickler hits first:
+    RuntimeError, OSError (EINVAL), UnpicklingError, EOFError, UnicodeDecodeError, but also
+    KeyError, TypeError, IndexError, AttributeError, AssertionError, ValueError. Old code
+    caught only some of these: the rest were tracebacks for a damaged file."""
+    tr = Trainer(TrainConfig.preset("tiny", batch_size=8), train_images[:8], opts=RunOptions(progress=False))
+    data = _small_state_file(tmp_path / "ref.pt")
+    bad = tmp_path / "bad.pt"
+    pkl_end = data.index(b".format_version") if b".format_version" in data else len(data)
+    cases = [data[:k] for k in range(0, len(data), 7)]
+    cases += [data[:k] + bytes([v]) + data[k + 1:] for k in range(pkl_end)
+              for v in {0xFF, data[k] ^ 0x01, data[k] ^ 0x80}]
+    kinds = set()
+    for case in cases:
+        bad.write_bytes(case)
+        with pytest.raises(DDPMCodecError) as info:
+            tr.load(bad)
+        msg = str(info.value)
+        assert str(bad) in msg and "\n" not in msg, msg
+        kinds.add(re.search(r"not a torch file \((\w+)", msg)[1] if "torch file" in msg else "loads")
+    assert {"RuntimeError", "UnpicklingError"} <= kinds  # the zip reader's and the unpickler's
+    assert kinds & {"IndexError", "TypeError", "AttributeError"}  # what old code let through
+
+
+def test_a_bug_inside_load_is_not_called_an_unreadable_state(tmp_path, train_images, monkeypatch):
+    """Old code caught RuntimeError, ValueError, KeyError and OSError from anywhere inside
+    the read as "cannot read the training state"."""
+    cfg = TrainConfig.preset("tiny", batch_size=8)
+    opts = RunOptions(save_every=0, progress=False)
+    train(cfg, train_images[:16], tmp_path, 1, None, opts)
+    tr = Trainer(cfg, train_images[:16], opts=RunOptions(progress=False))
+    for exc in (RuntimeError("a bug"), KeyError("a bug"), ValueError("a bug")):
+        def buggy(*args, _exc=exc, **kwargs):
+            raise _exc
+        monkeypatch.setattr(torch, "load", buggy)
+        with pytest.raises(type(exc), match="a bug"):
+            tr.load(tmp_path / "train_state.pt")
+        monkeypatch.undo()
+    # a state whose tensors do not fit the network is not "unreadable" either
+    state = load_state(tmp_path)
+    k = next(iter(state["model"]))
+    state["model"][k] = torch.zeros(3)
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        tr.load(tmp_path / "odd.pt")
+
+
+def test_a_training_state_the_os_refuses_names_that_cause(tmp_path, train_images, monkeypatch):
+    cfg = TrainConfig.preset("tiny", batch_size=8)
+    train(cfg, train_images[:16], tmp_path, 1, None, RunOptions(save_every=0, progress=False))
+    tr = Trainer(cfg, train_images[:16], opts=RunOptions(progress=False))
+    path = tmp_path / "train_state.pt"
+
+    def refused(f, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(f))
+    monkeypatch.setattr(torch, "load", refused)
+    with pytest.raises(DDPMCodecError, match="Permission denied") as info:
+        tr.load(path)
+    assert "damaged" not in str(info.value) and "\n" not in str(info.value)
 
 
 # -- DDP ------------------------------------------------------------------------------------------

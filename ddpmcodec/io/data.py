@@ -16,7 +16,7 @@ import torch
 
 from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.atomic import atomic_path, save_npz_atomic
-from ddpmcodec.io.results import NPZ_DAMAGE_ERRORS
+from ddpmcodec.io.results import NPZ_READ_ERRORS, is_npz_damage
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp", ".jpg", ".jpeg")
 CIFAR10_ARCHIVE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -68,8 +68,12 @@ def _load_npz(path: Path) -> np.ndarray:
             if "images" not in f.files:
                 raise DDPMCodecError(f"{path}: no 'images' array (has {', '.join(f.files) or 'nothing'})")
             arr = f["images"]
-    except NPZ_DAMAGE_ERRORS as exc:  # a user's file: any OSError reading it is theirs too
-        raise DDPMCodecError(f"cannot read {path} as .npz: {exc}") from None
+    except NPZ_READ_ERRORS as exc:
+        if is_npz_damage(exc):
+            raise DDPMCodecError(f"cannot read {path} as .npz: {exc}") from None
+        if isinstance(exc, OSError):  # a user's file the OS refuses: say so, not "format"
+            raise DDPMCodecError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise
     return _check_uint8_nhwc(arr, str(path))
 
 

@@ -293,7 +293,9 @@ def save_model(unet: torch.nn.Module, diffusion: Diffusion, path: str | os.PathL
     onto it, so ``path`` never holds a partial checkpoint or a mix of two: a new or empty
     ``path`` is replaced atomically; an existing checkpoint is moved aside just before the
     rename and deleted after it (a reader may find no folder for that instant, never half
-    of one; the trainer switches a link instead, see pipelines/train.py).
+    of one; the trainer switches a link instead, see pipelines/train.py). If the rename
+    fails the previous checkpoint is moved back; if that fails too it is kept where it was
+    moved and the error says where.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -318,10 +320,25 @@ def save_model(unet: torch.nn.Module, diffusion: Diffusion, path: str | os.PathL
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".old-{path.name}."))
             os.rename(path, old / "ckpt")
             os.rename(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / "ckpt").is_dir() and not path.exists():
-            os.rename(old / "ckpt", path)  # put the previous checkpoint back
+        if old is not None and (old / "ckpt").is_dir():
+            # put the previous checkpoint back; where that fails it is the last good copy:
+            # it stays where it is (the finally must not delete it) and the error says where
+            kept, why = old / "ckpt", None
+            if path.exists():  # something else was written there meanwhile: leave it
+                why = f"{path} exists again"
+            else:
+                try:
+                    os.rename(kept, path)
+                except OSError as restore:
+                    why = f"{type(restore).__name__}: {restore}"
+            if why is not None:
+                old = None
+                raise DDPMCodecError(
+                    f"could not write the checkpoint {path} ({type(exc).__name__}: {exc}) nor "
+                    f"put the previous one back ({why}); the previous checkpoint is kept at "
+                    f"{kept}") from None
         raise
     finally:
         if old is not None:

@@ -30,22 +30,42 @@ ARRAYS = "arrays.npz"
 SCHEMA_VERSION = 1
 
 # What np.load (and reading its arrays) raises on a damaged .npz, established by reading
-# every truncation and every single-byte corruption of small np.savez and
-# np.savez_compressed files: zipfile.BadZipFile (no or broken zip directory, bad CRC),
-# zlib.error (a damaged compressed member), EOFError (an empty file), ValueError (a bad
-# .npy header, array data cut short, or bytes that look like a pickle), NotImplementedError
-# (zipfile: "zip file version" / compression method), KeyError (an array that is not in
-# the archive) and OSError with errno EINVAL (a seek before the start of a cut file).
-# Other OSErrors (permissions, I/O errors) say nothing about the file and propagate.
-NPZ_DAMAGE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
-                     KeyError, OSError)
+# every truncation and four single-byte corruptions of every byte of small np.savez and
+# np.savez_compressed files (numpy 2.4, Python 3.11): zipfile.BadZipFile (no or broken zip
+# directory, bad CRC, names that disagree), zlib.error (a damaged compressed member),
+# EOFError (an empty file, a member cut short), ValueError (bytes that look like a pickle;
+# also numpy's answer to a bad .npy header), NotImplementedError (zipfile: "zip file
+# version", compression method) and, only in their narrow forms (see is_npz_damage),
+# OSError EINVAL (a seek before the start of a cut file) and zipfile's RuntimeError for an
+# "encrypted" flag bit. A corrupted member name also surfaces as a KeyError for the array
+# asked for; that is not in the list: a KeyError is what a wrong array name in our code
+# raises too, so readers check the names they need themselves and let KeyError propagate.
+# Other OSErrors (permissions, I/O errors) say nothing about the bytes: they are reported
+# as what they are, never as damage.
+NPZ_DAMAGE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError)
+# what to catch around a read to sort its errors with is_npz_damage / npz_read_error
+NPZ_READ_ERRORS = NPZ_DAMAGE_ERRORS + (OSError, RuntimeError)
 
 
 def is_npz_damage(exc: BaseException) -> bool:
     """True when ``exc`` (raised while reading an .npz) means the file is damaged."""
+    if isinstance(exc, NPZ_DAMAGE_ERRORS):  # NotImplementedError is a RuntimeError: first
+        return True
     if isinstance(exc, OSError):
         return exc.errno == errno.EINVAL
-    return isinstance(exc, NPZ_DAMAGE_ERRORS)
+    # zipfile's "File ... is encrypted, password required for extraction" (or a bad one)
+    return isinstance(exc, RuntimeError) and "password" in str(exc)
+
+
+def npz_read_error(exc: BaseException, what: str, damaged: str) -> DDPMCodecError | None:
+    """The one-line error for ``exc`` raised reading ``what``: ``damaged`` (the advice for
+    a file that does not parse) for damage, the OS's own error for an OSError that is not
+    damage, None for anything else (a bug: re-raise it)."""
+    if is_npz_damage(exc):
+        return DDPMCodecError(f"damaged {what} ({_describe(exc)}); {damaged}")
+    if isinstance(exc, OSError):
+        return DDPMCodecError(f"cannot read {what} ({_describe(exc)}); it was left as it is")
+    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -87,11 +107,11 @@ def load_arrays(folder: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise DDPMCodecError(f"{folder} says it is complete but has no {ARRAYS}; rerun with "
                              f"--overwrite to recompute it") from None
-    except NPZ_DAMAGE_ERRORS as exc:
-        if not is_npz_damage(exc):
+    except NPZ_READ_ERRORS as exc:
+        err = npz_read_error(exc, str(path), "rerun with --overwrite to recompute it")
+        if err is None:
             raise
-        raise DDPMCodecError(f"damaged {path} ({_describe(exc)}); rerun with --overwrite "
-                             f"to recompute it") from None
+        raise err from None
 
 
 class ResultsFolder:
@@ -127,16 +147,25 @@ class ResultsFolder:
     def _read_shard(self, shard: Path, names=None) -> dict:
         """The arrays of one shard (``names``: only these). A damaged shard is kept and
         reported: shards are written atomically, so a crash cannot leave half of one and a
-        damaged file says something went wrong that a user should see, not hide."""
+        damaged file says something went wrong that a user should see, not hide.
+
+        Every shard holds ``image_id`` (write_shard puts it there), so a file without it is
+        not one of ours; any other name missing is a KeyError: our bug, not the file's."""
         try:
             with np.load(shard, allow_pickle=False) as f:
+                if "image_id" not in f.files:
+                    raise DDPMCodecError(
+                        f"shard {shard} has no image_id (it holds "
+                        f"{', '.join(sorted(f.files)) or 'nothing'}), so it is not a shard of this "
+                        f"run; it was kept. Delete that file and rerun the same command to "
+                        f"recompute its images")
                 return {k: f[k] for k in (f.files if names is None else names)}
-        except NPZ_DAMAGE_ERRORS as exc:
-            if not is_npz_damage(exc):
+        except NPZ_READ_ERRORS as exc:
+            err = npz_read_error(exc, f"shard {shard}", "it was kept. Delete that file and "
+                                 "rerun the same command to recompute its images")
+            if err is None:
                 raise
-            raise DDPMCodecError(
-                f"damaged shard {shard} ({_describe(exc)}); it was kept. Delete that file "
-                f"and rerun the same command to recompute its images") from None
+            raise err from None
 
     def done_ids(self) -> set:
         """Image ids already in shards (a damaged shard is an error; nothing is deleted)."""

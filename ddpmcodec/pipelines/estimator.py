@@ -167,10 +167,32 @@ class Proposal:
                                  f"full-bound nll results folder)")
         try:
             obj = json.loads(path.read_text())
-            return cls(np.asarray(obj["scale"]), np.asarray(obj["timesteps"]),
-                       float(obj.get("mix", DEFAULT_MIX)), dict(obj.get("source", {})))
-        except (ValueError, KeyError, TypeError) as exc:
+        except OSError as exc:  # the OS refuses the file: nothing is known about its content
+            raise DDPMCodecError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # not UTF-8 (UnicodeDecodeError) or not JSON
             raise DDPMCodecError(f"unreadable proposal {path}: {exc}") from None
+        # the shape of the document is checked here, so that nothing below needs a broad
+        # except: an error raised while building the proposal is a bug and keeps its traceback
+        if (not isinstance(obj, dict) or obj.get("kind", "proposal") != "proposal"
+                or "scale" not in obj or "timesteps" not in obj):
+            raise DDPMCodecError(f"{path} is not a proposal (a {PROPOSAL_FILE} holds kind "
+                                 f"'proposal', scale and timesteps)")
+
+        def numbers(key, kind=(int, float)):
+            v = obj[key]
+            if not isinstance(v, list) or not all(isinstance(x, kind) and not isinstance(x, bool)
+                                                  for x in v):
+                what = "integers" if kind is int else "numbers"
+                raise DDPMCodecError(f"{path}: '{key}' is not a list of {what}")
+            return v
+        scale, timesteps = numbers("scale"), numbers("timesteps", int)
+        mix, source = obj.get("mix", DEFAULT_MIX), obj.get("source", {})
+        if not isinstance(mix, (int, float)) or isinstance(mix, bool):
+            raise DDPMCodecError(f"{path}: 'mix' is not a number")
+        if not isinstance(source, dict):
+            raise DDPMCodecError(f"{path}: 'source' is not an object")
+        return cls(np.asarray(scale, dtype=np.float64), np.asarray(timesteps, dtype=np.int64),
+                   float(mix), dict(source))
 
     def save(self, path) -> None:
         from ddpmcodec.io.atomic import write_json_atomic
