@@ -1,4 +1,5 @@
-"""`ddpmcodec nll` and `ddpmcodec rd-curve` end to end through main(argv)."""
+"""`ddpmcodec nll` and `ddpmcodec rd-curve` end to end through main(argv), and the strict
+JSON of every command's --json (bench, calibrate and train on tiny sizes too)."""
 import json
 
 import numpy as np
@@ -11,11 +12,17 @@ from ddpmcodec.cli import main
 from ddpmcodec.io.results import load_arrays, read_results
 
 
+def _refuse(name):
+    raise ValueError(f"{name} is not JSON")
+
+
 def run_json(capsys, argv):
+    """The command's --json output, parsed strictly: json.loads accepts NaN and Infinity,
+    which are not JSON, unless parse_constant refuses them."""
     code = main(argv + ["--json", "--quiet"])
     out = capsys.readouterr()
     assert code == 0, out.err
-    return json.loads(out.out)
+    return json.loads(out.out, parse_constant=_refuse)
 
 
 def test_nll_json_and_results_folder(tmp_path, capsys, tiny_ckpt, test_npz):
@@ -134,3 +141,25 @@ def test_nll_out_naming_an_existing_file_is_one_line(tmp_path, capsys, tiny_ckpt
     assert code == 1, err
     assert "is a file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f.read_text() == "not a folder"
+
+
+def test_json_of_one_image_is_strict(tmp_path, capsys, tiny_ckpt, test_npz):
+    """The smallest runs, where spreads over images are degenerate, still print JSON."""
+    s = run_json(capsys, ["nll", "--ckpt", str(tiny_ckpt), "--data", str(test_npz), "-n", "1",
+                          "--steps", "2", "--device", "cpu", "-o", str(tmp_path / "one")])
+    assert s["num_images"] == 1 and s["total_bpd"] > 0 and s["total_se"] == 0
+    rd = run_json(capsys, ["rd-curve", "--results", str(tmp_path / "one")])
+    assert rd["final_rate_bpd"] == pytest.approx(s["rate_bpd"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--random-init", "tiny", "-n", "1", "--steps", "2", "--nfe", "",
+     "--reference-images", "0", "--precisions", "fp32", "-o", "{tmp}/bench"],
+    ["calibrate", "--ckpt", "{ckpt}", "--data", "{npz}", "-n", "1", "-P", "2",
+     "-o", "{tmp}/cal.json", "--work", "{tmp}/work"],
+    ["train", "--data", "{npz}", "-n", "16", "--config", "tiny", "--steps", "1", "-b", "4",
+     "--eval-images", "0", "--out", "{tmp}/train"],
+], ids=lambda a: a[0])
+def test_other_commands_json_is_strict(tmp_path, capsys, tiny_ckpt, test_npz, argv):
+    argv = [a.format(tmp=tmp_path, ckpt=tiny_ckpt, npz=test_npz) for a in argv]
+    assert isinstance(run_json(capsys, argv + ["--device", "cpu"]), dict)

@@ -3,7 +3,11 @@
 ``main(argv)`` is the testable entry point: it returns the exit code instead of exiting.
 A user's mistake (:class:`DDPMCodecError`) prints one line on stderr and exits 1; usage
 errors exit 2; anything else is a bug and keeps its traceback. Every command takes
-``--json`` and then prints one JSON object on stdout; progress bars go to stderr.
+``--json`` and then prints one strict JSON object on stdout (``null`` where a value does
+not apply, never ``NaN``); progress bars go to stderr.
+
+Importing this package must stay quick (``ddpmcodec --help`` and usage errors answer
+without loading torch): see :mod:`ddpmcodec.cli.common`.
 """
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 
 from ddpmcodec.cli.common import (
@@ -23,6 +22,8 @@ from ddpmcodec.cli.common import (
 from ddpmcodec.errors import DDPMCodecError
 
 Opt = typer.Option
+PRECISIONS_CPU = "fp32,bf16"   # tf32 is a CUDA mode
+PRECISIONS_CUDA = "fp32,tf32,bf16"
 
 
 def _parse_list(text: str, cast, what: str) -> list:
@@ -45,8 +46,9 @@ def bench(ckpt: Ckpt = None,
                                          "(default 512 on CUDA, 16 on the CPU)")] = None,
           device: Device = "auto", seed: Seed = 0,
           precisions: Annotated[Optional[str], Opt(
-              "--precisions", help="fast-engine precisions to measure, comma-separated "
-                                   "(default fp32,bf16; fp32,tf32,bf16 on CUDA)")] = None,
+              "--precisions", help=f"fast-engine precisions to measure, comma-separated "
+                                   f"(default {PRECISIONS_CPU}; {PRECISIONS_CUDA} on "
+                                   f"CUDA)")] = None,
           fp32_timesteps: Annotated[int, Opt(
               "--fp32-timesteps", help="also measure tf32/bf16 with timestep indices below "
                                        "this in fp32")] = 0,
@@ -68,6 +70,8 @@ def bench(ckpt: Ckpt = None,
     """Images/s and accuracy of the plain loop and the fast engine (per precision) on the
     same images, noise and device, and the estimator's error bar against its network
     evaluations; printed and written as JSON + Markdown."""
+    import torch
+
     from ddpmcodec.io.atomic import write_json_atomic, write_text_atomic
     from ddpmcodec.io.data import check_fits, data_or_sample, load_images
     from ddpmcodec.io.models import load_model
@@ -85,7 +89,8 @@ def bench(ckpt: Ckpt = None,
     images = load_images(data_or_sample(data, dataset), dataset, split, num_images)
     check_fits(images.images, model.image_shape)
     cuda = torch.device(dev).type == "cuda"
-    precs = _parse_list(precisions or ("fp32,tf32,bf16" if cuda else "fp32,bf16"), str, "--precisions")
+    precs = _parse_list(precisions or (PRECISIONS_CUDA if cuda else PRECISIONS_CPU), str,
+                        "--precisions")
     for p in precs:
         if p not in ("fp32", "tf32", "bf16"):
             raise DDPMCodecError(f"--precisions: unknown precision {p!r} (fp32, tf32, bf16)")

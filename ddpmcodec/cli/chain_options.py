@@ -7,6 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
+# torch-free (numpy only): a chain that no option chooses is ChainOptions' default
+from ddpmcodec.io.chain_choice import ChainOptions
+
+DEFAULT_TRAJECTORY = ChainOptions.trajectory
+DEFAULT_VARIANCE = ChainOptions.variance
+
 Trajectory = Annotated[str, typer.Option(
     "--trajectory", help="which K timesteps: even (the papers' respacing), quadratic (dense "
                          "near the data), or dp (the K-subset that minimises the expected "

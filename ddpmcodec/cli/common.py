@@ -1,8 +1,14 @@
 """What the commands share: option types, the device choice, output of a result, default
-results folders, and the one-line summaries of a codec's statistics."""
+results folders, and the one-line summaries of a codec's statistics.
+
+Imported by every command's module before typer parses anything, so it (like them) must
+stay light: torch, diffusers, the pipelines and ddpmcodec.io.models are imported inside
+the functions that use them, and the defaults shown in --help come from torch-free
+modules (tests/test_cli_startup.py holds that line)."""
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from pathlib import Path
 from typing import Annotated, Optional
@@ -48,10 +54,33 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def json_safe(value):
+    """``value`` as plain JSON data: NaN and infinities become None (JSON has neither, and
+    Python's json would write the non-standard ``NaN``), numpy and torch scalars and arrays
+    become numbers and lists, tuples lists, anything else unknown its str (a Path)."""
+    if isinstance(value, float):  # also numpy.float64, a float subclass
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int)):  # bool is an int
+        return value
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy / torch, without importing either here
+        return json_safe(value.tolist())
+    return str(value)
+
+
+def dumps_json(value) -> str:
+    """Strict JSON text of ``value`` (see :func:`json_safe`): every --json output goes
+    through here, so a value that does not apply is ``null``, never ``NaN``."""
+    return json.dumps(json_safe(value), allow_nan=False)
+
+
 def emit(summary: dict, as_json: bool, lines: list[str]) -> None:
     """The command's result: one JSON object, or human-readable lines."""
     if as_json:
-        typer.echo(json.dumps(summary, default=str))
+        typer.echo(dumps_json(summary))
     else:
         for line in lines:
             typer.echo(line)

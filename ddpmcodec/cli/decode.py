@@ -11,9 +11,12 @@ from typing import Annotated, Optional
 import typer
 
 from ddpmcodec.cli.common import Ckpt, Json, Quiet, emit, stats_lines, stats_summary
+from ddpmcodec.codec.progressive.params import DEFAULT_RECON_STEPS, RECONS
 from ddpmcodec.errors import DDPMCodecError
 
 Opt = typer.Option
+# the decoder's own defaults (a torch-free module), so that --help states what it does
+DEFAULT_RECON = RECONS[0]
 
 
 def decode(
@@ -28,31 +31,36 @@ def decode(
         "--bytes", help="progressive: decode only the first N bytes of the file (the whole "
                         "steps in them)")] = None,
     recon: Annotated[Optional[str], Opt(
-        "--recon", help="progressive: reconstruct x0 from the reached latent by its denoised "
-                        "mean, an ancestral sample, or the deterministic DDIM "
-                        "(probability-flow) path")] = None,
+        "--recon", help=f"progressive: reconstruct x0 from the reached latent by its "
+                        f"denoised mean, an ancestral sample, or the deterministic DDIM "
+                        f"(probability-flow) path: {', '.join(RECONS)} (default "
+                        f"{DEFAULT_RECON})")] = None,
     recon_steps: Annotated[Optional[int], Opt(
-        "--recon-steps", help="progressive: network steps of --recon sample/flow "
-                              "(default 20)")] = None,
+        "--recon-steps", help=f"progressive: network steps of --recon sample/flow "
+                              f"(default {DEFAULT_RECON_STEPS})")] = None,
     as_json: Json = False, quiet: Quiet = False,
 ):
     """Decompress a file written by `ddpmcodec encode`, with the model that wrote it.
     The decoded pixels are checked against the checksum in the file; a mismatch is an
     error, never a wrong image. A progressive file (or the first bytes of one) decodes
     to the last whole coded step, its latents checked bit for bit."""
-    from ddpmcodec.codec.api import get_codec
-    from ddpmcodec.codec.reproducibility import decode_device
     from ddpmcodec.codec.container import read_file, read_header, unpack_prefix
-    from ddpmcodec.io.data import save_images
-    from ddpmcodec.io.models import load_model
     data = read_file(file)
     header = unpack_prefix(data)[0]  # a progressive file may be cut short
+    if header.mode == "progressive" and upto_step is not None and max_bytes is not None:
+        raise DDPMCodecError("give at most one of --upto-step and --bytes")
+    if header.mode != "progressive" and any(
+            v is not None for v in (upto_step, max_bytes, recon, recon_steps)):
+        raise DDPMCodecError("--upto-step, --bytes, --recon and --recon-steps apply to "
+                             f"progressive files; {file} is a {header.mode} file")
+    # torch and the codecs only now: a mistake in the options above is named at once
+    from ddpmcodec.codec.api import get_codec
+    from ddpmcodec.codec.reproducibility import decode_device
+    from ddpmcodec.io.data import save_images
+    from ddpmcodec.io.models import load_model
     if header.mode == "progressive":
-        if upto_step is not None and max_bytes is not None:
-            raise DDPMCodecError("give at most one of --upto-step and --bytes")
-        from ddpmcodec.codec.progressive.params import DEFAULT_RECON_STEPS
         model = load_model(ckpt, decode_device(header))
-        recon = recon or "mean"
+        recon = recon or DEFAULT_RECON
         dec = get_codec("progressive")(model).decode(
             data, progress=not quiet, upto_step=upto_step, max_bytes=max_bytes, recon=recon,
             recon_steps=recon_steps or DEFAULT_RECON_STEPS)
@@ -72,9 +80,6 @@ def decode(
             f"({summary['bits_per_dim']:.4f} bits/dim), reconstruction: {recon}; {verified}",
             f"  wrote {out} ({s.seconds:.1f} s)"])
         return
-    if any(v is not None for v in (upto_step, max_bytes, recon, recon_steps)):
-        raise DDPMCodecError("--upto-step, --bytes, --recon and --recon-steps apply to "
-                             f"progressive files; {file} is a {header.mode} file")
     header = read_header(data)  # a complete file: every CRC checked before any work
     # a webp-lossless file (the lossless codec's fallback) needs no model
     model = None if header.model_free else load_model(ckpt, decode_device(header))

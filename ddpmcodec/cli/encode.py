@@ -15,22 +15,30 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ddpmcodec.cli.chain_options import CalibrationFile, TimestepsFile
+from ddpmcodec.cli.chain_options import (
+    DEFAULT_TRAJECTORY,
+    DEFAULT_VARIANCE,
+    CalibrationFile,
+    TimestepsFile,
+)
 from ddpmcodec.cli.common import (
     Ckpt,
     Json,
     NumImages,
     Quiet,
     Seed,
-    Steps,
     emit,
     resolve_device,
     stats_lines,
     stats_summary,
 )
+from ddpmcodec.codec.lossless import params as lossless_params
+from ddpmcodec.codec.progressive import params as progressive_params
 from ddpmcodec.errors import DDPMCodecError
 
 Opt = typer.Option
+# the codecs' own defaults (torch-free modules), so that --help states what the code does
+L, P = lossless_params, progressive_params
 
 
 def encode(
@@ -41,32 +49,42 @@ def encode(
         show_default=False)] = None,
     lossless: Annotated[bool, Opt(
         "--lossless", help="bits-back ANS through the latent chain, exact pixels (the default)")] = False,
-    steps: Steps = None,
+    steps: Annotated[Optional[int], Opt(
+        "--steps", "-K", help=f"a chain of K steps (default: {L.DEFAULT_STEPS} for "
+                              f"--lossless, {P.DEFAULT_STEPS} for --progressive)")] = None,
     trajectory: Annotated[Optional[str], Opt(
-        "--trajectory", help="which K timesteps: even, quadratic or dp (the K-subset that "
-                             "minimises the expected bound, from the model's calibration); "
-                             "default: even for --lossless, the codec's geometric schedule "
-                             "for --progressive")] = None,
+        "--trajectory", help=f"which K timesteps: even, quadratic or dp (the K-subset that "
+                             f"minimises the expected bound, from the model's calibration); "
+                             f"default: {L.DEFAULT_TRAJECTORY} for --lossless "
+                             f"('{DEFAULT_TRAJECTORY}' once "
+                             f"--variance is given), the codec's geometric schedule for "
+                             f"--progressive")] = None,
     variance: Annotated[Optional[str], Opt(
-        "--variance", help="reverse variance of every step: model, fixedlarge, fixedsmall or "
-                           "analytic (from the model's calibration); default: analytic for "
-                           "--lossless, the codec's fitted proposals for --progressive")] = None,
+        "--variance", help=f"reverse variance of every step: model, fixedlarge, fixedsmall or "
+                           f"analytic (from the model's calibration); default: "
+                           f"{L.DEFAULT_VARIANCE} for --lossless ('{DEFAULT_VARIANCE}' once "
+                           f"--trajectory "
+                           f"or --timesteps is given), the codec's fitted proposals for "
+                           f"--progressive")] = None,
     timesteps: TimestepsFile = None, calibration: CalibrationFile = None,
     ckpt: Ckpt = None, num_images: NumImages = None,
     batch_size: Annotated[int, Opt(
         "--batch-size", "-b", help="images per network call at most (lossless: batches grow "
-                                   "to this as the stack grows)")] = 16,
+                                   "to this as the stack grows)")] = L.DEFAULT_BATCH,
     seed: Seed = 0,
     device: Annotated[str, Opt(
         "--device", help="cpu or cuda[:N]; the file decodes only on the same kind of device")] = "cpu",
     grid_log2: Annotated[int, Opt(
-        "--grid-log2", help="lossless: at least 2^G latent grid points per standard deviation")] = 2,
+        "--grid-log2", help="lossless: at least 2^G latent grid points per standard "
+                            "deviation")] = L.DEFAULT_GRID_LOG2,
     support_sigmas: Annotated[float, Opt(
         "--support-sigmas", help="lossless: latent alphabets span this many standard "
-                                 "deviations each side (a multiple of 1/16)")] = 5.0,
+                                 "deviations each side (a multiple of "
+                                 "1/16)")] = L.DEFAULT_SUPPORT_SIGMAS,
     method: Annotated[str, Opt(
-        "--method", help="lossless: auto (the shorter file of bits-back and WebP-lossless, "
-                         "weighed up to 64 images), bitsback, or webp")] = "auto",
+        "--method", help=f"lossless: auto (the shorter file of bits-back and WebP-lossless, "
+                         f"weighed up to {L.AUTO_COMPARE_MAX} images), bitsback, or "
+                         f"webp")] = "auto",
     seed_images: Annotated[Optional[int], Opt(
         "--seed-images", help="lossless: how many first images are stored as WebP-lossless "
                               "to give the bits-back stack its initial bits (default: as "
@@ -75,11 +93,12 @@ def encode(
         "--progressive", help="lossy and progressive: reverse channel coding of the latent "
                               "chain; any prefix of the file decodes (see docs/progressive.md)")] = False,
     chunk_bits: Annotated[Optional[float], Opt(
-        "--chunk-bits", help="progressive: KL per channel-simulation chunk, bits (default 12)")] = None,
+        "--chunk-bits", help=f"progressive: KL per channel-simulation chunk, bits (default "
+                             f"{P.DEFAULT_CHUNK_BITS:g})")] = None,
     margin: Annotated[Optional[float], Opt(
-        "--margin", help="progressive: search 2^(mean chunk KL + margin) candidates per "
-                         "chunk (default 2; each bit more doubles the encoder's time; see "
-                         "docs/progressive.md)")] = None,
+        "--margin", help=f"progressive: search 2^(mean chunk KL + margin) candidates per "
+                         f"chunk (default {P.DEFAULT_MARGIN_BITS:g}; each bit more doubles the "
+                         f"encoder's time; see docs/progressive.md)")] = None,
     bpp: Annotated[Optional[float], Opt(
         "--bpp", help="progressive: stop at the last coded step whose whole file fits this "
                       "many bits per pixel (per image: H*W pixels)")] = None,
@@ -90,9 +109,10 @@ def encode(
         "--max-bytes", help="progressive: stop at the last coded step whose whole file "
                             "fits this many bytes per image")] = None,
     check_bits: Annotated[Optional[int], Opt(
-        "--check-bits", help="progressive: bits of each coded step's check of the decoded "
-                             "latents (1-32, default 8: a wrong decode of a prefix passes "
-                             "with probability 2^-bits)")] = None,
+        "--check-bits", help=f"progressive: bits of each coded step's check of the decoded "
+                             f"latents (1-{P.MAX_CHECK_BITS}, default {P.DEFAULT_CHECK_BITS}: "
+                             f"a wrong decode of a prefix passes with probability "
+                             f"2^-bits)")] = None,
     search_device: Annotated[Optional[str], Opt(
         "--search-device", help="progressive: where the encoder searches candidates: cpu "
                                 "(numpy, the default), cuda[:N] or torch:cpu (torch); the "
@@ -103,22 +123,6 @@ def encode(
                                  "same for any number")] = None,
     as_json: Json = False, quiet: Quiet = False,
 ):
-    """Compress images into one file. --lossless (the default): bits-back coding in
-    Bit-Swap order on a 10-step chain chosen by dynamic programming with analytic variances
-    (needs the model's calibration; the embedded model has one); the net size approaches
-    the negative ELBO of the chain (what `ddpmcodec nll --steps 10 --trajectory dp
-    --variance analytic` reports). The first image(s) are stored as WebP-lossless and give
-    the stack its initial bits; a file is written as plain WebP-lossless streams when that
-    is shorter (always for one image). The size reported first is the whole file.
-    --progressive: lossy; every
-    prefix of the file decodes (`ddpmcodec decode --bytes N`); with --variance other than
-    model its proposals use the chain's variance, else a variance fitted per image and step.
-    The chain (timesteps and variances) is recorded in the file: decoding needs only the
-    file and the model."""
-    from ddpmcodec.codec.api import get_codec
-    from ddpmcodec.io.atomic import write_bytes_atomic
-    from ddpmcodec.io.data import SAMPLE_IMAGES, load_images
-    from ddpmcodec.io.models import load_model
     if batch_size < 1:
         raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
     if lossless and progressive:
@@ -133,6 +137,11 @@ def encode(
                              "--search-workers apply to --progressive")
     if out.is_dir():
         raise DDPMCodecError(f"-o {out} is a folder; give the path of the file to write")
+    # torch and the codecs only now: a mistake in the options above is named at once
+    from ddpmcodec.codec.api import get_codec
+    from ddpmcodec.io.atomic import write_bytes_atomic
+    from ddpmcodec.io.data import SAMPLE_IMAGES, load_images
+    from ddpmcodec.io.models import load_model
     device = resolve_device(device)
     model = load_model(ckpt, device)
     # the chain (and its calibration) is checked before the data is read
@@ -171,25 +180,42 @@ def encode(
         f"{model.fingerprint} on {enc.header.device_kind or 'any device'}"] + stats_lines(s))
 
 
+# an f-string is not a docstring: set after the def, so the help quotes the defaults
+encode.__doc__ = f"""Compress images into one file. --lossless (the default): bits-back coding in
+    Bit-Swap order on a {L.DEFAULT_STEPS}-step chain chosen by dynamic programming with
+    {L.DEFAULT_VARIANCE} variances (needs the model's calibration; the embedded model has
+    one); the net size approaches the negative ELBO of the chain (what `ddpmcodec nll
+    --steps {L.DEFAULT_STEPS} --trajectory {L.DEFAULT_TRAJECTORY} --variance
+    {L.DEFAULT_VARIANCE}` reports). The first image(s) are stored as WebP-lossless and give
+    the stack its initial bits; a file is written as plain WebP-lossless streams when that
+    is shorter (always for one image). The size reported first is the whole file.
+    --progressive: lossy, on {P.DEFAULT_STEPS} geometrically spaced coded steps; every
+    prefix of the file decodes (`ddpmcodec decode --bytes N`); with --variance other than
+    model its proposals use the chain's variance, else a variance fitted per image and step.
+    The chain (timesteps and variances) is recorded in the file: decoding needs only the
+    file and the model."""
+
+
 def _chain(model, progressive: bool, steps, trajectory, variance, timesteps, calibration):
     """The chain the options ask for, or None for the codec's default chain."""
     from ddpmcodec.io.chain_choice import ChainOptions, select_chain
     if progressive and trajectory is None and timesteps is None:
-        from ddpmcodec.codec.progressive.params import DEFAULT_STEPS, coded_schedule
-        coded = coded_schedule(model.diffusion.num_steps, steps or DEFAULT_STEPS)  # validates
+        coded = P.coded_schedule(model.diffusion.num_steps, steps or P.DEFAULT_STEPS)  # validates
         if variance in (None, "model"):
             return None  # the codec's own schedule and fitted proposals
         timesteps = list(coded)
     if progressive:
-        variance = variance or "model"
+        variance = variance or DEFAULT_VARIANCE
     elif trajectory is None and timesteps is None and variance is None:
-        from ddpmcodec.codec.lossless.params import default_chain
-        return default_chain(model, steps, calibration)
-    opts = ChainOptions(steps if timesteps is None else None, trajectory or "even",
-                        variance or "model", timesteps, calibration).validate()
-    if opts.is_default:
-        model.diffusion.with_steps(steps)  # validates --steps
-        return None
+        return L.default_chain(model, steps, calibration)
+    if steps is None and timesteps is None:
+        # the codec's K, as --help says: without it the chain would be the full one
+        # (lossless) or, for an even trajectory, silently the codec's default chain
+        steps = P.DEFAULT_STEPS if progressive else L.DEFAULT_STEPS
+    opts = ChainOptions(steps if timesteps is None else None, trajectory or DEFAULT_TRAJECTORY,
+                        variance or DEFAULT_VARIANCE, timesteps, calibration).validate()
+    if opts.is_default:  # the model's own respacing (validates --steps)
+        return model.diffusion.with_steps(steps)
     return select_chain(model, opts)[0]
 
 

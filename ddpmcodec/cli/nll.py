@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from ddpmcodec.cli.chain_options import (
+    DEFAULT_TRAJECTORY,
+    DEFAULT_VARIANCE,
     CalibrationFile,
     TimestepsFile,
     Trajectory,
@@ -38,14 +40,15 @@ def compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size, devic
     """The nll run of a command's options; ``chain_options`` (a ChainOptions) chooses the
     chain (default: ``steps`` evenly spaced with the model's variance)."""
     from ddpmcodec.io.chain_choice import ChainOptions, select_chain
-    from ddpmcodec.io.data import data_or_sample, load_images
-    from ddpmcodec.io.models import load_model
     from ddpmcodec.io.results import check_out_folder
-    from ddpmcodec.pipelines.nll import DEFAULT_NFE, distributed_rank, run_nll
     if batch_size is not None and batch_size < 1:
         raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
     if out:  # before the model and the data are read: a file here is a one-line error
         check_out_folder(out)
+    # torch only now: a mistake in the options above is named at once
+    from ddpmcodec.io.data import data_or_sample, load_images
+    from ddpmcodec.io.models import load_model
+    from ddpmcodec.pipelines.nll import DEFAULT_NFE, distributed_rank, run_nll
     device = resolve_device(device)
     rank, world, local_rank = distributed_rank()
     if world > 1 and device == "cuda":  # torchrun: one GPU per local rank
@@ -78,7 +81,7 @@ def compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size, devic
 
 def nll(ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
         data: SampleDataPath = None, num_images: NumImages = None, steps: Steps = None,
-        trajectory: Trajectory = "even", variance: Variance = "model",
+        trajectory: Trajectory = DEFAULT_TRAJECTORY, variance: Variance = DEFAULT_VARIANCE,
         timesteps: TimestepsFile = None, calibration: CalibrationFile = None,
         batch_size: Annotated[Optional[int], typer.Option(
             "--batch-size", "-b", help="network batch: (image, timestep) pairs per call for the "
@@ -125,7 +128,6 @@ def nll(ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
     a share of the images into the same folder and rank 0 merges them.
     """
     from ddpmcodec.io.chain_choice import ChainOptions
-    from ddpmcodec.pipelines.nll import distributed_rank
     res, out = compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size,
                             device, seed, out, overwrite, quiet, engine=engine,
                             estimator=estimator, nfe=nfe, proposal=proposal,
@@ -133,6 +135,7 @@ def nll(ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
                             compile=compile, cuda_graphs=cuda_graphs,
                             chain_options=ChainOptions(steps, trajectory, variance, timesteps,
                                                        calibration))
+    from ddpmcodec.pipelines.nll import distributed_rank
     if distributed_rank()[0] != 0:
         return
     s = res["summary"]

@@ -8,13 +8,14 @@ from typing import Annotated, List, Optional
 import typer
 
 from ddpmcodec.cli.chain_options import (
+    DEFAULT_TRAJECTORY,
+    DEFAULT_VARIANCE,
     CalibrationFile,
     TimestepsFile,
     Trajectory,
     Variance,
 )
 from ddpmcodec.cli.common import (
-    BatchSize,
     Ckpt,
     Dataset,
     Device,
@@ -25,23 +26,32 @@ from ddpmcodec.cli.common import (
     SampleDataPath,
     Seed,
     Split,
-    Steps,
     default_out,
     emit,
     resolve_device,
 )
 from ddpmcodec.cli.nll import compute_nll
+from ddpmcodec.codec.progressive import params as P
 from ddpmcodec.errors import DDPMCodecError
+
+CODEC_BATCH = 8  # --codec progressive: images per network call at most
 
 
 def rd_curve(results: Annotated[Optional[Path], typer.Option(
                  "--results", "-r", help="an nll results folder (else one is computed; with "
                                          "--codec progressive: a full-chain curve to overlay)")] = None,
              ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
-             data: SampleDataPath = None, num_images: NumImages = None, steps: Steps = None,
-             trajectory: Trajectory = "even", variance: Variance = "model",
+             data: SampleDataPath = None, num_images: NumImages = None,
+             steps: Annotated[Optional[int], typer.Option(
+                 "--steps", "-K", help=f"a chain of K steps (default: the full chain; with "
+                                       f"--codec progressive the codec's {P.DEFAULT_STEPS} "
+                                       f"geometric steps)")] = None,
+             trajectory: Trajectory = DEFAULT_TRAJECTORY, variance: Variance = DEFAULT_VARIANCE,
              timesteps: TimestepsFile = None, calibration: CalibrationFile = None,
-             batch_size: BatchSize = 64, device: Device = "auto", seed: Seed = 0,
+             batch_size: Annotated[int, typer.Option(
+                 "--batch-size", "-b", help=f"images per network call (--codec progressive: "
+                                            f"at most {CODEC_BATCH})")] = 64,
+             device: Device = "auto", seed: Seed = 0,
              out: Annotated[Optional[Path], typer.Option(
                  "--out", "-o", help="where to write table4.csv, rd_curve.csv, figure5.png "
                                      "(default: the results folder)")] = None,
@@ -50,12 +60,15 @@ def rd_curve(results: Annotated[Optional[Path], typer.Option(
                                  "the real codec at every truncation point over the theoretical "
                                  "curve, with JPEG and WebP (see docs/progressive.md)")] = "theory",
              chunk_bits: Annotated[Optional[float], typer.Option(
-                 "--chunk-bits", help="progressive: KL per chunk, bits (default 12)")] = None,
+                 "--chunk-bits", help=f"progressive: KL per chunk, bits (default "
+                                      f"{P.DEFAULT_CHUNK_BITS:g})")] = None,
              margin: Annotated[Optional[float], typer.Option(
-                 "--margin", help="progressive: candidate margin, bits (default 2)")] = None,
+                 "--margin", help=f"progressive: candidate margin, bits (default "
+                                  f"{P.DEFAULT_MARGIN_BITS:g})")] = None,
              recon: Annotated[Optional[List[str]], typer.Option(
-                 "--recon", help="progressive: reconstruction(s) to measure: mean, sample, flow "
-                                 "(repeat the option; default mean)")] = None,
+                 "--recon", help=f"progressive: reconstruction(s) to measure: "
+                                 f"{', '.join(P.RECONS)} (repeat the option; default "
+                                 f"{P.RECONS[0]})")] = None,
              overwrite: Overwrite = False, as_json: Json = False, quiet: Quiet = False):
     """Rate (bits/dim) against distortion (RMSE on [0,255], PSNR) at every reverse step:
     the paper's Table 4 as CSV and Figure 5 as a three-panel PNG. With --codec progressive,
@@ -65,23 +78,23 @@ def rd_curve(results: Annotated[Optional[Path], typer.Option(
     if out is not None:
         check_out_folder(out)  # before any work: a file here is a one-line error
     if codec == "progressive":
+        if batch_size < 1:
+            raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
+        if (trajectory, variance, timesteps) != (DEFAULT_TRAJECTORY, DEFAULT_VARIANCE, None):
+            raise DDPMCodecError("--codec progressive measures the codec on its own coded "
+                                 "schedule; --trajectory, --variance and --timesteps apply to "
+                                 "the theoretical curve (encode --progressive takes them)")
         from ddpmcodec.analysis.rd_codec import summary_lines
         from ddpmcodec.io.data import data_or_sample, load_images
         from ddpmcodec.io.models import load_model
         from ddpmcodec.pipelines.rd_codec import run_rd_codec
-        if batch_size < 1:
-            raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
-        if (trajectory, variance, timesteps) != ("even", "model", None):
-            raise DDPMCodecError("--codec progressive measures the codec on its own coded "
-                                 "schedule; --trajectory, --variance and --timesteps apply to "
-                                 "the theoretical curve (encode --progressive takes them)")
         model = load_model(ckpt, resolve_device(device))
         images = load_images(data_or_sample(data, dataset), dataset, split, num_images)
         where = Path(out) if out else default_out("rd-codec", model.fingerprint, images.spec,
-                                                  steps or 16, seed)
+                                                  steps or P.DEFAULT_STEPS, seed)
         info = run_rd_codec(model, images.images, where, steps=steps, chunk_bits=chunk_bits,
-                            margin_bits=margin, batch_size=min(batch_size, 8), seed=seed,
-                            recons=tuple(recon or ("mean",)), nll_results=results,
+                            margin_bits=margin, batch_size=min(batch_size, CODEC_BATCH),
+                            seed=seed, recons=tuple(recon or P.RECONS[:1]), nll_results=results,
                             data_spec=images.spec, progress=not quiet)
         emit(info, as_json, summary_lines(info))
         return

@@ -33,6 +33,8 @@ from ddpmcodec.cli.common import (
 from ddpmcodec.errors import DDPMCodecError
 
 STEPS_PRESET = {"paper": 800_000, "small": 10_000, "tiny": 500}
+DEFAULT_CONFIG = "paper"
+_PRESET_STEPS = ", ".join(f"{name} {steps}" for name, steps in STEPS_PRESET.items())
 
 Opt = typer.Option
 
@@ -78,10 +80,12 @@ def train(
         "--eval-data", help="held-out images for the periodic evaluation (default: the cifar10 "
                             "test split with --dataset; with --data its last images are held out)")] = None,
     eval_images: Annotated[int, Opt("--eval-images", help="images in the evaluation (0: none)")] = 256,
-    config: Annotated[Optional[str], Opt("--config", help="network and recipe preset: paper "
-                                         "(35.7M, Ho et al.), small (ch=64) or tiny (tests)")] = None,
-    steps: Annotated[Optional[int], Opt("--steps", help="train until this many optimizer steps "
-                                        "in total (default: paper 800000, small 10000, tiny 500)")] = None,
+    config: Annotated[Optional[str], Opt("--config", help=f"network and recipe preset: paper "
+                                         f"(35.7M, Ho et al.), small (ch=64) or tiny (tests); "
+                                         f"default {DEFAULT_CONFIG}, or with --resume the "
+                                         f"run's")] = None,
+    steps: Annotated[Optional[int], Opt("--steps", help=f"train until this many optimizer steps "
+                                        f"in total (default: {_PRESET_STEPS})")] = None,
     batch_size: Annotated[Optional[int], Opt("--batch-size", "-b", help="global batch (over all processes)")] = None,
     lr: Annotated[Optional[float], Opt("--lr", help="Adam learning rate after warmup")] = None,
     warmup: Annotated[Optional[int], Opt("--warmup", help="linear learning-rate warmup steps")] = None,
@@ -142,7 +146,7 @@ def train(
     if saved is not None:
         recipe = {**saved, **given}
     else:
-        name = given.get("model", "paper")
+        name = given.get("model", DEFAULT_CONFIG)
         if name not in PRESETS:
             raise DDPMCodecError(f"unknown --config {name!r}; choose one of {', '.join(PRESETS)}")
         recipe = {**TrainConfig.preset(name).to_dict(), **given}
