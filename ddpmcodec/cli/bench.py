@@ -20,6 +20,7 @@ from ddpmcodec.cli.common import (
     resolve_device,
 )
 from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.pipelines.defaults import FAST_BATCH_CPU, FAST_BATCH_CUDA
 
 Opt = typer.Option
 PRECISIONS_CPU = "fp32,bf16"   # tf32 is a CUDA mode
@@ -43,7 +44,7 @@ def bench(ckpt: Ckpt = None,
           steps: Steps = None,
           batch_size: Annotated[Optional[int], Opt(
               "--batch-size", "-b", help="pairs per network call of the fast engine "
-                                         "(default 512 on CUDA, 16 on the CPU)")] = None,
+                                         f"(default {FAST_BATCH_CUDA} on CUDA, {FAST_BATCH_CPU} on the CPU)")] = None,
           device: Device = "auto", seed: Seed = 0,
           precisions: Annotated[Optional[str], Opt(
               "--precisions", help=f"fast-engine precisions to measure, comma-separated "

@@ -31,6 +31,12 @@ from ddpmcodec.cli.common import (
     resolve_device,
 )
 from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.pipelines.defaults import (
+    DEFAULT_NFE,
+    FAST_BATCH_CPU,
+    FAST_BATCH_CUDA,
+    PLAIN_BATCH,
+)
 
 
 def compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size, device, seed,
@@ -48,7 +54,7 @@ def compute_nll(ckpt, dataset, split, data, num_images, steps, batch_size, devic
     # torch only now: a mistake in the options above is named at once
     from ddpmcodec.io.data import data_or_sample, load_images
     from ddpmcodec.io.models import load_model
-    from ddpmcodec.pipelines.nll import DEFAULT_NFE, distributed_rank, run_nll
+    from ddpmcodec.pipelines.nll import distributed_rank, run_nll
     device = resolve_device(device)
     rank, world, local_rank = distributed_rank()
     if world > 1 and device == "cuda":  # torchrun: one GPU per local rank
@@ -85,8 +91,8 @@ def nll(ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
         timesteps: TimestepsFile = None, calibration: CalibrationFile = None,
         batch_size: Annotated[Optional[int], typer.Option(
             "--batch-size", "-b", help="network batch: (image, timestep) pairs per call for the "
-                                       "fast engine (default 512 on CUDA, 16 on the CPU), images "
-                                       "per call for the plain one (default 64)")] = None,
+                                       f"fast engine (default {FAST_BATCH_CUDA} on CUDA, {FAST_BATCH_CPU} on the CPU), "
+                                       f"images per call for the plain one (default {PLAIN_BATCH})")] = None,
         device: Device = "auto", seed: Seed = 0,
         out: Annotated[Optional[Path], typer.Option(
             "--out", "-o", help="results folder (default: runs/nll/<model>-<data>-n<N>-K<K>-s<seed>)")] = None,
@@ -99,7 +105,7 @@ def nll(ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
                                 "standard errors")] = "full",
         nfe: Annotated[Optional[int], typer.Option(
             "--nfe", "-M", help="network evaluations per image for --estimator importance "
-                                "(default 50)")] = None,
+                                f"(default {DEFAULT_NFE})")] = None,
         proposal: Annotated[Optional[Path], typer.Option(
             "--proposal", help="sampling distribution over timesteps for --estimator importance: "
                                "a full-bound nll results folder or a proposal.json (default: the "

@@ -42,6 +42,7 @@ from ddpmcodec.core.diffusion import Diffusion
 from ddpmcodec.core.likelihood import mean_flat, prior_bpd, vb_terms_bpd
 from ddpmcodec.core.rng import counter_normal
 from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.pipelines.defaults import FAST_BATCH_CPU, FAST_BATCH_CUDA
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
 # how each precision is recorded in results.json ("model_dtype", as the core writes it)
@@ -52,7 +53,7 @@ TERM_NAMES = ("vb", "xstart_mse", "eps_mse")
 def default_batch(device) -> int:
     """Pairs per network call when none is given: large on a GPU; 16 on a CPU, where the
     embedded model's throughput measured flat from 8 to 32 and lower at 64."""
-    return 512 if torch.device(device).type == "cuda" else 16
+    return FAST_BATCH_CUDA if torch.device(device).type == "cuda" else FAST_BATCH_CPU
 
 
 @contextlib.contextmanager

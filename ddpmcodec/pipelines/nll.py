@@ -37,6 +37,7 @@ from ddpmcodec.io.atomic import to_csv_atomic
 from ddpmcodec.io.data import ImageSet, check_fits, to_model_space
 from ddpmcodec.io.models import LoadedModel
 from ddpmcodec.io.results import ResultsFolder, mean_se, read_results
+from ddpmcodec.pipelines.defaults import DEFAULT_NFE, PLAIN_BATCH  # noqa: F401 - re-exported
 from ddpmcodec.pipelines.engine import (
     MODEL_DTYPE_NAMES,
     Engine,
@@ -47,7 +48,6 @@ from ddpmcodec.progress import progress_bar
 
 ENGINES = ("fast", "plain")
 ESTIMATORS = ("full", "importance")
-DEFAULT_NFE = 50
 
 
 def nll_config(model: LoadedModel, images: ImageSet, steps: int | None, seed: int,
@@ -233,7 +233,7 @@ def run_nll(model: LoadedModel, images: ImageSet, out: str | Path, steps: int | 
         mine = todo[ranks.rank::ranks.world]
         show = progress and ranks.rank == 0
         if engine == "plain":
-            run_info = _run_plain(model, diffusion, images, folder, mine, batch_size or 64,
+            run_info = _run_plain(model, diffusion, images, folder, mine, batch_size or PLAIN_BATCH,
                                   seed, show)
         else:
             eng = Engine.for_model(model, diffusion, seed,
