@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import struct
 
 import numpy as np
@@ -45,6 +46,21 @@ def mixed(test_images) -> np.ndarray:
 MECHANICS = dict(method="bitsback", seed_images=0)
 
 
+# How far the coder's bits may sit from the sampled -ELBO of its own path (actual /
+# elbo_bits - 1), per test configuration. The coder's overhead is 0.006-0.011% of the
+# bound on files of many images (benchmarks/results/bench_lossless_*.json); on these files
+# of 4-6 images its per-file part (the final word, escapes, leaks) weighs more. Measured
+# with encode seeds 0-5 (|ratio - 1|, largest): tiny model, 1/2/20 steps: 2.0e-5; tiny
+# model, T=200 full chain: 1.8e-4 (T=1000 full chain, seeds 0-1: 3.8e-4); embedded model,
+# 20 steps: 1.8e-4; embedded, 100 steps (seeds 0-2): 8.7e-4, 1000 steps (seeds 0-1):
+# 3.3e-4. Each tolerance is about 5x the largest value seen (2.3x at 100 steps), where
+# the old 0.5% was 25-250x and could not catch a coder that wasted a few tenths of a percent.
+TOL_RESPACED_TINY = 1e-4
+TOL_FULL_CHAIN_TINY = 2e-3
+TOL_EMBEDDED = 1e-3
+TOL_EMBEDDED_LONG = 2e-3
+
+
 def round_trip(model, images, **kw):
     codec = BitsBackCodec(model)
     enc = codec.encode(images, **{**MECHANICS, **kw})
@@ -62,8 +78,8 @@ def test_round_trip_real_and_edge_images_respaced(tiny_model, mixed, steps):
     assert h.timesteps == tuple(tiny_model.diffusion.with_steps(steps).timesteps.tolist())
     assert s.payload_bits == 8 * len(container.unpack(enc.data)[1])
     assert s.initial_bits > 0 and s.actual_bits > 0
-    # the coder spends what the coded path's negative ELBO says, to a fraction of a percent
-    assert abs(s.actual_bits / s.extra["elbo_bits"] - 1) < 0.005
+    # the coder spends what the coded path's negative ELBO says (TOL_* above)
+    assert abs(s.actual_bits / s.extra["elbo_bits"] - 1) < TOL_RESPACED_TINY
     # the decoder reports the same sizes from the file alone
     assert dec.stats.payload_bits == s.payload_bits
     assert dec.stats.initial_bits == pytest.approx(s.initial_bits)
@@ -82,7 +98,7 @@ def tiny_model_t200(tmp_path_factory):
 def _full_chain(model, images):
     enc, _ = round_trip(model, images, batch_size=2, steps=model.diffusion.num_steps)
     assert enc.header.timesteps == tuple(range(model.diffusion.num_steps))
-    assert abs(enc.stats.actual_bits / enc.stats.extra["elbo_bits"] - 1) < 0.01
+    assert abs(enc.stats.actual_bits / enc.stats.extra["elbo_bits"] - 1) < TOL_FULL_CHAIN_TINY
 
 
 def test_full_chain_tiny_model(tiny_model_t200, test_images):
@@ -107,7 +123,7 @@ def test_embedded_model_round_trip(embedded_model, test_images):
     s = enc.stats
     photo, noise = np.array(s.extra["bound_bits_per_image"]) / 3072
     assert photo < noise - 2.0  # a trained model: photos are cheap, noise is not
-    assert abs(s.actual_bits / s.extra["elbo_bits"] - 1) < 0.005
+    assert abs(s.actual_bits / s.extra["elbo_bits"] - 1) < TOL_EMBEDDED
 
 
 @pytest.mark.slow
@@ -115,7 +131,7 @@ def test_embedded_model_round_trip(embedded_model, test_images):
 def test_embedded_model_round_trip_long_chains(embedded_model, test_images, steps):
     enc, _ = round_trip(embedded_model, np.concatenate([test_images[:2], edge_images()]),
                         steps=steps, batch_size=5)
-    assert abs(enc.stats.actual_bits / enc.stats.extra["elbo_bits"] - 1) < 0.005
+    assert abs(enc.stats.actual_bits / enc.stats.extra["elbo_bits"] - 1) < TOL_EMBEDDED_LONG
 
 
 def test_encoding_is_deterministic_and_seeded(tiny_model, test_images):
@@ -184,14 +200,20 @@ def test_incompatible_setups_and_corrupt_streams(tiny_model, test_images):
         codec.decode(_repack(enc.data, device_kind="cpu:SOMETHING_ELSE"))
     with pytest.raises(DDPMCodecError, match="T=500"):
         codec.decode(_repack(enc.data, num_timesteps=500, timesteps=(0, 250, 499)))
-    # a different chain or batch layout than the encoder's cannot pass the checks
-    for change in (dict(timesteps=(0, 400, 999)), dict(batch_size=1), dict(seed=3),
-                   dict(num_threads=enc.header.num_threads + 1)):
-        try:
-            out = codec.decode(_repack(enc.data, **change)).images
-        except DDPMCodecError:
+    # a different chain, seed or thread count than the encoder's cannot pass the checks;
+    # the header's batch size matters only where the file has no layout of its own
+    params = LosslessParams.unpack(enc.header.params, enc.header)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cases = [(dict(timesteps=(0, 400, 999)), "corrupt file|decoding failed"),
+             (dict(seed=3), "corrupt file|decoding failed"),
+             (dict(num_threads=cpus + 1), f"{cpus + 1} CPU threads"),
+             (dict(batch_size=1), None if params.layout else "corrupt file|decoding failed")]
+    for change, error in cases:
+        if error is None:  # the recorded layout decides the batches: the same file
+            assert np.array_equal(codec.decode(_repack(enc.data, **change)).images, test_images[:2])
             continue
-        assert np.array_equal(out, test_images[:2])  # never a wrong image
+        with pytest.raises(DDPMCodecError, match=error):
+            codec.decode(_repack(enc.data, **change))
     # a payload bit flipped behind a recomputed CRC
     header, payload = container.unpack(enc.data)
     bad = bytearray(payload)

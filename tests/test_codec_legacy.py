@@ -62,3 +62,22 @@ def test_legacy_progressive_file_decodes_at_every_step(embedded_model):
     assert ProgressiveParams.unpack(h.params).channel.chunk_bits == 8.0
     assert full.stats.extra["complete"] and full.stats.extra["t"] == 1
     assert container.pixel_checksum(full.images, 16) == h.pixel_checksum  # format 1: 16 bytes
+
+
+def test_legacy_webp_lossless_file_decodes(test_images):
+    """A webp-lossless file of format 2 (what the encoder wrote before format 4 put a pixel
+    checksum in its header: a payload CRC-32 instead), laid out here byte by byte from
+    the format's table, still decodes; it needs no model and no particular CPU."""
+    import struct
+    import zlib
+
+    from ddpmcodec.codec.lossless.webp import webp_stream
+    stream = webp_stream(test_images[0])
+    head = container.MAGIC + bytes([2 << 4 | 3, 3, 32, 32, 1])  # version 2, mode 3; C, H, W, N
+    n = len(stream)
+    length = bytes([n & 0x7F | 0x80, n >> 7]) if n >= 128 else bytes([n])
+    data = (head + struct.pack("<H", container.crc16(head)) + length
+            + struct.pack("<I", zlib.crc32(stream)) + stream)
+    dec = decode_bytes(None, data)
+    assert (dec.header.version, dec.header.mode, dec.header.pixel_checksum) == (2, "webp-lossless", b"")
+    assert np.array_equal(dec.images, test_images[:1]) and len(data) - n == 15

@@ -231,14 +231,12 @@ def test_compact_header_fields_and_damage():
         head = container.header_size(h, 0)
         with pytest.raises(DDPMCodecError):
             container.unpack(data[:head - 1])
-        for i in range(3, head):  # a flipped bit anywhere in the header
-            bad = bytearray(data)
-            bad[i] ^= 0x04
-            try:
-                got = container.unpack(bytes(bad))[0]
-            except DDPMCodecError:
-                continue
-            assert got != h  # the 8-bit check missed it: the fields differ (1 in 256)
+        for i in range(head):  # every single-bit error in the header is caught (the
+            for bit in range(8):  # 8-bit check misses bursts of 3+ bits at about 2^-9)
+                bad = bytearray(data)
+                bad[i] ^= 1 << bit
+                with pytest.raises(DDPMCodecError):
+                    container.unpack(bytes(bad))
     geometric = dataclasses.replace(base, timesteps=container.geometric_timesteps(1000, 20))
     assert len(container.pack(geometric, b"")) == 10  # flag, chain kind, K
     # device and threads in one byte while they fit; else the code byte and a varint
@@ -254,3 +252,47 @@ def test_compact_header_fields_and_damage():
         container.unpack(bytes(flags))
     with pytest.raises(DDPMCodecError, match="format 3"):
         dataclasses.replace(base, mode="lossless").validate()
+
+
+def test_model_free_format_4_holds_the_pixel_checksum():
+    """Format 4 (webp-lossless): the pixel checksum in the header, no payload CRC, as
+    many bytes as format 2; every field round-trips, every truncation and every bit flip
+    of the header is an error; model modes and a missing checksum are refused."""
+    ck = bytes([9, 8, 7, 6])
+    h = container.model_free_header("webp-lossless", (3, 32, 32), 2, ck)
+    assert (h.version, h.pixel_checksum) == (container.FORMAT_MODEL_FREE, ck)
+    data = pack(h, b"streams" * 40)
+    assert unpack(data) == (h, b"streams" * 40)
+    assert container.unpack_prefix(data) == (h, b"streams" * 40, True)
+    old = container.model_free_header("webp-lossless", (3, 32, 32), 2)
+    assert len(pack(old, b"streams" * 40)) == len(data)
+    assert container.header_size(h, 280) == container.header_size(old, 280) == 15
+    assert h.summary()["pixel_checksum"] == ck.hex() and "pixel_checksum" not in old.summary()
+    for n in range(len(data)):
+        with pytest.raises(DDPMCodecError):
+            unpack(data[:n])
+    with pytest.raises(DDPMCodecError, match="truncated or padded"):
+        unpack(data + b"\x00")
+    head = len(data) - 280
+    for i in range(head):
+        for bit in range(8):
+            bad = bytearray(data)
+            bad[i] ^= 1 << bit
+            with pytest.raises(DDPMCodecError):
+                unpack(bytes(bad))
+    # the payload has no CRC here: its bytes are the codec's to check (by the pixels)
+    bad = bytearray(data)
+    bad[-1] ^= 1
+    assert unpack(bytes(bad))[1] != b"streams" * 40
+    with pytest.raises(DDPMCodecError, match="checksum"):
+        pack(dataclasses.replace(h, pixel_checksum=b"abc"), b"")
+    with pytest.raises(DDPMCodecError, match="no model fields"):
+        pack(dataclasses.replace(h, seed=3), b"")
+    with pytest.raises(DDPMCodecError, match="format 4"):
+        pack(make_header(version=container.FORMAT_MODEL_FREE), b"")
+    # a hand-made format 4 header of a model mode is refused when read
+    body = BlobWriter().uvar(3).uvar(32).uvar(32).uvar(1).raw(ck).getvalue()
+    head = MAGIC + bytes([container.FORMAT_MODEL_FREE << 4 | container.MODES["lossless"]]) + body
+    forged = head + struct.pack("<H", container.crc16(head)) + b"\x00"
+    with pytest.raises(DDPMCodecError, match="format 4"):
+        unpack(forged)

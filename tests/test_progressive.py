@@ -168,9 +168,12 @@ def test_every_prefix_decodes(codec, encoded):
             steps = sum(e <= cut for e in ends)
             if steps == 0:
                 with pytest.raises(DDPMCodecError, match="no whole coded step"):
-                    codec.decode(data[:cut])
+                    codec.decode(data[:cut], max_bytes=cut)
                 continue
-            dec = codec.decode(data[:cut], keep_latents=True)
+            if cut < len(data):  # not the whole file: a prefix is asked for by --bytes
+                with pytest.raises(DDPMCodecError, match="--bytes"):
+                    codec.decode(data[:cut])
+            dec = codec.decode(data[:cut], keep_latents=True, max_bytes=cut)
             assert dec.stats.extra["steps_decoded"] == steps
             assert _same_latents(dec.stats.extra["latents"], full[:steps])
             assert dec.stats.extra["bytes_used"] == ends[steps - 1]
@@ -185,7 +188,7 @@ def test_every_prefix_decodes(codec, encoded):
 def test_too_short_prefixes(codec, encoded):
     hsize = _header_bytes(encoded.data)
     with pytest.raises(DDPMCodecError, match="no whole coded step"):
-        codec.decode(encoded.data[:_ends(encoded)[0] - 1])
+        codec.decode(encoded.data, max_bytes=_ends(encoded)[0] - 1)
     with pytest.raises(DDPMCodecError):
         codec.decode(encoded.data[:hsize - 1])
     with pytest.raises(DDPMCodecError, match="--upto-step"):
@@ -243,41 +246,60 @@ def test_corrupt_payload_is_caught(codec, encoded):
 
 
 def test_fuzz(codec, encoded):
-    """Mutated and truncated files: a clear error or the right decode, nothing else."""
+    """Mutated and truncated files, as whole files and as --bytes prefixes, each with its
+    expected outcome: a cut file is an error as a whole file and, as a prefix, exactly
+    the coded steps it holds; a damaged whole file is an error or (damage the stream
+    does not feel) all its steps, a damaged prefix an error or some of its whole steps;
+    never any other image."""
     data = encoded.data
     hsize = _header_bytes(encoded.data)
     ends = _ends(encoded)
     right = {s + 1: codec.decode(data, upto_step=s + 1).images for s in range(len(ends))}
     rng = np.random.default_rng(0)
     outcomes = {"error": 0, "right": 0}
-    for trial in range(150):
+
+    def expect(buf, most: int, as_prefix: bool) -> None:
+        """An error, or the right images of ``most`` coded steps (a prefix: at most)."""
+        try:
+            dec = codec.decode(bytes(buf), max_bytes=len(buf) if as_prefix else None)
+        except DDPMCodecError as exc:
+            assert_raised_where_detected(exc)  # not a renamed bug
+            outcomes["error"] += 1
+            return
+        steps = dec.stats.extra["steps_decoded"]
+        assert steps == most or (as_prefix and steps < most), f"{steps} steps of {most}"
+        assert np.array_equal(dec.images, right[steps]), "a wrong image"
+        outcomes["right"] += 1
+
+    for trial in range(45):
         buf = bytearray(data)
         kind = trial % 3
         if kind == 0:  # bit flips anywhere
             for _ in range(rng.integers(1, 4)):
-                pos = int(rng.integers(0, len(buf)))
-                buf[pos] ^= 1 << int(rng.integers(0, 8))
+                buf[int(rng.integers(0, len(buf)))] ^= 1 << int(rng.integers(0, 8))
         elif kind == 1:  # truncation, sometimes with a flip in what is left
             buf = buf[:int(rng.integers(0, len(buf)))]
+            with pytest.raises(DDPMCodecError):  # not the whole file
+                codec.decode(bytes(buf))
+            steps = sum(e <= len(buf) for e in ends)
             if len(buf) > hsize and rng.random() < 0.5:
-                pos = int(rng.integers(hsize, len(buf)))
-                buf[pos] ^= 0x40
+                buf[int(rng.integers(hsize, len(buf)))] ^= 0x40
+            elif steps == 0:  # a clean cut: exactly its whole steps, or none
+                with pytest.raises(DDPMCodecError):
+                    codec.decode(bytes(buf), max_bytes=len(buf))
+                continue
+            else:
+                assert np.array_equal(codec.decode(bytes(buf), max_bytes=len(buf)).images,
+                                      right[steps])
+                continue
         else:  # inserted or deleted bytes
             pos = int(rng.integers(0, len(buf)))
             if rng.random() < 0.5:
                 buf[pos:pos] = rng.bytes(int(rng.integers(1, 5)))
             else:
                 del buf[pos:pos + int(rng.integers(1, 5))]
-        try:
-            dec = codec.decode(bytes(buf))
-        except DDPMCodecError as exc:
-            assert_raised_where_detected(exc)  # not a renamed bug
-            outcomes["error"] += 1
-            continue
-        steps = dec.stats.extra["steps_decoded"]
-        assert np.array_equal(dec.images, right[steps]), f"trial {trial}: a wrong image"
-        outcomes["right"] += 1
-    assert outcomes["error"] > 50 and outcomes["right"] > 5
+        expect(buf, sum(e <= len(buf) for e in ends) if kind == 1 else len(ends), kind == 1)
+    assert outcomes["error"] > 20
 
 
 @pytest.mark.parametrize("bug", [TypeError, AttributeError, ValueError])
@@ -314,8 +336,13 @@ def test_cli_encode_decode_prefixes(tiny_ckpt, test_images, tmp_path, capsys):
     assert s2["complete"] and s2["steps_decoded"] == 3
     cut = int(summary["truncation_points"][1]["file_bits_per_image"] // 8)
     (tmp_path / "cut.ddpm").write_bytes(data[:cut])
+    # a cut file is not the whole file: decoding it as one says to give --bytes
+    assert main(["decode", str(tmp_path / "cut.ddpm"), "-o", str(tmp_path / "no.npz"), "--ckpt",
+                 str(tiny_ckpt), "-q"]) == 1
+    assert f"--bytes {cut}" in capsys.readouterr().err
     assert main(["decode", str(tmp_path / "cut.ddpm"), "-o", str(tmp_path / "pngs"), "--ckpt",
-                 str(tiny_ckpt), "--recon", "flow", "--recon-steps", "2", "-q", "--json"]) == 0
+                 str(tiny_ckpt), "--recon", "flow", "--recon-steps", "2", "-q", "--json",
+                 "--bytes", str(cut)]) == 0
     s3 = json.loads(capsys.readouterr().out)
     assert s3["steps_decoded"] == 2 and not s3["complete"]
     assert len(list((tmp_path / "pngs").iterdir())) == 1
@@ -453,10 +480,47 @@ def test_command_line(tiny_ckpt, test_images, tmp_path, capsys):
     assert dec["steps_decoded"] == 2 and dec["bytes_used"] == cut
     (tmp_path / "cut.ddpm").write_bytes(f.read_bytes()[:cut + 1])
     assert main(["decode", str(tmp_path / "cut.ddpm"), "-o", str(tmp_path / "e.npz"),
-                 "--ckpt", str(tiny_ckpt), "-q", "--json"]) == 0
+                 "--ckpt", str(tiny_ckpt), "-q", "--json"]) == 1  # not the whole file
+    assert f"--bytes {cut + 1}" in capsys.readouterr().err
+    assert main(["decode", str(tmp_path / "cut.ddpm"), "-o", str(tmp_path / "e.npz"),
+                 "--ckpt", str(tiny_ckpt), "-q", "--json", "--bytes", str(cut + 1)]) == 0
     assert json.loads(capsys.readouterr().out)["steps_decoded"] == 2
     assert main(["encode", str(src), "-o", str(f), "--progressive", "--lossless",
                  "--ckpt", str(tiny_ckpt), "-q"]) == 1
     assert main(["decode", str(f), "-o", str(tmp_path / "d.npz"), "--recon", "best",
                  "--ckpt", str(tiny_ckpt), "-q"]) == 1
     assert "error" in capsys.readouterr().err
+
+
+# -- the whole file, or a prefix asked for ------------------------------------------------------
+def test_a_whole_file_must_hold_every_step(codec, encoded):
+    """Without --bytes a file is the whole file: one cut or damaged so that its stream
+    ends early is an error (it used to decode as a shorter prefix without a word); with
+    --bytes the same bytes are a prefix and decode to the steps they hold."""
+    data, ends = encoded.data, _ends(encoded)
+    for cut in (data[:ends[2]], data[:-1], data[:ends[1] + 3]):
+        for decode in (codec.decode, codec.decode_every_step):
+            with pytest.raises(DDPMCodecError, match="--bytes"):
+                decode(cut)
+        with pytest.raises(DDPMCodecError, match="--bytes"):
+            codec.decode(cut, upto_step=4)
+        steps = sum(e <= len(cut) for e in ends)
+        assert codec.decode(cut, max_bytes=len(cut)).stats.extra["steps_decoded"] == steps
+    assert codec.decode(data[:ends[2]], upto_step=3).stats.extra["steps_decoded"] == 3
+
+
+def test_forged_thread_counts_start_no_threads(codec, encoded, monkeypatch):
+    """A header's thread count is obeyed only up to this machine's CPUs: 256 is refused
+    with a clear error before torch is asked for a single thread."""
+    import dataclasses
+    import os
+    asked = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: asked.append(n) or real(n))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    payload = container.unpack(encoded.data)[1]
+    for threads in (256, cpus + 1):
+        forged = container.pack(dataclasses.replace(encoded.header, num_threads=threads), payload)
+        with pytest.raises(DDPMCodecError, match=f"{threads} CPU threads"):
+            codec.decode(forged)
+    assert all(n <= cpus for n in asked)

@@ -9,7 +9,8 @@ batch layout) and :mod:`.reproducibility` (device kinds, thread counts and the t
 settings under which float32 results repeat). The file format is one subpackage,
 :mod:`.container`: constants and bounds, field readers and writers (the one LEB128 and
 CRC implementation), the ``Header``, the chain fields, and a module per format
-generation (``v1`` read only, ``v2``, the compact ``v3``). The entropy coders are
+generation (``v1`` read only, ``v2``, the compact ``v3``, the model-free ``v4`` with its
+pixel checksum). The entropy coders are
 :mod:`.entropy`: the constriction wrapper with its error policy, and the prefix-aware
 arithmetic coder. The lossless codec is :mod:`.lossless` (bits-back ANS in Bit-Swap
 order: params, per-latent grids, the ANS stack, seeds, the codec, and the WebP-lossless

@@ -6,7 +6,7 @@ import numpy as np
 
 from ddpmcodec.codec import container
 from ddpmcodec.codec.container import Header
-from ddpmcodec.codec.reproducibility import coding_threads, device_kind
+from ddpmcodec.codec.reproducibility import check_threads, coding_threads, device_kind
 from ddpmcodec.errors import DDPMCodecError
 
 
@@ -30,6 +30,7 @@ def check_compatible(header: Header, model, mode: str | None = None) -> None:
     if header.device_kind != here:
         raise DDPMCodecError(f"this file was encoded on {header.device_kind}, the model is on "
                              f"{here}; decode on the encoder's kind of device")
+    check_threads(header.num_threads)
 
 
 def check_chain(chain, model):

@@ -4,7 +4,9 @@ A float32 file decodes only where the encoder's numbers can be remade: the same 
 kind (:func:`device_kind`: the CPU's instruction set, or the GPU), the encoder's CPU
 thread count (:func:`coding_threads`) and :func:`deterministic` torch settings (no TF32,
 deterministic algorithms, cuDNN without benchmarking). The header records the first two;
-:func:`decode_device` turns them into the device to decode on, or a clear refusal.
+:func:`decode_device` turns them into the device to decode on, or a clear refusal, and
+:func:`check_threads` refuses a thread count above this machine's CPUs (a header may
+claim up to 256).
 """
 from __future__ import annotations
 
@@ -37,11 +39,37 @@ def device_kind(device) -> str:
     raise DDPMCodecError(f"codecs run on cpu or cuda devices, not {device.type}")
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - no affinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
 def coding_threads() -> int:
     """CPU threads to record in a header: float results of the CPU math (and of a CPU
-    network) depend on how torch splits work between threads."""
+    network) depend on how torch splits work between threads. Never more than this
+    machine's CPUs, so that a file always decodes where it was made
+    (:func:`check_threads`)."""
     import torch
-    return min(torch.get_num_threads(), container.MAX_THREADS)
+    return min(torch.get_num_threads(), available_cpus(), container.MAX_THREADS)
+
+
+def check_threads(num_threads: int) -> None:
+    """DDPMCodecError unless this machine can run a file's ``num_threads`` CPU threads.
+
+    A float32 file decodes only with the encoder's thread count (the work's split
+    decides the rounding), so a decoder can neither use fewer threads (the checks would
+    fail after all the work) nor start more threads than it has CPUs (a header may ask
+    for up to 256): a file made with more threads than this machine has is refused, and
+    says where it can be decoded. The encoder never records more than its CPUs."""
+    cpus = available_cpus()
+    if num_threads > cpus:
+        raise DDPMCodecError(
+            f"this file was encoded with {num_threads} CPU threads and decodes only with as "
+            f"many (float results depend on how the work is split), but this machine has "
+            f"{cpus} CPU(s); decode it on a machine with at least {num_threads} CPUs")
 
 
 def decode_device(header: Header):
@@ -71,8 +99,10 @@ def decode_device(header: Header):
 def deterministic(device, num_threads: int = 0):
     """Torch settings under which the network gives the same bits on every run of the same
     device kind: deterministic algorithms, cuDNN without benchmarking, no TF32, and (on
-    ``num_threads`` CPU threads (0: leave as is). The previous settings are restored."""
+    ``num_threads`` CPU threads (0: leave as is; more than this machine's CPUs: refused,
+    :func:`check_threads`). The previous settings are restored."""
     import torch
+    check_threads(num_threads)
     saved = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,

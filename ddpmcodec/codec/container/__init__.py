@@ -33,7 +33,8 @@ Header body of the model modes (lossless, progressive)::
     v+s   params         length-prefixed mode-specific blob (<= MAX_PARAMS_BYTES)
 
 The model-free mode (webp-lossless: the classical fallback of the lossless codec, which
-decodes without a network) has only ``v*3 image shape, v num_images``.
+decodes without a network) has only ``v*3 image shape, v num_images`` in format 2: files
+written before format 4, read, no longer written; their payload CRC-32 is their only check.
 
 Why each check has its width. The header CRC-16 catches every error of up to 3 bits and
 misses a random corruption with probability 2^-16 (the header is tens of bytes); a miss
@@ -67,9 +68,29 @@ files without it (before bit 6 existed) still read. A single-image file at the d
 has 8 bytes of header. The model id is 2 bytes
 because the codec checks every coded step's latents (a wrong model that shares the id,
 probability 2^-16, fails the first step's check); there is no pixel checksum for the same
-reason. The 8-bit header check catches all errors of up to 7 bits in a burst and a random
-corruption with probability 255/256; a corrupt header that passes it changes the seed,
-chain or layout, which the first step's latent check catches.
+reason. The 8-bit header check (the low byte of the CRC-16, not a CRC-8 of its own)
+catches every single-bit error (tests/test_container.py flips each bit of its headers) and
+a random corruption with probability 255/256, but not every short burst: bursts of 3 to 7
+bits slip through about once in 450 (84 of 37,559 measured on those headers); a corrupt
+header that passes it changes the seed, chain or layout, which the first step's latent
+check catches.
+
+Format version 4, the model-free file with a pixel checksum (webp-lossless)::
+
+    2     MAGIC
+    1     version (high nibble, 4) | mode (3, webp-lossless)
+    v*3   image shape    C, H, W
+    v     num_images     N
+    4     pixel checksum first 4 bytes of SHA-256 over the decoded uint8 NHWC pixels
+    2     CRC-16 (CCITT) of every byte before it
+    v     payload length P (must equal the bytes that follow)
+    P     payload
+
+The pixel checksum takes the place of format 2's payload CRC-32, so the file is no larger
+(15 bytes of container for one CIFAR image) and its decoded pixels are checked as every
+mode's are: a payload changed behind its checks (another image's stream) decodes to pixels
+that fail it, where a CRC-32 recomputed with the payload passed. A damaged stream still
+fails fast, in the WebP decoder, before any pixel is compared.
 
 Format version 1 (a 8-byte magic b"\\x89DDPMC\\r\\n", fixed-width fields, the whole
 fingerprint, a 16-byte pixel checksum, two CRC-32s: ~130 bytes before any chain) is
@@ -83,8 +104,8 @@ bytes.
 Where each part lives: :mod:`.limits` (magic, versions, modes, bounds), :mod:`.fields`
 (BlobWriter/BlobReader, varints, CRCs, the pixel checksum), :mod:`.header` (the Header
 dataclass and its validation), :mod:`.chains` (chain and variance-rule fields),
-:mod:`.host` (device-kind fields), :mod:`.v1` / :mod:`.v2` / :mod:`.v3` (each format
-generation's header body) and :mod:`.files` (pack / unpack of whole files).
+:mod:`.host` (device-kind fields), :mod:`.v1` / :mod:`.v2` / :mod:`.v3` / :mod:`.v4` (each
+format generation's header body) and :mod:`.files` (pack / unpack of whole files).
 """
 from ddpmcodec.codec.container.chains import evenly_spaced, geometric_timesteps
 from ddpmcodec.codec.container.fields import BlobReader, BlobWriter, crc16, crc32, pixel_checksum

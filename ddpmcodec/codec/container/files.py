@@ -2,30 +2,35 @@
 check (magic, version, CRCs, lengths, trailing bytes) before a codec sees the payload."""
 from __future__ import annotations
 
-from ddpmcodec.codec.container import v1, v2, v3
+from ddpmcodec.codec.container import v1, v2, v3, v4
 from ddpmcodec.codec.container.fields import BlobReader, BlobWriter, crc16, crc32
 from ddpmcodec.codec.container.header import Header
 from ddpmcodec.codec.container.limits import (
-    FORMAT_COMPACT, FORMAT_VERSION, MAGIC, MAGIC_V1, MAX_FILE_BYTES, MODES, SUPPORTED_VERSIONS,
-    MODE_NAMES)
+    FORMAT_COMPACT, FORMAT_MODEL_FREE, FORMAT_VERSION, MAGIC, MAGIC_V1, MAX_FILE_BYTES, MODES,
+    SUPPORTED_VERSIONS, MODE_NAMES)
 from ddpmcodec.errors import DDPMCodecError
 
 
 # -- the whole file ------------------------------------------------------------------------
+_BODIES = {FORMAT_VERSION: v2, FORMAT_COMPACT: v3, FORMAT_MODEL_FREE: v4}
+
+
 def pack(header: Header, payload: bytes) -> bytes:
-    """Serialise a header and payload into the container bytes (format 2 or 3, as the
+    """Serialise a header and payload into the container bytes (format 2, 3 or 4, as the
     header says)."""
     header.validate()
-    if header.version == FORMAT_COMPACT:
-        head = MAGIC + bytes([FORMAT_COMPACT << 4 | MODES[header.mode]]) + v3.write_body(header)
-        return head + bytes([crc16(head) & 0xFF]) + bytes(payload)
-    if header.version != FORMAT_VERSION:
-        raise DDPMCodecError(f"this ddpmcodec writes format versions {FORMAT_VERSION} and "
-                             f"{FORMAT_COMPACT} only")
-    head = MAGIC + bytes([FORMAT_VERSION << 4 | MODES[header.mode]]) + v2.write_body(header)
+    if header.version not in _BODIES:
+        raise DDPMCodecError(f"this ddpmcodec writes format versions "
+                             f"{', '.join(map(str, _BODIES))} only")
+    head = (MAGIC + bytes([header.version << 4 | MODES[header.mode]])
+            + _BODIES[header.version].write_body(header))
     payload = bytes(payload)
-    tail = BlobWriter().u16(crc16(head)).uvar(len(payload)).u32(crc32(payload)).getvalue()
-    return b"".join([head, tail, payload])
+    if header.version == FORMAT_COMPACT:
+        return head + bytes([crc16(head) & 0xFF]) + payload
+    tail = BlobWriter().u16(crc16(head)).uvar(len(payload))
+    if header.version == FORMAT_VERSION:  # format 4 checks the decoded pixels instead
+        tail.u32(crc32(payload))
+    return b"".join([head, tail.getvalue(), payload])
 
 
 def header_size(header: Header, payload_bytes: int) -> int:
@@ -37,8 +42,9 @@ def header_size(header: Header, payload_bytes: int) -> int:
 
 def _read_head(data: bytes) -> tuple[Header, int | None, int | None, BlobReader]:
     """Magic, version, header (CRC-checked and validated), payload length and CRC (None,
-    None in format 3: the payload runs to the end and checks itself); the reader is left
-    at the payload's first byte."""
+    None in format 3: the payload runs to the end and checks itself; the CRC is None in
+    format 4, whose header holds the decoded pixels' checksum); the reader is left at the
+    payload's first byte."""
     if data[:len(MAGIC_V1)] == MAGIC_V1:
         return v1.read_head(data)
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
@@ -46,7 +52,7 @@ def _read_head(data: bytes) -> tuple[Header, int | None, int | None, BlobReader]
     r = BlobReader(data, "file")
     r.raw(len(MAGIC), "magic")
     vm = r.u8("format version")
-    if vm >> 4 not in (FORMAT_VERSION, FORMAT_COMPACT):
+    if vm >> 4 not in _BODIES:
         raise DDPMCodecError(f"file format version {vm >> 4} is not supported by this ddpmcodec "
                              f"(it reads version {', '.join(map(str, SUPPORTED_VERSIONS))})")
     if vm & 0x0F not in MODE_NAMES:
@@ -56,7 +62,7 @@ def _read_head(data: bytes) -> tuple[Header, int | None, int | None, BlobReader]
     r.what = "header"
     compact_format = vm >> 4 == FORMAT_COMPACT
     try:
-        header = (v3.read_body if compact_format else v2.read_body)(r, MODE_NAMES[vm & 0x0F])
+        header = _BODIES[vm >> 4].read_body(r, MODE_NAMES[vm & 0x0F])
     except DDPMCodecError as exc:
         if "truncated" in str(exc):
             raise DDPMCodecError(f"file is truncated ({exc})") from None
@@ -70,13 +76,14 @@ def _read_head(data: bytes) -> tuple[Header, int | None, int | None, BlobReader]
     if r.u16("header checksum") != crc16(data[:end]):
         raise DDPMCodecError("corrupt file: the header checksum does not match")
     payload_len = r.uvar("payload length")
-    payload_crc = r.u32("payload checksum")
+    payload_crc = r.u32("payload checksum") if header.version == FORMAT_VERSION else None
     return header, payload_len, payload_crc, r
 
 
 def unpack(data: bytes) -> tuple[Header, bytes]:
     """Parse and validate container bytes -> (header, payload). DDPMCodecError on anything
-    wrong; the payload's CRC is checked here, its content is the codec's business."""
+    wrong; the payload's CRC (format 2) is checked here, its content is the codec's
+    business (and the pixel checksum of a format 4 file the codec's to verify)."""
     data = bytes(data)
     header, payload_len, payload_crc, r = _read_head(data)
     if payload_len is None:
@@ -85,7 +92,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
         raise DDPMCodecError(f"file is truncated or padded: the header announces a payload of "
                              f"{payload_len} bytes, {r.remaining} follow")
     payload = r.raw(payload_len, "payload")
-    if crc32(payload) != payload_crc:
+    if payload_crc is not None and crc32(payload) != payload_crc:
         raise DDPMCodecError("corrupt file: the payload checksum does not match")
     return header, payload
 
@@ -110,7 +117,7 @@ def unpack_prefix(data: bytes) -> tuple[Header, bytes, bool]:
                              f"{payload_len} bytes, {r.remaining} follow")
     complete = r.remaining == payload_len
     payload = r.raw(r.remaining, "payload")
-    if complete and crc32(payload) != payload_crc:
+    if complete and payload_crc is not None and crc32(payload) != payload_crc:
         raise DDPMCodecError("corrupt file: the payload checksum does not match")
     return header, payload, complete
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ddpmcodec.codec.container.fields import BlobReader
 from ddpmcodec.codec.container.limits import (
     CHECKSUM_BYTES, CHECKSUM_BYTES_V1, COMPACT_ID_BYTES, COMPACT_MODES, FINGERPRINT_BYTES,
-    FORMAT_COMPACT, FORMAT_VERSION, MAX_BATCH, MAX_CHANNELS, MAX_DEVICE_CHARS, MAX_DIMS,
+    FORMAT_COMPACT, FORMAT_MODEL_FREE, FORMAT_VERSION, MAX_BATCH, MAX_CHANNELS, MAX_DEVICE_CHARS, MAX_DIMS,
     MAX_IMAGES, MAX_PARAMS_BYTES, MAX_SEED, MAX_SIDE, MAX_THREADS, MAX_TIMESTEPS,
     MAX_TOTAL_PIXELS, MODEL_FREE_MODES, MODEL_ID_BYTES, MODES, SUPPORTED_VERSIONS)
 from ddpmcodec.errors import DDPMCodecError
@@ -22,11 +22,12 @@ class Header:
     ``timesteps`` are the original indices of the coded chain (chain step k -> original
     index timesteps[k]); ``num_timesteps`` is T of the model's full chain.
     ``fingerprint`` is the model id the file holds: 8 hex digits (format 2), 4 (format 3)
-    or the whole 16-digit fingerprint (format 1); ``pixel_checksum`` is 4 (format 2), 16
-    (format 1) or no bytes (format 3).
+    or the whole 16-digit fingerprint (format 1); ``pixel_checksum`` is 4 (formats 2 and
+    4), 16 (format 1) or no bytes (format 3).
     A model-free mode (``webp-lossless``: the classical fallback, decoded without a
-    network) uses only ``mode``, ``image_shape`` and ``num_images``; its other fields
-    hold the neutral values of :func:`model_free_header`.
+    network) uses only ``mode``, ``image_shape``, ``num_images`` and, in format 4, the
+    ``pixel_checksum``; its other fields hold the neutral values of
+    :func:`model_free_header`.
     """
 
     mode: str
@@ -82,9 +83,16 @@ class Header:
         r.bounded("number of images", self.num_images, 1, MAX_IMAGES)
         r.bounded("total pixels", self.num_images * c * h * w, 1, MAX_TOTAL_PIXELS)
         if self.model_free:
-            if self != model_free_header(self.mode, self.image_shape, self.num_images):
+            checked = self.version == FORMAT_MODEL_FREE
+            if checked and len(self.pixel_checksum) != CHECKSUM_BYTES:
+                raise DDPMCodecError(f"header: the pixel checksum must be {CHECKSUM_BYTES} bytes")
+            if self != model_free_header(self.mode, self.image_shape, self.num_images,
+                                         self.pixel_checksum if checked else None):
                 raise DDPMCodecError(f"header: a {self.mode} file has no model fields")
             return self
+        if self.version == FORMAT_MODEL_FREE:
+            raise DDPMCodecError(f"format {FORMAT_MODEL_FREE} holds only model-free files, "
+                                 f"not {self.mode} ones")
         id_bytes = {1: FINGERPRINT_BYTES, FORMAT_COMPACT: COMPACT_ID_BYTES}.get(self.version,
                                                                               MODEL_ID_BYTES)
         if self.version == FORMAT_COMPACT and self.mode not in COMPACT_MODES:
@@ -118,8 +126,11 @@ class Header:
     def summary(self) -> dict:
         """JSON-able description (for `--json` output and error messages)."""
         if self.model_free:
-            return {"format_version": self.version, "mode": self.mode,
-                    "image_shape": list(self.image_shape), "num_images": self.num_images}
+            out = {"format_version": self.version, "mode": self.mode,
+                   "image_shape": list(self.image_shape), "num_images": self.num_images}
+            if self.pixel_checksum:
+                out["pixel_checksum"] = self.pixel_checksum.hex()
+            return out
         return {"format_version": self.version, "mode": self.mode, "model_id": self.fingerprint,
                 "image_shape": list(self.image_shape), "num_images": self.num_images,
                 "batch_size": self.batch_size, "seed": self.seed,
@@ -129,14 +140,21 @@ class Header:
                 "params_bytes": len(self.params)}
 
 
-def model_free_header(mode: str, image_shape, num_images: int) -> Header:
-    """The header of a model-free file (neutral values in every model field)."""
+def model_free_header(mode: str, image_shape, num_images: int,
+                      pixel_checksum: bytes | None = None) -> Header:
+    """The header of a model-free file (neutral values in every model field): format 4
+    with ``pixel_checksum`` (what the encoder writes), else format 2 (files written
+    before format 4, whose payload CRC-32 is their only check)."""
+    if pixel_checksum is None:
+        return Header(mode, "", tuple(int(v) for v in image_shape), int(num_images), 1, 0, 0,
+                      (), "", 0, b"", b"", FORMAT_VERSION)
     return Header(mode, "", tuple(int(v) for v in image_shape), int(num_images), 1, 0, 0, (),
-                  "", 0, b"", b"", FORMAT_VERSION)
+                  "", 0, bytes(pixel_checksum), b"", FORMAT_MODEL_FREE)
 
 
 def checksum_bytes(version: int = FORMAT_VERSION) -> int:
-    """Bytes of the pixel checksum in a file of ``version`` (none in format 3)."""
+    """Bytes of the pixel checksum in a file of ``version`` (none in format 3; formats 2
+    and 4 hold CHECKSUM_BYTES, except model-free files of format 2, which hold none)."""
     return {1: CHECKSUM_BYTES_V1, FORMAT_COMPACT: 0}.get(version, CHECKSUM_BYTES)
 
 

@@ -17,7 +17,7 @@ from ddpmcodec.codec.lossless.grids import (
     LatentGrids, normal_logpdf, sum_bits, dip_bits, latent_grids, whiten_count)
 from ddpmcodec.codec.lossless.params import (
     AUTO_COMPARE_MAX, DEFAULT_BATCH, DEFAULT_GRID_LOG2, DEFAULT_SUPPORT_SIGMAS, METHODS,
-    LosslessParams, default_chain, max_initial_words)
+    PREFIX_MARGIN_WORDS, LosslessParams, default_chain, max_initial_words)
 from ddpmcodec.codec.lossless.seeds import (
     common_prefix, read_seeds, seed_count, initial_words, seed_words)
 from ddpmcodec.codec.lossless.stack import ChainStack
@@ -144,7 +144,11 @@ class BitsBackCodec(Codec):
                                 seed_lengths=tuple(len(s) for s in seeds), layout=layout,
                                 terminator=terminator)
         header = dataclasses.replace(header, params=params.pack())
-        params.validate(header)
+        try:
+            params.validate(header).check_payload(header, len(final) - P)
+        except DDPMCodecError as exc:  # not seen in practice: a decoder would refuse the file
+            raise DDPMCodecError(f"cannot write a bits-back file of these images ({exc}); "
+                                 f"use --method webp") from None
         payload = np.ascontiguousarray(final[P:], dtype="<u4").tobytes()
         data = container.pack(header, payload)
         net_bits = stack.ans.num_valid_bits() - coder.valid_bits(init)
@@ -238,15 +242,18 @@ class BitsBackCodec(Codec):
             return webp.WebPLosslessCodec(self.model).decode(data)
         check_compatible(header, self.model, self.mode)
         params = LosslessParams.unpack(header.params, header)
-        diffusion = chain_for(header, self.model, params.variance_rule, params.variances)
-        grids = latent_grids(diffusion, params.grid_log2, params.support_sigmas)
-        base = initial_words(header.seed, params.initial_words)
         if len(payload) % 4:
             raise DDPMCodecError("corrupt file: the lossless payload is not a whole number of words")
-        stored = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-        final = np.concatenate([base[:params.prefix_words], stored])
-        if len(final) == 0:  # (a zero last word is refused by coder.Stack)
+        if not payload:  # (a zero last word is refused by coder.Stack)
             raise DDPMCodecError("corrupt file: the lossless payload is empty")
+        params.check_payload(header, len(payload) // 4)  # bounds all work by the file's size
+        diffusion = chain_for(header, self.model, params.variance_rule, params.variances)
+        grids = latent_grids(diffusion, params.grid_log2, params.support_sigmas)
+        # the regenerated words below the margin are never read: the stack starts there
+        below = max(0, params.prefix_words - PREFIX_MARGIN_WORDS)
+        base = initial_words(header.seed, params.initial_words, below)
+        stored = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        final = np.concatenate([base[:params.prefix_words - below], stored])
         shape = tuple(header.image_shape)
         batches = params.batches(header)
         m = len(params.seed_lengths)

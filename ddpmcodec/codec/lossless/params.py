@@ -23,6 +23,10 @@ METHODS = ("auto", "bitsback", "webp")
 AUTO_COMPARE_MAX = 64        # method auto weighs the all-WebP file up to this many images
 MAX_HALF = (1 << 18) - 1     # largest alphabet half-width
 EXCESS_MAX = (1 << 20) - 1   # largest escape excess, in grid points
+# What a payload must hold, checked before any array is made (see LosslessParams.check_payload).
+DIMS_PER_PAYLOAD_BIT = 16    # a bits-back image costs at least 1/16 bit per dimension
+STACK_SLACK_WORDS = 2        # the final stack is at most this much shorter than the initial
+PREFIX_MARGIN_WORDS = 8      # regenerated words below the stored ones that a decoder holds
 _FLAG_GRID, _FLAG_SUPPORT, _FLAG_SEEDS, _FLAG_LAYOUT, _FLAG_TERMINATOR = 1, 2, 4, 8, 16
 
 
@@ -150,6 +154,34 @@ class LosslessParams:
                     raise DDPMCodecError(f"lossless parameters: {name} is not finite")
         return self
 
+    def check_payload(self, header: Header, stored_words: int) -> "LosslessParams":
+        """DDPMCodecError unless a payload of ``stored_words`` words can hold what the
+        header and these parameters announce, so that a decoder's memory and time are
+        bounded by the file's size before it makes any array (the encoder checks its own
+        files the same way, so that it never writes one that a decoder refuses):
+
+        * the stack ends no shorter than it started (the images' net bits are positive),
+          up to STACK_SLACK_WORDS of word rounding: stored + P >= W + the seeds' words.
+          So the seeds and the initial words the chain consumed (W - P) lie within the
+          stored words, and the P regenerated ones, which a decoder never reads below
+          (the encoder's stack never sank beneath them), need not be held in memory;
+        * every bits-back image costs at least 1/DIMS_PER_PAYLOAD_BIT bit per dimension
+          (measured on the embedded model: 1.48 bits/dim for an all-255 image, the
+          cheapest seen; a random network: ~8), so the payload bounds the number of
+          images, hence the network's work."""
+        seed_words = -(-sum(self.seed_lengths) // 4) + int(self.terminator)
+        if self.initial_words + seed_words > self.prefix_words + stored_words + STACK_SLACK_WORDS:
+            raise DDPMCodecError(
+                f"corrupt file: the payload ({stored_words} words) is too short for the "
+                f"{self.initial_words - self.prefix_words} initial and {seed_words} seed "
+                f"words its parameters announce")
+        images = header.num_images - len(self.seed_lengths)
+        if images * header.dims > DIMS_PER_PAYLOAD_BIT * 32 * stored_words:
+            raise DDPMCodecError(
+                f"corrupt file: the payload ({stored_words} words) is too short for the "
+                f"{images} bits-back images its header announces")
+        return self
+
     def batches(self, header: Header) -> list[tuple[int, int]]:
         """(start, stop) of the bits-back batches in encoding order (after the seeds)."""
         if not self.layout:
@@ -182,7 +214,8 @@ def default_chain(model, steps: int | None = None, calibration=None):
     the DP on the model's calibration (or the ``calibration`` file), with analytic variances
     (the bound that `ddpmcodec nll --steps 10 --trajectory dp --variance analytic`
     reports). DDPMCodecError, saying how to make a calibration or pick another chain, when
-    the model has none."""
+    the model has none; any other error (a bad ``steps``, a damaged calibration file or
+    one of another model) keeps its own message."""
     from ddpmcodec.io.chain_choice import ChainOptions, select_chain
     steps = DEFAULT_STEPS if steps is None else steps
     model.diffusion.with_steps(steps)  # a bad --steps is named before the calibration
@@ -190,7 +223,25 @@ def default_chain(model, steps: int | None = None, calibration=None):
         return select_chain(model, ChainOptions(steps, DEFAULT_TRAJECTORY, DEFAULT_VARIANCE,
                                                 None, calibration))[0]
     except DDPMCodecError as exc:
+        if not calibration_missing(model, calibration):
+            raise
         raise DDPMCodecError(f"the default lossless chain ({steps} dp steps, analytic "
                              f"variances) needs the model's calibration: {exc}; or choose "
                              f"a chain without one (--steps K --trajectory even --variance "
                              f"model)") from None
+
+
+def calibration_missing(model, calibration=None) -> bool:
+    """Whether there is no calibration file to read: ``calibration`` names no file, or,
+    without it, none of the places :func:`ddpmcodec.io.calibration.find_calibration`
+    looks in holds one (the one condition under which it raises "has no calibration",
+    and load_calibration "no calibration file at")."""
+    from pathlib import Path
+
+    from ddpmcodec.io import calibration as cal
+    if calibration is not None:
+        return not Path(calibration).is_file()
+    folder = cal._checkpoint_folder(model)
+    places = ([folder / cal.FILE_NAME] if folder is not None else []) + [
+        cal.default_calibration_path(model.fingerprint)]
+    return not any(p.is_file() for p in places)

@@ -6,19 +6,33 @@ import numpy as np
 import torch
 
 from ddpmcodec.codec.lossless.params import LosslessParams
-from ddpmcodec.core.rng import stream_keys, uniform_bits
+from ddpmcodec.core.rng import stream_keys
+from ddpmcodec.core.splitmix import GAMMA, mix64_torch, signed64
 from ddpmcodec.errors import DDPMCodecError
 
 _INIT_STREAM = 0x1B17        # tag of the initial-words stream (any fixed number)
+_GAMMA = signed64(GAMMA)
 
 
-def initial_words(seed: int, n: int) -> np.ndarray:
+def _raw(keys: torch.Tensor, a: int, b: int) -> np.ndarray:
+    """Words a..b-1 of :func:`ddpmcodec.core.rng.uniform_bits`'s stream (uint64):
+    mix(key + (j+1) * gamma), computed for those counters only."""
+    j = torch.arange(a + 1, max(a, b) + 1, dtype=torch.long)
+    return mix64_torch(keys.unsqueeze(-1) + j * _GAMMA).numpy().view(np.uint64)
+
+
+def initial_words(seed: int, n: int, start: int = 0) -> np.ndarray:
     """The seeded words the encoder's stack starts with: uint32 [n], last word nonzero
-    (an ANS stack never ends in a zero word)."""
+    (an ANS stack never ends in a zero word); with ``start``, only words start..n-1 of
+    them, made without the others (word i < ceil(n/2) is the low half of the stream's
+    i-th 64-bit number, word i >= ceil(n/2) the high half of number i - ceil(n/2))."""
+    h = (n + 1) // 2
     keys = stream_keys(seed, torch.tensor(_INIT_STREAM))
-    raw = uniform_bits(keys, (n + 1) // 2).numpy().view(np.uint64)
-    words = np.concatenate([raw & 0xFFFFFFFF, raw >> 32]).astype(np.uint32)[:n]
-    words[-1] |= 1
+    low = _raw(keys, min(start, h), h) & 0xFFFFFFFF
+    high = _raw(keys, max(start, h) - h, n - h) >> 32
+    words = np.concatenate([low, high]).astype(np.uint32)
+    if len(words):
+        words[-1] |= 1
     return words
 
 
@@ -48,8 +62,9 @@ def seed_words(streams) -> tuple[np.ndarray, bool]:
 
 
 def read_seeds(rest: np.ndarray, base: np.ndarray, params: LosslessParams, shape) -> list:
-    """What the decoder's stack holds at the end: the seeded words, then the seeds' words.
-    Returns the seed images (uint8 [1, H, W, C] each)."""
+    """What the decoder's stack holds at the end: the seeded words ``base`` (all of
+    them, or the top ones its stack started on), then the seeds' words. Returns the seed
+    images (uint8 [1, H, W, C] each)."""
     from ddpmcodec.codec.lossless.webp import webp_image
     W, total = len(base), sum(params.seed_lengths)
     expected = -(-total // 4) + int(params.terminator)

@@ -4,13 +4,22 @@ Pillow's WebP-lossless (libwebp, ``method=6``, the strongest setting) writes a R
 ``b"RIFF" u32 size b"WEBP" b"VP8L" u32 n`` (20 bytes), the n-byte VP8L bitstream and a pad
 byte when n is odd. Everything but the bitstream follows from n, so ddpmcodec stores only
 the bitstream (:func:`webp_stream`) and rebuilds the file to decode it (:func:`webp_image`):
-21 bytes of every image saved, which is what lets a one-image ddpmcodec file (14 bytes of
+21 bytes of every image saved, which is what lets a one-image ddpmcodec file (15 bytes of
 container) come out smaller than the WebP file of the same image.
 
 :class:`WebPLosslessCodec` is the model-free mode ``webp-lossless``: N streams, their
-lengths as varints (the last one implied). The bits-back codec writes it when it is the
-shorter code (always for one image: see :mod:`ddpmcodec.codec.lossless`), and puts the streams of its first
-images on its ANS stack as initial bits (HiLLoC's seeding).
+lengths as varints (the last one implied), in a format 4 file whose header holds the
+decoded pixels' checksum (files of format 2, with a payload CRC-32 instead, still decode).
+The bits-back codec writes it when it is the shorter code (always for one image: see
+:mod:`ddpmcodec.codec.lossless`), and puts the streams of its first images on its ANS
+stack as initial bits (HiLLoC's seeding).
+
+Bounded work. Every VP8L stream starts with a 5-byte header (signature 0x2f, width - 1 and
+height - 1 in 14 bits each, an alpha hint and a 3-bit version): a file of N images holds
+at least 6 N - 1 payload bytes (a stream and a length byte each), which is checked before
+anything is read, and a stream whose header names another size than the file's is refused
+before Pillow allocates its image. Pillow without WebP support (a build without libwebp)
+is named as such, not as a corrupt file.
 """
 from __future__ import annotations
 
@@ -27,8 +36,21 @@ from ddpmcodec.errors import DDPMCodecError
 
 WEBP_METHOD = 6  # libwebp's slowest and strongest lossless effort
 _RIFF_BYTES = 20
+VP8L_HEADER_BYTES = 5  # signature byte, then 32 bits of size, alpha and version
+_VP8L_SIGNATURE = 0x2F
 # what Pillow raises on bad image data (UnidentifiedImageError is an OSError)
 _PIL_ERRORS = (OSError, SyntaxError, EOFError)
+_NO_WEBP = ("this Pillow has no WebP support (it was built without libwebp), so it cannot "
+            "{what} WebP-lossless streams; the file itself may be fine. Install a Pillow with "
+            "WebP support: `pip install --force-reinstall pillow` (the wheels on PyPI include "
+            "libwebp), or build Pillow with libwebp's development files installed")
+
+
+def _require_webp(what: str) -> None:
+    """DDPMCodecError, saying how to get it, when this Pillow lacks WebP support."""
+    from PIL import features
+    if not features.check("webp"):
+        raise DDPMCodecError(_NO_WEBP.format(what=what))
 
 
 def supports(image_shape) -> bool:
@@ -43,8 +65,12 @@ def webp_stream(image: np.ndarray) -> bytes:
         raise DDPMCodecError(f"WebP-lossless codes 1 or 3 channels, not {image.shape[-1]}")
     rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(
-        buf, "WEBP", lossless=True, quality=100, method=WEBP_METHOD)
+    try:
+        Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(
+            buf, "WEBP", lossless=True, quality=100, method=WEBP_METHOD)
+    except (KeyError, OSError):  # Pillow names no WEBP writer, or libwebp is absent
+        _require_webp("write")
+        raise
     data = buf.getvalue()
     n = struct.unpack("<I", data[16:20])[0] if len(data) >= _RIFF_BYTES else -1
     if data[:4] != b"RIFF" or data[8:16] != b"WEBPVP8L" or len(data) != _RIFF_BYTES + n + n % 2:
@@ -62,16 +88,31 @@ def _riff(stream: bytes) -> bytes:
             + stream + b"\0" * (n % 2))
 
 
+def vp8l_size(stream: bytes) -> tuple[int, int]:
+    """(width, height) from a VP8L stream's header; DDPMCodecError when it has none."""
+    if len(stream) < VP8L_HEADER_BYTES or stream[0] != _VP8L_SIGNATURE:
+        raise DDPMCodecError("corrupt file: a WebP-lossless stream does not start like one")
+    bits = int.from_bytes(bytes(stream[1:VP8L_HEADER_BYTES]), "little")
+    if bits >> 29:
+        raise DDPMCodecError(f"corrupt file: a WebP-lossless stream of version {bits >> 29}")
+    return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+
+
 def webp_image(stream: bytes, image_shape) -> np.ndarray:
     """Decode a VP8L bitstream to uint8 [H, W, C] of ``image_shape`` (C, H, W);
-    DDPMCodecError when it is not one."""
+    DDPMCodecError when it is not one. Its size is checked before Pillow decodes it."""
     from PIL import Image
     c, h, w = (int(v) for v in image_shape)
+    if vp8l_size(stream) != (w, h):
+        raise DDPMCodecError(f"corrupt file: a WebP-lossless stream holds a "
+                             f"{'x'.join(map(str, vp8l_size(stream)))} image, the file's "
+                             f"size is {w}x{h}")
     try:
         with Image.open(io.BytesIO(_riff(bytes(stream))), formats=["WEBP"]) as im:
             im.load()
             arr = np.asarray(im.convert("RGB"))
     except _PIL_ERRORS as exc:
+        _require_webp("decode")
         raise DDPMCodecError(f"corrupt file: a WebP-lossless stream does not decode ({exc})") from None
     if arr.shape != (h, w, 3):
         raise DDPMCodecError(f"corrupt file: a WebP-lossless stream holds a {arr.shape} image, "
@@ -94,11 +135,17 @@ def pack_streams(streams: list[bytes]) -> bytes:
 
 
 def unpack_streams(data: bytes, count: int, what: str = "WebP streams") -> list[bytes]:
+    """The ``count`` streams of :func:`pack_streams`; each holds at least a VP8L header, so
+    a payload too short for ``count`` of them is refused before anything is read."""
+    least = (VP8L_HEADER_BYTES + 1) * count - 1
+    if len(data) < least:
+        raise DDPMCodecError(f"corrupt file: {len(data)} bytes cannot hold {count} "
+                             f"WebP-lossless streams (at least {least})")
     r = BlobReader(data, what)
-    lengths = [r.bounded("stream length", r.uvar("stream length"), 1, len(data))
+    lengths = [r.bounded("stream length", r.uvar("stream length"), VP8L_HEADER_BYTES, len(data))
                for _ in range(count - 1)]
     streams = [r.raw(n, "stream") for n in lengths]
-    if r.remaining < 1:
+    if r.remaining < VP8L_HEADER_BYTES:
         raise DDPMCodecError(f"corrupt file: {what} are truncated")
     streams.append(r.raw(r.remaining, "stream"))
     return streams
@@ -126,14 +173,24 @@ class WebPLosslessCodec(Codec):
             raise DDPMCodecError(f"this is a {header.mode} file, not a {self.mode} one")
         with Timer() as timer:
             streams = unpack_streams(payload, header.num_images)
-            images = np.stack([webp_image(s, header.image_shape) for s in streams])
+            c, h, w = header.image_shape
+            images = np.empty((header.num_images, h, w, c), dtype=np.uint8)
+            for i, s in enumerate(streams):
+                images[i] = webp_image(s, header.image_shape)
+        # format 4 checks the decoded pixels (format 2 checked its payload's CRC-32)
+        if header.pixel_checksum and container.pixel_checksum(
+                images, len(header.pixel_checksum)) != header.pixel_checksum:
+            raise DDPMCodecError("corrupt file: the decoded pixels do not match the file's "
+                                 "checksum")
         return Decoded(images, header, _stats(header, len(data), len(payload), timer.seconds))
 
 
 def encoded(images: np.ndarray, streams: list[bytes], seconds: float) -> Encoded:
-    """The webp-lossless file of ``images`` from their streams."""
+    """The webp-lossless file of ``images`` from their streams (format 4: the header holds
+    the pixels' checksum)."""
     n, h, w, c = images.shape
-    header = container.model_free_header("webp-lossless", (c, h, w), n)
+    header = container.model_free_header("webp-lossless", (c, h, w), n,
+                                         container.pixel_checksum(images))
     payload = pack_streams(streams)
     data = container.pack(header, payload)
     return Encoded(data, header, _stats(header, len(data), len(payload), seconds))

@@ -28,8 +28,11 @@ the chain's last, a flag "more steps follow" (:func:`.framing.end_probs`). Any f
 file decode the coded steps they determine, and each step's check proves that they are
 the encoder's latents (a different device, library or model, or a corrupt byte, is an
 error with probability 1 - 2^-check_bits per step, never a silently wrong step beyond
-that). Formats 1-2 (one range-coded packet per step: a length, a CRC and the words; a
-pixel checksum in the header) are still read.
+that). Those first bytes are a prefix when the decoder is told so (``max_bytes``,
+--bytes); otherwise they are the whole file, which must end as the encoder ended it (a
+stream that runs out before its last coded step is a cut or damaged file: an error, not
+a shorter prefix). Formats 1-2 (one range-coded packet per step: a length, a CRC and the
+words; a pixel checksum in the header) are still read.
 
 The network is evaluated in float32 under :func:`ddpmcodec.codec.reproducibility.deterministic`, batch by batch in the
 header's layout, and p_theta is formed in float64 (``Diffusion.p_mean_variance``), so encoder

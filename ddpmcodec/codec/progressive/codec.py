@@ -65,9 +65,12 @@ class ProgressiveCodec(Codec):
     def decode(self, data: bytes, *, progress: bool = False, upto_step: int | None = None,
                max_bytes: int | None = None, recon: str = "mean",
                recon_steps: int = DEFAULT_RECON_STEPS, keep_latents: bool = False) -> Decoded:
-        """Decompress a file, or the first ``max_bytes`` bytes of one, or its first
-        ``upto_step`` coded steps; reconstruct x0 by ``recon`` (mean, sample or flow; the
-        latter two run ``recon_steps`` network steps from the reached latent to t = 0)."""
+        """Decompress a file, or the first ``max_bytes`` bytes of one (a prefix: the coded
+        steps they hold), or its first ``upto_step`` coded steps; reconstruct x0 by
+        ``recon`` (mean, sample or flow; the latter two run ``recon_steps`` network steps
+        from the reached latent to t = 0). Without ``max_bytes``, ``data`` is the whole
+        file: one whose stream ends before its last coded step (or before the
+        ``upto_step``-th) is cut or damaged, and an error, not a shorter prefix."""
         from ddpmcodec.progress import progress_bar
         check_recons([recon])
         src = open_source(self.model, data, upto_step, max_bytes)
@@ -99,7 +102,8 @@ class ProgressiveCodec(Codec):
     def decode_every_step(self, data: bytes, recons=("mean",),
                           recon_steps: int = DEFAULT_RECON_STEPS, progress: bool = False) -> list:
         """Decode once and reconstruct at every truncation point: a list with one dict per
-        coded step: step, t, bytes_used (file prefix), images {recon: uint8 NHWC}."""
+        coded step: step, t, bytes_used (file prefix), images {recon: uint8 NHWC}. ``data``
+        is the whole file (see :meth:`decode`)."""
         from ddpmcodec.progress import progress_bar
         check_recons(recons)
         src = open_source(self.model, data, None, None)

@@ -1,6 +1,14 @@
 """The progressive decoder: a file or any prefix of it parsed and checked before any
 network runs (:func:`open_source`), then its coded steps regenerated one by one, each
-verified against the encoder's check (:func:`decoded_steps`)."""
+verified against the encoder's check (:func:`decoded_steps`).
+
+A prefix is what ``max_bytes`` (--bytes) asks for: then the bytes decode to the coded
+steps they determine. Without it the bytes are the whole file, and a stream that ends
+before the file's last coded step (a cut or damaged file) is an error, never a shorter
+prefix passed off as the file. Before any array is made, the payload must hold at least
+one bit per image (every coded step after the first costs each image at least 1.4 bits,
+its variance level or its KL; the encoder never writes a file below the bound), so that
+memory and time are bounded by the file's size."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,18 +44,37 @@ class Source:
     limit: int
     packets: list | None
     complete: bool | None
+    whole: bool = True  # the bytes are the whole file (no max_bytes): it must end as one
     steps: int = 0   # coded steps decoded so far
     used: int = 0    # payload bytes that hold them
+
+    def ended(self, where: str) -> None:
+        """The stream ran out of bytes ``where``: a prefix ends there; a whole file may not."""
+        if self.whole:
+            raise DDPMCodecError(
+                f"the file ends {where} of {self.header.num_steps} (it is cut short or "
+                f"damaged); to decode the coded steps a prefix holds, give --bytes "
+                f"{self.hsize + len(self.payload)}")
 
 
 def open_source(model, data: bytes, upto_step: int | None, max_bytes: int | None) -> "Source":
     """Parse and check a file or prefix, before any network runs."""
-    if max_bytes is not None:
+    whole = max_bytes is None
+    data = bytes(data)
+    if whole:  # every check of a complete file: lengths, payload CRC (formats 1-2)
+        header, payload = container.unpack(data)
+        complete = True if header.version != container.FORMAT_COMPACT else None
+    else:
         if max_bytes < 1:
             raise DDPMCodecError(f"--bytes must be positive, got {max_bytes}")
-        data = bytes(data)[:max_bytes]
-    header, payload, complete = container.unpack_prefix(data)
+        data = data[:max_bytes]
+        header, payload, complete = container.unpack_prefix(data)
     check_compatible(header, model, "progressive")
+    if header.num_images > 8 * len(payload):
+        raise DDPMCodecError(
+            f"{'corrupt file: the header' if whole else 'the file prefix is too short: its header'}"
+            f" claims {header.num_images} images, which {len(payload)} payload byte(s) "
+            f"cannot hold (a progressive file holds at least one bit per image)")
     stream = header.version == container.FORMAT_COMPACT
     if stream and not header.params:
         params = ProgressiveParams.defaults()
@@ -80,7 +107,7 @@ def open_source(model, data: bytes, upto_step: int | None, max_bytes: int | None
             raise DDPMCodecError(
                 f"the file prefix ({len(data)} bytes) holds no whole coded step; the header "
                 f"alone is {hsize} bytes")
-    return Source(header, params, payload, hsize, upto_step or K, packets, complete)
+    return Source(header, params, payload, hsize, upto_step or K, packets, complete, whole)
 
 
 def decoded_steps(model, src: "Source", bar=None):
@@ -94,7 +121,6 @@ def decoded_steps(model, src: "Source", bar=None):
     batches = header.batches()
     index_model = ch.IndexModel(params.channel)
     last_level: list = [None] * n
-    per_nat = LEVELS_PER_NAT if src.packets is not None else LEVELS_PER_NAT_COMPACT
     if src.packets is not None:
         ends = packet_ends(src.payload, params.framing)
         readers = ((ch.SymbolReader(coder.QueueReader(words)), crc)
@@ -107,36 +133,21 @@ def decoded_steps(model, src: "Source", bar=None):
         if src.packets is not None:
             reader, crc = next(readers)
         elif s > 0:
-            try:
-                more = stream.categorical(end_probs()) == 0
-            except arith.Exhausted:
+            more = _more(stream)
+            if more is None:
+                src.ended(f"after coded step {s}")
                 return
             if not more:
                 finish(src, stream)
                 return
         plan = step_plan(model, diffusion, s, x, batches, n, dims)
-        x_new = np.empty((n, dims))
-        try:
-            for i in range(n):
-                var_p, hint = plan.var_p[i], plan.kl_hint
-                if s > 0 and params.variance == "fit":
-                    level = reader.exp_golomb(MAX_LEVEL_EXPONENT, level_octave_probs(last_level[i]))
-                    if level > MAX_LEVEL_NATS * per_nat:
-                        raise DDPMCodecError(f"corrupt file: a variance level of {level} at coded step {s + 1}")
-                    last_level[i] = level
-                    var_p = np.full(dims, level_variance(plan.var_q, level, per_nat))
-                    hint = level_kl_hint(level, dims, per_nat)
-                x_new[i] = ch.decode_gaussian(reader, plan.mean_p[i], var_p, params.channel,
-                                              header.seed, (i, s), hint, index_model)
-                if bar is not None:
-                    bar.update(1)
-            if src.packets is None:
-                crc = reader.uniform_bits(params.check_bits)
-        except arith.Exhausted:
+        got = _step_latents(src, reader, plan, s, last_level, index_model, bar)
+        if got is None:  # (raised outside the except: running out of bytes is no bug)
+            src.ended(f"inside coded step {s + 1}")
             return
-        x = torch.from_numpy(x_new).reshape(n, *header.image_shape)
+        x = torch.from_numpy(got[0]).reshape(n, *header.image_shape)
         ok = (latent_crc(x, params.framing) == crc if src.packets is not None
-              else latent_check(x, params.check_bits) == crc)
+              else latent_check(x, params.check_bits) == got[1])
         if not ok:
             raise DDPMCodecError(
                 f"decoding failed at coded step {s + 1}: the latents do not match the "
@@ -148,6 +159,40 @@ def decoded_steps(model, src: "Source", bar=None):
     if src.packets is None and src.limit == K:
         finish(src, stream)
 
+
+def _step_latents(src: "Source", reader, plan, s: int, last_level: list, index_model, bar):
+    """Coded step s of every image from ``reader``: (latents float64 [N, dims], the step's
+    check in format 3, else None), or None when the bytes end first."""
+    header, params = src.header, src.params
+    n, dims = header.num_images, header.dims
+    per_nat = LEVELS_PER_NAT if src.packets is not None else LEVELS_PER_NAT_COMPACT
+    x_new = np.empty((n, dims))
+    try:
+        for i in range(n):
+            var_p, hint = plan.var_p[i], plan.kl_hint
+            if s > 0 and params.variance == "fit":
+                level = reader.exp_golomb(MAX_LEVEL_EXPONENT, level_octave_probs(last_level[i]))
+                if level > MAX_LEVEL_NATS * per_nat:
+                    raise DDPMCodecError(f"corrupt file: a variance level of {level} at coded step {s + 1}")
+                last_level[i] = level
+                var_p = np.full(dims, level_variance(plan.var_q, level, per_nat))
+                hint = level_kl_hint(level, dims, per_nat)
+            x_new[i] = ch.decode_gaussian(reader, plan.mean_p[i], var_p, params.channel,
+                                          header.seed, (i, s), hint, index_model)
+            if bar is not None:
+                bar.update(1)
+        check = reader.uniform_bits(params.check_bits) if src.packets is None else None
+    except arith.Exhausted:
+        return None
+    return x_new, check
+
+
+def _more(stream: arith.ArithDecoder) -> bool | None:
+    """Whether more coded steps follow (None: the bytes end before the mark says)."""
+    try:
+        return stream.categorical(end_probs()) == 0
+    except arith.Exhausted:
+        return None
 
 
 def finish(src: "Source", stream: arith.ArithDecoder) -> None:

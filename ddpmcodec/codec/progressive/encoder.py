@@ -204,6 +204,11 @@ def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, prog
                  network_p_on_device(model, diffusion, x, K - coded, header.batches())["pred_x0"])
     step_rows[-1]["rmse"] = rmse_per_image(final, orig)
     payload = c.stream.finish()
+    if n > 8 * len(payload):  # only a file cut to its first step can be this short
+        raise DDPMCodecError(
+            f"the target leaves only the first coded step, {len(payload)} byte(s) for {n} "
+            f"images: a progressive file holds at least one bit per image (decoders bound "
+            f"their work by it); raise the target")
     hsize = container.header_size(header, 0)
     prev = 0
     for row, cp in zip(step_rows, checkpoints):

@@ -45,7 +45,9 @@ def step_plan(model, diffusion, s: int, x: torch.Tensor | None, batches, n: int,
         # KL(q(x_T|x0) || N(0, I)) <= dims * -log(1 - abar) / 2 nats for x0 in [-1, 1]: a
         # bound both sides know (about 0.09 bits for CIFAR), so the prior step sends no KL
         hint = -0.5 * dims * math.log1p(-abar) / LN2
-        return StepPlan(k, np.zeros((n, dims)), np.ones((n, dims)), 1.0 - abar, None, hint)
+        # N(0, I) for every image: views, not N x dims arrays
+        return StepPlan(k, np.broadcast_to(0.0, (n, dims)), np.broadcast_to(1.0, (n, dims)),
+                        1.0 - abar, None, hint)
     k = K - s  # chain step of the latent we condition on; we produce k - 1
     p = network_p_on_device(model, diffusion, x, k, batches)
     var_q = float(torch.exp(diffusion.posterior_log_variance_clipped[k]))
