@@ -13,7 +13,6 @@ its default-suite test runs the same at small counts.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time

@@ -42,8 +42,8 @@ def decode(
 ):
     """Decompress a file written by `ddpmcodec encode`, with the model that wrote it.
     The decoded pixels are checked against the checksum in the file; a mismatch is an
-    error, never a wrong image. A progressive file (or the first bytes of one) decodes
-    to the last whole coded step, its latents checked bit for bit."""
+    error, never a wrong image. A progressive file (or, with --bytes N, its first N bytes)
+    decodes to the last whole coded step, its latents checked bit for bit."""
     from ddpmcodec.codec.container import read_file, read_header, unpack_prefix
     data = read_file(file)
     header = unpack_prefix(data)[0]  # a progressive file may be cut short
@@ -91,7 +91,8 @@ def decode(
                "num_steps": s.num_steps, "device_kind": header.device_kind,
                "files_written": len(written), **stats_summary(s)}
     how, check = ((f"{s.num_steps}-step chain", "pixels verified") if not header.model_free
-                  else ("WebP-lossless streams", "streams' checksum verified"))
+                  else ("WebP-lossless streams", "pixels verified" if header.pixel_checksum
+                        else "streams' checksum verified"))
     emit(summary, as_json, [
         f"decoded {s.num_images} image(s) from {file} ({header.mode}, {how}) into {out}; "
         f"{check}"] + stats_lines(s))
