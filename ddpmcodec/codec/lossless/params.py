@@ -40,7 +40,7 @@ class LosslessParams:
     initial_words: W seeded 32-bit words at the bottom of the encoder's stack.
     prefix_words: P leading words of the final stack that equal the seeded words, so they
         are regenerated instead of stored (P <= W).
-    variance_rule, variances: the chain's reverse variance (base.VARIANCE_RULES; explicit
+    variance_rule, variances: the chain's reverse variance (container.chains.VARIANCE_RULES; explicit
         variances, version 3: quantized to 1/256 of a doubling, the values both sides use).
     seed_lengths: byte lengths of the WebP-lossless streams of images 0..m-1, which sit on
         the stack above the seeded words (empty: no seeds).

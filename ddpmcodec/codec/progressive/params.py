@@ -55,7 +55,7 @@ def coded_schedule(num_timesteps: int, steps: int, offset: float = SCHEDULE_OFFS
 class ProgressiveParams:
     """The progressive codec's ``params`` blob: channel constants, the proposal's variance
     rule (``fit`` per image and step, or ``model``: the chain's), the generator, and the
-    chain's reverse-variance rule (base.VARIANCE_RULES, explicit variances as K float64)."""
+    chain's reverse-variance rule (container.chains.VARIANCE_RULES, explicit variances as K float64)."""
 
     channel: ch.ChannelParams
     variance: str = "fit"
@@ -85,7 +85,7 @@ class ProgressiveParams:
     @property
     def framing(self) -> int:
         """Packet framing of a format 2 file: 1 (u32 word count and CRC-32, params 1-2) or
-        2 (version 3). Format 3 files are one stream (:mod:`.arith`)."""
+        2 (version 3). Format 3 files are one stream (:mod:`ddpmcodec.codec.entropy.arith`)."""
         return 1 if self.version < 3 else 2
 
     @classmethod
@@ -109,7 +109,7 @@ class ProgressiveParams:
     def pack(self) -> bytes:
         """Version 3: u8 version, u8 flags, [v chunk bits x4], [v margin x4], [u8 max_log2],
         u8 proposal variance, u8 generator code, u16 generator check, the chain's variance
-        rule (explicit: quantized log2 variances, base.pack_log2_variances), [v coded
+        rule (explicit: quantized log2 variances, container.chains.pack_log2_variances), [v coded
         steps (format 2)], [u8 check bits (format 3)]. Fields at their defaults cost
         nothing but a flag."""
         c = self.channel

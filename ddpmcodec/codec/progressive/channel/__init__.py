@@ -44,7 +44,8 @@ El Gamal 2018), cut into chunks of bounded KL:
    the sample towards p.
 
 All symbols go through one entropy coder, first in, first out (the writer's backend: a
-constriction range coder per packet in formats 1-2, :mod:`.arith` in format 3), so a
+constriction range coder per packet in formats 1-2, :mod:`ddpmcodec.codec.entropy.arith`
+in format 3), so a
 stream holds steps in the order they were coded. All math here is float64 numpy (but
 v2's candidates, float32, and its scores). Only the candidate generator and the integer
 layout must agree bit for bit between the two sides; scores are encoder-only.

@@ -101,7 +101,7 @@ def _search_task(task: tuple) -> "Selection":
 
 
 def _search_backend(search_device: str | None) -> tuple[str, str]:
-    """(backend, device) of candidates.pfr_search for ``search_device``: None or "cpu":
+    """(backend, device) of search.pfr_search for ``search_device``: None or "cpu":
     numpy; "torch:DEVICE" (e.g. "torch:cpu"): torch on DEVICE; any other torch device
     ("cuda", "cuda:1", ...): torch on it."""
     if search_device is None or search_device == "cpu":
