@@ -1,0 +1,271 @@
+"""The exact network evaluated in float64 carriers with torch (CPU or CUDA).
+
+Every tensor holds integers (activations at 2^-FRAC_BITS); every operation is a sum of
+integer products below 2^53, a rounding shift by a power of two, a table lookup, or a
+correctly rounded IEEE operation on exactly known operands, each as its own kernel. So
+the output is a function of the integer input alone, whatever the device, instruction
+set, thread count, batch size or convolution library. ``tests/exact_oracle.py`` computes
+the same integers in numpy int64.
+"""
+from __future__ import annotations
+
+import functools
+from decimal import Decimal, localcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddpmcodec.core.exact import spec
+from ddpmcodec.core.exact.functions import decimal_sin_cos
+from ddpmcodec.core.exact.quantize import IntLinear, IntNorm, Plan
+from ddpmcodec.core.exact.tables import silu_table, softmax_exp_table
+
+_F = spec.FRAC_BITS
+
+
+@functools.lru_cache(maxsize=4096)
+def time_features(channels: int, shift: int, flip: bool, t: int) -> tuple:
+    """The sinusoidal embedding of timestep index t as integers at 2^-F: diffusers'
+    ``get_timestep_embedding`` (max period 10000, sin then cos unless ``flip``),
+    computed in 40-digit decimal arithmetic and rounded once."""
+    half = channels // 2
+    with localcontext() as ctx:
+        ctx.prec = 50
+        ln = Decimal(10000).ln()
+        sins, coss = [], []
+        for i in range(half):
+            freq = (-ln * i / (half - shift)).exp()
+            s, c = decimal_sin_cos(Decimal(int(t)) * freq)
+            sins.append(int((s * (1 << _F)).to_integral_value()))
+            coss.append(int((c * (1 << _F)).to_integral_value()))
+    emb = coss + sins if flip else sins + coss
+    if channels % 2:
+        emb.append(0)
+    return tuple(emb)
+
+
+class ExactUNet:
+    """The plan's layers as float64 tensors on ``device``; call with integer inputs."""
+
+    def __init__(self, plan: Plan, device="cpu"):
+        self.plan = plan
+        self.device = torch.device(device)
+        self._silu = torch.from_numpy(silu_table().astype(np.float64)).to(self.device)
+        self._exp = torch.from_numpy(softmax_exp_table().astype(np.float64)).to(self.device)
+        self._layers = {}
+        self._temb_cache = {}
+
+    # -- the integer operations ---------------------------------------------------------
+    def _norm_t(self, norm: IntNorm):
+        key = id(norm)
+        if key not in self._layers:
+            as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(self.device)  # noqa: E731
+            self._layers[key] = (as_t(norm.gamma), as_t(norm.beta))
+        return self._layers[key]
+
+    def _conv_t(self, layer: IntLinear):
+        """(weights as [kh kw I, O] for NHWC columns, 2^-s [O], bias [O]) on the device."""
+        key = id(layer)
+        if key not in self._layers:
+            w = layer.w
+            if w.ndim == 4:
+                w = w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+            else:
+                w = w.T
+            as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(self.device)  # noqa: E731
+            self._layers[key] = (as_t(w), as_t(layer.inv_scale), as_t(layer.bias))
+        return self._layers[key]
+
+    def conv(self, x: torch.Tensor, layer: IntLinear) -> torch.Tensor:
+        """Convolution of integer x [B, H, W, I] (channels last), or a linear layer on
+        [..., I]: round(sum of products / 2^s) + b, as [B, Ho, Wo, O] or [..., O]."""
+        w, inv, b = self._conv_t(layer)
+        x = x.clamp(-layer.act_max, layer.act_max)
+        if layer.w.ndim == 2:
+            return (x @ w).mul_(inv).add_(0.5).floor_().add_(b)
+        _, _, kh, kw = layer.w.shape
+        p, s = layer.padding, layer.stride
+        if layer.pad_right:
+            x = F.pad(x, (0, 0, 0, 1, 0, 1))
+        elif p:
+            x = F.pad(x, (0, 0, p, p, p, p))
+        B, H, W, C = x.shape
+        Ho, Wo = (H - kh) // s + 1, (W - kw) // s + 1
+        if s == 1:
+            acc = self._shifted_sum(x, w, kh, kw)[:, :Ho, :Wo]
+        else:  # im2col, channels last: a plain sum of products, never FFT or Winograd
+            cols = torch.cat([x[:, i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s, :]
+                              for i in range(kh) for j in range(kw)], dim=3)
+            acc = (cols.reshape(B * Ho * Wo, -1) @ w).reshape(B, Ho, Wo, -1)
+        return acc.mul_(inv).add_(0.5).floor_().add_(b)
+
+    @staticmethod
+    def _shifted_sum(x: torch.Tensor, w: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+        """Stride-1 convolution of padded x [B, H, W, C] on the whole padded grid
+        [B, H, W, O] (rows past the valid outputs are garbage): with the pixels as rows
+        of one matrix, tap (i, j) reads the rows i W + j further on, a contiguous slice,
+        so each tap is one matrix product added in place, with no column matrix."""
+        B, H, W, C = x.shape
+        R = B * H * W
+        rows = x.reshape(R, C)
+        extra = (kh - 1) * W + kw - 1
+        if extra:
+            rows = torch.cat([rows, rows.new_zeros(extra, C)])
+        out = None
+        for i in range(kh):
+            for j in range(kw):
+                off = i * W + j
+                tap = w[(i * kw + j) * C:(i * kw + j + 1) * C]
+                if out is None:
+                    out = rows[off:off + R] @ tap
+                else:
+                    out.addmm_(rows[off:off + R], tap)
+        return out.reshape(B, H, W, -1)
+
+    def group_norm(self, x: torch.Tensor, norm: IntNorm) -> torch.Tensor:
+        """GroupNorm of integer x [B, H, W, C]: integer mean (rounded), the sum of squared
+        deviations rounded once, then correctly rounded IEEE operations and a floor."""
+        gamma, beta = self._norm_t(norm)
+        x = x.clamp(-spec.ACT_MAX, spec.ACT_MAX)
+        B, C = x.shape[0], x.shape[-1]
+        G = norm.groups
+        xg = x.reshape(B, -1, G, C // G)
+        N = xg.shape[1] * xg.shape[3]
+        num = 2.0 * xg.sum((1, 3)) + N                      # mean = floor((2 S + N) / 2N)
+        mu = torch.floor(num / (2 * N))
+        r = num - mu * (2 * N)
+        mu = mu - (r < 0).to(mu.dtype) + (r >= 2 * N).to(mu.dtype)
+        d = xg - mu[:, None, :, None]
+        var = self._sum_squares(d, N) / N
+        rstd = 1.0 / torch.sqrt(var + norm.eps)
+        factor = rstd[:, :, None] * gamma.reshape(1, G, -1)  # [B, G, C/G]
+        y = d.mul_(factor[:, None]).add_(beta.reshape(1, 1, G, -1)).add_(0.5).floor_()
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def _sum_squares(d: torch.Tensor, N: int) -> torch.Tensor:
+        """sum of d^2 over dims (1, 3), correctly rounded to float64 (exact below 2^53).
+        Small deviations sum directly; larger ones as d = hi 2^S + lo, where
+        hi^2 2^2S + 2 hi lo 2^S is exact and adding lo^2 rounds once."""
+        if float(d.abs().max()) * float(d.abs().max()) * N < 2.0 ** 53:
+            return (d * d).sum((1, 3))
+        S = spec.GROUP_SPLIT_BITS
+        dh = torch.floor(d * 2.0 ** -S)
+        dl = d - dh * 2.0 ** S
+        v_hi = (dh * dh).sum((1, 3))
+        v_mid = (dh * dl).sum((1, 3))
+        v_lo = (dl * dl).sum((1, 3))
+        return (v_hi * 2.0 ** (2 * S) + v_mid * 2.0 ** (S + 1)) + v_lo
+
+    def _lookup(self, table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Linear interpolation in an integer table at u >= 0 (integers at 2^-F, the
+        table every 2^-TABLE_BITS): T[i] + round((T[i+1] - T[i]) f / 2^D)."""
+        D = float(1 << (_F - spec.TABLE_BITS))
+        i = torch.floor(u * (1.0 / D))
+        f = u - i * D
+        i = i.to(torch.long)
+        lo = table[i]
+        return (table[i + 1] - lo).mul_(f).mul_(1.0 / D).add_(0.5).floor_().add_(lo)
+
+    def silu(self, x: torch.Tensor) -> torch.Tensor:
+        L = float(spec.SILU_RANGE << _F)
+        y = self._lookup(self._silu, x.clamp(-L, L) + L)
+        return torch.where(x > L, x, y)
+
+    def attention(self, x: torch.Tensor, a: dict) -> torch.Tensor:
+        B, H, W, C = x.shape
+        T, heads = H * W, a["heads"]
+        h = self.group_norm(x, a["norm"]).reshape(B, T, C)
+        split = lambda y: y.reshape(B, T, heads, C // heads).transpose(1, 2)  # noqa: E731
+        q = split(self.conv(h, a["q"]).clamp_(-spec.QK_MAX, spec.QK_MAX))
+        k = split(self.conv(h, a["k"]).clamp_(-spec.QK_MAX, spec.QK_MAX))
+        v_max = spec.value_max(T, spec.PROB_BITS + 1)
+        v = split(self.conv(h, a["v"]).clamp_(-v_max, v_max))
+        s = (q @ k.transpose(-1, -2)).mul_(2.0 ** -_F).add_(0.5).floor_()   # [B, h, T, T]
+        gap = (s.amax(-1, keepdim=True) - s).clamp_(max=float(spec.SOFTMAX_EXP_RANGE << _F))
+        e = self._lookup(self._exp, gap)
+        z = e.sum(-1, keepdim=True)
+        p = e.mul_(2.0 ** spec.PROB_BITS).div_(z).add_(0.5).floor_()
+        o = (p @ v).mul_(2.0 ** -spec.PROB_BITS).add_(0.5).floor_()          # [B, h, T, d]
+        o = self.conv(o.transpose(1, 2).reshape(B, T, C), a["out"])
+        return o.reshape(B, H, W, C) + x
+
+    def resnet(self, x: torch.Tensor, r: dict, temb_act: torch.Tensor) -> torch.Tensor:
+        h = self.conv(self.silu(self.group_norm(x, r["norm1"])), r["conv1"])
+        h = h + self.conv(temb_act, r["temb"])[:, None, None, :]
+        h = self.conv(self.silu(self.group_norm(h, r["norm2"])), r["conv2"])
+        if r["shortcut"] is not None:
+            x = self.conv(x, r["shortcut"])
+        return x + h
+
+    # -- the network ----------------------------------------------------------------------
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        """silu(temb) as integers [B, C_t] (what every resnet's projection reads)."""
+        tp = self.plan.time
+        rows = []
+        for ti in t.tolist():
+            if ti not in self._temb_cache:
+                f = torch.tensor([time_features(tp["channels"], tp["shift"], tp["flip"], int(ti))],
+                                 dtype=torch.float64, device=self.device)
+                e = self.conv(self.silu(self.conv(f, tp["l1"])), tp["l2"])
+                self._temb_cache[ti] = self.silu(e)[0]
+            rows.append(self._temb_cache[ti])
+        return torch.stack(rows)
+
+    def forward_int(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The network on integer input x (float64 [B, C, H, W] at 2^-INPUT_FRAC_BITS)
+        at timestep indices t (long [B]): integer output at 2^-OUTPUT_FRAC_BITS."""
+        plan = self.plan
+        t = torch.as_tensor(t, dtype=torch.long).reshape(-1).expand(x.shape[0])
+        temb = self.time_embedding(t.cpu())
+        h = self.conv(x.permute(0, 2, 3, 1), plan.conv_in)
+        skips = [h]
+        for blk in plan.down:
+            for j, r in enumerate(blk["resnets"]):
+                h = self.resnet(h, r, temb)
+                if blk["attentions"]:
+                    h = self.attention(h, blk["attentions"][j])
+                skips.append(h)
+            if blk["sampler"] is not None:
+                h = self.conv(h, blk["sampler"])
+                skips.append(h)
+        if plan.mid is not None:
+            h = self.resnet(h, plan.mid["resnets"][0], temb)
+            for a, r in zip(plan.mid["attentions"], plan.mid["resnets"][1:]):
+                h = self.resnet(self.attention(h, a), r, temb)
+        for blk in plan.up:
+            for j, r in enumerate(blk["resnets"]):
+                h = self.resnet(torch.cat([h, skips.pop()], 3), r, temb)
+                if blk["attentions"]:
+                    h = self.attention(h, blk["attentions"][j])
+            if blk["sampler"] is not None:
+                h = h.repeat_interleave(2, 1).repeat_interleave(2, 2)
+                h = self.conv(h, blk["sampler"])
+        h = self.silu(self.group_norm(h, plan.norm_out))
+        return self.conv(h, plan.conv_out).permute(0, 3, 1, 2).contiguous()
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        """Float input (any dtype), float64 output: x rounded to 2^-INPUT_FRAC_BITS
+        (half to even, exact in float64), the output's integers times 2^-OUTPUT_FRAC_BITS."""
+        out = self.forward_int(quantize_input(x.to(self.device)), t)
+        return out * 2.0 ** -spec.OUTPUT_FRAC_BITS
+
+
+def quantize_input(x: torch.Tensor) -> torch.Tensor:
+    """The integers the exact network reads for latents x (float64)."""
+    return torch.round(x.to(torch.float64) * 2.0 ** spec.INPUT_FRAC_BITS)
+
+
+def plan_of_model(model) -> Plan:
+    """The integer plan of a LoadedModel's UNet (cached on the model object)."""
+    plan = getattr(model, "_exact_plan", None)
+    if plan is None:
+        from ddpmcodec.core.exact.quantize import build_plan
+        cfg = {k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")}
+        sd = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in model.unet.state_dict().items()}
+        plan = build_plan(cfg, sd)
+        model._exact_plan = plan
+    return plan
+
+
