@@ -11,7 +11,7 @@ from ddpmcodec.core.exact import spec
 from ddpmcodec.core.exact.functions import exp_basic
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def silu_table() -> np.ndarray:
     """int64 [2 L + 2], L = SILU_RANGE 2^TABLE_BITS: entry L + i is round(silu(x) 2^F) at
     x = i 2^-TABLE_BITS (one entry past the end, for interpolation)."""
@@ -20,7 +20,7 @@ def silu_table() -> np.ndarray:
     return np.rint(x * 2.0 ** spec.FRAC_BITS / (1.0 + exp_basic(-x))).astype(np.int64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def softmax_exp_table() -> np.ndarray:
     """int64 [R 2^TABLE_BITS + 2], R = SOFTMAX_EXP_RANGE: entry i is
     round(e^(-i 2^-TABLE_BITS) 2^SOFTMAX_EXP_BITS) (one entry past the end)."""

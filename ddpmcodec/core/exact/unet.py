@@ -60,7 +60,7 @@ class ExactUNet:
     def _norm_t(self, norm: IntNorm):
         key = id(norm)
         if key not in self._layers:
-            as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(self.device)  # noqa: E731
+            as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(self.device)
             self._layers[key] = (as_t(norm.gamma), as_t(norm.beta))
         return self._layers[key]
 
@@ -73,7 +73,7 @@ class ExactUNet:
                 w = w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
             else:
                 w = w.T
-            as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(self.device)  # noqa: E731
+            as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(self.device)
             self._layers[key] = (as_t(w), as_t(layer.inv_scale), as_t(layer.bias))
         return self._layers[key]
 
@@ -90,7 +90,7 @@ class ExactUNet:
             x = F.pad(x, (0, 0, 0, 1, 0, 1))
         elif p:
             x = F.pad(x, (0, 0, p, p, p, p))
-        B, H, W, C = x.shape
+        B, H, W, _ = x.shape
         Ho, Wo = (H - kh) // s + 1, (W - kw) // s + 1
         if s == 1:
             acc = self._shifted_sum(x, w, kh, kw)[:, :Ho, :Wo]
@@ -177,7 +177,7 @@ class ExactUNet:
         B, H, W, C = x.shape
         T, heads = H * W, a["heads"]
         h = self.group_norm(x, a["norm"]).reshape(B, T, C)
-        split = lambda y: y.reshape(B, T, heads, C // heads).transpose(1, 2)  # noqa: E731
+        split = lambda y: y.reshape(B, T, heads, C // heads).transpose(1, 2)
         q = split(self.conv(h, a["q"]).clamp_(-spec.QK_MAX, spec.QK_MAX))
         k = split(self.conv(h, a["k"]).clamp_(-spec.QK_MAX, spec.QK_MAX))
         v_max = spec.value_max(T, spec.PROB_BITS + 1)
