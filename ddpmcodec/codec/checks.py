@@ -26,6 +26,8 @@ def check_compatible(header: Header, model, mode: str | None = None) -> None:
     if header.num_timesteps != model.diffusion.num_steps:
         raise DDPMCodecError(f"the file's chain has T={header.num_timesteps}, the model's "
                              f"T={model.diffusion.num_steps}")
+    if header.device_kind == container.EXACT_NETWORK:
+        return  # the exact network: the same numbers on every device and thread count
     here = device_kind(model.device)
     if header.device_kind != here:
         raise DDPMCodecError(f"this file was encoded on {header.device_kind}, the model is on "
@@ -55,15 +57,23 @@ def start_encode(images: np.ndarray, model, batch_size: int) -> tuple[np.ndarray
 
 
 def new_header(mode: str, model, num_images: int, batch_size: int, seed: int, timesteps,
-               pixel_checksum: bytes, params: bytes = b"") -> Header:
+               pixel_checksum: bytes, params: bytes = b"", exact: bool = False) -> Header:
     """The validated header of a file this machine encodes now with ``model``: its
-    fingerprint, image shape and full chain length, this device kind and the CPU threads
+    fingerprint, image shape and full chain length, and where it decodes: with the exact
+    network (``exact``) anywhere (the device-kind field names the network, no threads);
+    with the float32 network only on this device kind and with the CPU threads
     (:func:`coding_threads`) under which the encoder must run (``header.num_threads``)."""
+    kind, threads = ((container.EXACT_NETWORK, 0) if exact
+                     else (device_kind(model.device), coding_threads()))
     return Header(mode, container.model_id(model.fingerprint), tuple(model.image_shape),
                   num_images, batch_size,
                   int(seed), model.diffusion.num_steps, tuple(int(t) for t in timesteps),
-                  device_kind(model.device), coding_threads(), pixel_checksum,
-                  params).validate()
+                  kind, threads, pixel_checksum, params).validate()
+
+
+def is_exact(header: Header) -> bool:
+    """Whether a file was coded with the exact network (and decodes anywhere)."""
+    return header.device_kind == container.EXACT_NETWORK
 
 
 def check_images(images: np.ndarray, model) -> np.ndarray:

@@ -65,3 +65,70 @@ def network_p(model, diffusion, x, k: int, batches, *, math_on_model_device: boo
     return {n: torch.cat([p[n] for p in parts]) for n in _P_KEYS}
 
 _P_KEYS = ("mean", "log_variance", "pred_x0", "out")
+
+
+# -- the exact network -------------------------------------------------------------------
+def exact_net(model):
+    """The model's exact network (:mod:`ddpmcodec.core.exact`) on the model's device,
+    built once per model."""
+    net = getattr(model, "_exact_net", None)
+    if net is None or net.device != model.device:
+        from ddpmcodec.core.exact.unet import ExactUNet, plan_of_model
+        net = ExactUNet(plan_of_model(model), model.device)
+        model._exact_net = net
+    return net
+
+
+def exact_std(diffusion, k: int, out):
+    """Standard deviation of p_theta(x_{k-1} | x_k) by IEEE operations only: the square
+    root of the step's variance, or, for a learned variance, e^(log-variance / 2) through
+    :func:`~ddpmcodec.core.exact.functions.exp_basic` with the two logs in decimal."""
+    import numpy as np
+    import torch
+
+    from ddpmcodec.codec.lossless.grids import p_variance_range
+    lo, hi = p_variance_range(diffusion)
+    if diffusion.variance_type != "learned":
+        return float(np.sqrt(lo[k]))
+    from decimal import Decimal
+
+    from ddpmcodec.core.exact.functions import exp_basic
+    post = diffusion.posterior_variance.numpy()
+    clipped = post[1] if k == 0 and len(post) > 1 else (post[k] if k else float(diffusion.betas[0]))
+    log_lo = float(Decimal(float(clipped)).ln())          # the clipped posterior variance
+    log_hi = float(Decimal(float(diffusion.betas[k])).ln())  # beta
+    c = out.shape[1] // 2
+    frac = (out[:, c:].numpy() + 1.0) / 2.0
+    logvar = frac * log_hi + (1.0 - frac) * log_lo
+    return torch.from_numpy(exp_basic(0.5 * logvar))
+
+
+def exact_network_p(model, diffusion, x, k: int, batches) -> dict:
+    """p_theta(x_{k-1} | x_k) of chain step k with the exact network: the same numbers on
+    every machine. The network runs on the model's device (any), p is formed on the CPU
+    in float64 by IEEE operations (``Diffusion.p_mean_variance``'s mean: products and sums
+    of correctly rounded constants; the std by :func:`exact_std`).
+
+    Returns dict(mean, std, pred_x0, out) of float64 CPU tensors (std a float when it is
+    the same for every latent)."""
+    import torch
+    net = exact_net(model)
+    outs = []
+    for a, b in batches:
+        t = torch.full((b - a,), int(diffusion.timesteps[k]), dtype=torch.long)
+        outs.append(net(x[a:b], t).to("cpu"))
+    out = torch.cat(outs)
+    kk = torch.full((x.shape[0],), k, dtype=torch.long)
+    o = diffusion.p_mean_variance(x, kk, out)
+    return {"mean": o["mean"], "std": exact_std(diffusion, k, out), "pred_x0": o["pred_x0"],
+            "out": out}
+
+
+def exact_chain(chain, model):
+    """``chain`` with explicit variances replaced by what an exact file stores, computed
+    without libm (:func:`variances_of_codes` with ``exact``)."""
+    rule, values = variance_rule_of(chain, model)
+    if rule != "explicit":
+        return chain
+    return chain.with_variance("explicit",
+                               variances_of_codes(log2_variance_codes(values), exact=True))

@@ -72,10 +72,13 @@ def check_threads(num_threads: int) -> None:
             f"{cpus} CPU(s); decode it on a machine with at least {num_threads} CPUs")
 
 
-def decode_device(header: Header):
-    """The torch device a file must be decoded on (its header's device kind)."""
+def decode_device(header: Header, requested=None):
+    """The torch device to decode a file on: for an exact file the one ``requested``
+    (default the CPU), else the one its header's device kind requires."""
     import torch
     kind = header.device_kind
+    if kind == container.EXACT_NETWORK:
+        return torch.device(requested or "cpu")
     if kind.startswith("cpu"):
         here = device_kind("cpu")
         if kind != here:

@@ -110,9 +110,14 @@ def log2_variance_codes(variances) -> list[int]:
     return [int(round(math.log2(float(v)) * LOG2_VARIANCE_STEPS)) for v in variances]
 
 
-def variances_of_codes(codes) -> tuple:
+def variances_of_codes(codes, exact: bool = False) -> tuple:
     """The variances both sides code with: 2^(code / 256) (a relative step of 0.27%,
-    which moves a Gaussian KL by ~1e-6 nats per dimension)."""
+    which moves a Gaussian KL by ~1e-6 nats per dimension). ``exact``: correctly rounded
+    from decimal arithmetic (exact files: no libm pow); else the platform's pow (the
+    files of the float32 network were written so)."""
+    if exact:
+        from ddpmcodec.core.exact.functions import decimal_pow2
+        return tuple(decimal_pow2(c / LOG2_VARIANCE_STEPS) for c in codes)
     return tuple(2.0 ** (c / LOG2_VARIANCE_STEPS) for c in codes)
 
 

@@ -38,5 +38,9 @@ COMPACT_STEPS = 16
 GEOMETRIC_OFFSET = 3.0
 FINGERPRINT_BYTES = 8               # format 1 held the whole fingerprint
 # device kinds with a one-byte code in format 2 (code = index + 1); others are spelt out
-DEVICE_KINDS = ("cpu:DEFAULT", "cpu:AVX2", "cpu:AVX512", "cpu:ZVECTOR", "cpu:VSX", "cpu:SVE256")
+DEVICE_KINDS = ("cpu:DEFAULT", "cpu:AVX2", "cpu:AVX512", "cpu:ZVECTOR", "cpu:VSX", "cpu:SVE256",
+                "exact-v1")
+# The device-kind field of an exact file names its network instead of a device: exact-v1
+# numbers are the same everywhere, so such a file has no device and no thread count (0).
+EXACT_NETWORK = "exact-v1"
 MAX_FILE_BYTES = 1 << 34  # refuse to read anything larger into memory

@@ -10,7 +10,8 @@ import torch
 
 from ddpmcodec.codec import container
 from ddpmcodec.codec.api import Codec, CodecStats, Decoded, Encoded, Timer
-from ddpmcodec.codec.checks import check_chain, check_compatible, new_header, start_encode, verify_pixels
+from ddpmcodec.codec.checks import (
+    check_chain, check_compatible, is_exact, new_header, start_encode, verify_pixels)
 from ddpmcodec.codec.container import Header
 from ddpmcodec.codec.entropy import coder
 from ddpmcodec.codec.lossless.grids import (
@@ -21,7 +22,9 @@ from ddpmcodec.codec.lossless.params import (
 from ddpmcodec.codec.lossless.seeds import (
     common_prefix, read_seeds, seed_count, initial_words, seed_words)
 from ddpmcodec.codec.lossless.stack import ChainStack
-from ddpmcodec.codec.network import chain_for, network_p, quantized_chain, variance_rule_of
+from ddpmcodec.codec.container.chains import log2_variance_codes, variances_of_codes
+from ddpmcodec.codec.network import (
+    chain_for, exact_chain, exact_network_p, network_p, quantized_chain, variance_rule_of)
 from ddpmcodec.codec.reproducibility import deterministic
 from ddpmcodec.core.likelihood import prior_bpd, vb_terms_bpd
 from ddpmcodec.io.data import to_model_space
@@ -37,9 +40,12 @@ class BitsBackCodec(Codec):
     ``batch_size`` (images per network call at most: larger is faster), ``seed`` (of the
     initial words and whitening keys), ``grid_log2`` and ``support_sigmas`` (the latent
     grids), ``method`` (auto: the shorter of bits-back and all-WebP-lossless, the latter
-    weighed up to AUTO_COMPARE_MAX images; bitsback; webp) and ``seed_images`` (images
+    weighed up to AUTO_COMPARE_MAX images; bitsback; webp), ``seed_images`` (images
     coded with WebP-lossless as the stack's initial bits; None: as many as the first
-    batch's dip needs, see :func:`dip_bits`; 0: none).
+    batch's dip needs, see :func:`dip_bits`; 0: none) and ``exact`` (True: opt-in for now:
+    the exact network and exact coding models, a file that decodes on any machine;
+    False: the float32 network, a file that decodes only on this kind of device with
+    this thread count).
     """
 
     mode = "lossless"
@@ -47,10 +53,15 @@ class BitsBackCodec(Codec):
     def __init__(self, model):
         super().__init__(model)
         coder.require()
+        self._exact = False
 
     def _p(self, diffusion, x: torch.Tensor, k: int):
         """p_theta(x_{k-1} | x_k) for one batch x [B,C,H,W] (one network call): mean, std,
-        log-scale (float64 [B,C,H,W]) and the network output (for the bound)."""
+        log-scale (float64 [B,C,H,W]; None on the exact path) and the network output (for
+        the bound)."""
+        if self._exact:
+            p = exact_network_p(self.model, diffusion, x, k, [(0, x.shape[0])])
+            return p["mean"], p["std"], None, p["out"]
         p = network_p(self.model, diffusion, x, k, [(0, x.shape[0])])
         log_scale = 0.5 * p["log_variance"]
         return p["mean"], torch.exp(log_scale), log_scale, p["out"]
@@ -60,10 +71,12 @@ class BitsBackCodec(Codec):
                batch_size: int = DEFAULT_BATCH, seed: int = 0, progress: bool = False,
                grid_log2: int = DEFAULT_GRID_LOG2,
                support_sigmas: float = DEFAULT_SUPPORT_SIGMAS, chain=None,
-               method: str = "auto", seed_images: int | None = None) -> Encoded:
+               method: str = "auto", seed_images: int | None = None,
+               exact: bool = False) -> Encoded:
         """Compress ``images``; see the class docstring for the options."""
         from ddpmcodec.codec.lossless import webp
         model = self.model
+        self._exact = bool(exact)
         images, batch_size = start_encode(images, model, batch_size)
         if method not in METHODS:
             raise DDPMCodecError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -83,9 +96,9 @@ class BitsBackCodec(Codec):
             return webp.encoded(images, streams, webp_timer.seconds)
         diffusion = self._chain(chain, steps)
         header = new_header("lossless", model, n, batch_size, seed, diffusion.timesteps,
-                            container.pixel_checksum(images))
+                            container.pixel_checksum(images), exact=self._exact)
         LosslessParams(grid_log2, support_sigmas, 4, 0).validate(header)
-        grids = latent_grids(diffusion, grid_log2, support_sigmas)
+        grids = latent_grids(diffusion, grid_log2, support_sigmas, exact=self._exact)
         dip = dip_bits(grids, header.dims)
         with Timer() as timer, deterministic(model.device, header.num_threads):
             if seed_images is None:
@@ -116,7 +129,8 @@ class BitsBackCodec(Codec):
             chain = model.diffusion.with_steps(steps)
         else:
             chain = default_chain(model)
-        return quantized_chain(chain, model)  # the file holds explicit variances quantized
+        # the file holds explicit variances quantized
+        return exact_chain(chain, model) if self._exact else quantized_chain(chain, model)
 
     def _encode_bitsback(self, images, diffusion, grids, header, seeds, dip, grid, progress):
         model = self.model
@@ -175,7 +189,7 @@ class BitsBackCodec(Codec):
         the batches so far), up to the header's batch size; the layout is recorded.
         Returns (stack, bound bits [N], sampled -ELBO bits [N], layout)."""
         from ddpmcodec.progress import progress_bar
-        stack = ChainStack(init, header.seed)
+        stack = ChainStack(init, header.seed, self._exact)
         base_bits = coder.valid_bits(init[:W])
         n = len(images)
         bound, elbo = np.zeros(n), np.zeros(n)
@@ -209,9 +223,9 @@ class BitsBackCodec(Codec):
         s_prev = stack.pop_q(q_mean, g.q_std[0], g.delta[0], int(g.pop_half[0]))
         x_prev = s_prev.to(torch.float64) * g.delta[0]
         elbo = sum_bits(normal_logpdf(x_prev, q_mean, g.q_std[0]))
-        mean, _, log_scale, out = self._p(diffusion, x_prev, 0)
+        mean, std, log_scale, out = self._p(diffusion, x_prev, 0)
         levels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).reshape(-1)
-        stack.push_pixels(levels, mean, log_scale)
+        stack.push_pixels(levels, mean, log_scale, std)
         dec = vb_terms_bpd(diffusion, x0, x_prev, kvec(0), out)["vb"] * dims
         bound = dec.clone()
         elbo += dec
@@ -241,14 +255,18 @@ class BitsBackCodec(Codec):
         if header.mode == "webp-lossless":  # the encoder's fallback: no network needed
             return webp.WebPLosslessCodec(self.model).decode(data)
         check_compatible(header, self.model, self.mode)
+        self._exact = is_exact(header)
         params = LosslessParams.unpack(header.params, header)
         if len(payload) % 4:
             raise DDPMCodecError("corrupt file: the lossless payload is not a whole number of words")
         if not payload:  # (a zero last word is refused by coder.Stack)
             raise DDPMCodecError("corrupt file: the lossless payload is empty")
         params.check_payload(header, len(payload) // 4)  # bounds all work by the file's size
-        diffusion = chain_for(header, self.model, params.variance_rule, params.variances)
-        grids = latent_grids(diffusion, params.grid_log2, params.support_sigmas)
+        variances = params.variances
+        if self._exact and variances is not None:  # the values of the codes, without libm
+            variances = variances_of_codes(log2_variance_codes(variances), exact=True)
+        diffusion = chain_for(header, self.model, params.variance_rule, variances)
+        grids = latent_grids(diffusion, params.grid_log2, params.support_sigmas, self._exact)
         # the regenerated words below the margin are never read: the stack starts there
         below = max(0, params.prefix_words - PREFIX_MARGIN_WORDS)
         base = initial_words(header.seed, params.initial_words, below)
@@ -259,7 +277,7 @@ class BitsBackCodec(Codec):
         m = len(params.seed_lengths)
         decoded = []
         with Timer() as timer, deterministic(self.model.device, header.num_threads):
-            stack = ChainStack(final, header.seed)
+            stack = ChainStack(final, header.seed, self._exact)
             with progress_bar((header.num_images - m) * diffusion.num_steps, "decode",
                               "img-step", enabled=progress) as bar:
                 for a, b in reversed(batches):
@@ -302,8 +320,8 @@ class BitsBackCodec(Codec):
             stack.whiten(whiten_count(g, k, B * dims), start, k)
             s_k, x_k = s_prev, x_prev
             bar.update(B)
-        mean, _, log_scale, _ = self._p(diffusion, x_k, 0)
-        levels = stack.pop_pixels(mean, log_scale)
+        mean, std, log_scale, _ = self._p(diffusion, x_k, 0)
+        levels = stack.pop_pixels(mean, log_scale, std)
         pixels = torch.from_numpy(levels.astype(np.uint8)).reshape(full)
         x0 = to_model_space(pixels.permute(0, 2, 3, 1).numpy())
         q_mean = math.sqrt(1.0 - float(diffusion.betas[0])) * x0

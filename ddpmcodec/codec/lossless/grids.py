@@ -12,6 +12,7 @@ from ddpmcodec.codec.lossless.params import MAX_HALF
 from ddpmcodec.core.likelihood import LN2
 
 _WHITEN_MARGIN = 1.05        # whiten 5% more bits than a pop is expected to read
+_LOG2_SQRT_2PI_E = 2.047095585180641  # log2 sqrt(2 pi e), the literal (no libm)
 _PROB_BLOCK = 1024           # pixels per block of decoder_probs' float64 arithmetic
 
 
@@ -26,6 +27,7 @@ class LatentGrids:
     pop_half: np.ndarray  # int64
     push_half: np.ndarray  # int64
     q_std: np.ndarray  # float64: std of q(x_k | x_{k-1})
+    exact: bool = False  # built for the exact network: no libm on any path (see below)
 
 
 def p_std_range(diffusion) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +45,26 @@ def p_std_range(diffusion) -> tuple[np.ndarray, np.ndarray]:
     return torch.exp(0.5 * lo[:, 0]).numpy(), torch.exp(0.5 * hi[:, 0]).numpy()
 
 
-def latent_grids(diffusion, grid_log2: int, support_sigmas: float) -> LatentGrids:
+def p_variance_range(diffusion) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest variance of p_theta(x_{k-1}|x_k), k = 0..K-1 (float64 [K]),
+    by IEEE operations only (the exact path's :func:`p_std_range`: their square roots)."""
+    K = diffusion.num_steps
+    b = diffusion.betas.numpy()
+    post = diffusion.posterior_variance.numpy()
+    clipped = np.concatenate([post[1:2] if K > 1 else b[:1], post[1:]])
+    if diffusion.variance_type == "fixedlarge":
+        v = np.concatenate([clipped[:1], b[1:]])
+        return v, v
+    if diffusion.variance_type == "fixedsmall":
+        return clipped, clipped
+    if diffusion.variance_type == "explicit":
+        v = diffusion.reverse_variance.numpy()
+        return v, v
+    return np.minimum(clipped, b), np.maximum(clipped, b)  # learned: between the two
+
+
+def latent_grids(diffusion, grid_log2: int, support_sigmas: float,
+                 exact: bool = False) -> LatentGrids:
     """The grid and alphabets of every latent, a pure function of the schedule.
 
     The grid resolves the narrower of the two Gaussians that code x_k; each alphabet
@@ -54,21 +75,31 @@ def latent_grids(diffusion, grid_log2: int, support_sigmas: float) -> LatentGrid
     ~1e-4 on a 100-step chain); with equal widths they cancel."""
     K = diffusion.num_steps
     q_std = np.sqrt(diffusion.betas.numpy())
-    p_lo, p_hi = p_std_range(diffusion)
+    if exact:  # square roots and exponents read off the floats: no libm
+        p_lo, p_hi = (np.sqrt(v) for v in p_variance_range(diffusion))
+    else:
+        p_lo, p_hi = p_std_range(diffusion)
     # x_k is pushed by p(x_k | x_{k+1}) (chain step k+1), the last one by N(0, 1)
     push_lo = np.append(p_lo[1:], 1.0)
     push_hi = np.append(p_hi[1:], 1.0)
-    delta = np.exp2(np.floor(np.log2(np.minimum(q_std, push_lo)) - grid_log2))
+    if exact:  # 2^(floor(log2 v) - grid_log2), floor(log2 v) = frexp exponent - 1
+        delta = np.ldexp(1.0, np.frexp(np.minimum(q_std, push_lo))[1] - 1 - grid_log2)
+    else:
+        delta = np.exp2(np.floor(np.log2(np.minimum(q_std, push_lo)) - grid_log2))
     pop_half = np.minimum(np.ceil(support_sigmas * q_std / delta), MAX_HALF).astype(np.int64)
     push_half = np.minimum(np.ceil(support_sigmas * push_hi / delta), MAX_HALF).astype(np.int64)
     assert len(delta) == K
-    return LatentGrids(delta, pop_half, push_half, q_std)
+    return LatentGrids(delta, pop_half, push_half, q_std, exact)
 
 
 def whiten_count(g: LatentGrids, k: int, symbols: int) -> int:
     """16-bit words to whiten before popping ``symbols`` latents x_k: the bits the pop is
     expected to read (the entropy of the quantized kernel), plus 5%."""
-    entropy = math.log2(float(g.q_std[k] / g.delta[k]) * math.sqrt(2 * math.pi * math.e))
+    if g.exact:
+        from ddpmcodec.core.exact.functions import decimal_log2
+        entropy = decimal_log2(float(g.q_std[k] / g.delta[k])) + _LOG2_SQRT_2PI_E
+    else:
+        entropy = math.log2(float(g.q_std[k] / g.delta[k]) * math.sqrt(2 * math.pi * math.e))
     return int(math.ceil(_WHITEN_MARGIN * symbols * max(entropy, 1.0) / 16)) + 8
 
 

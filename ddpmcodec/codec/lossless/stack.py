@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ddpmcodec.codec.entropy import coder
+from ddpmcodec.codec.entropy.exact_models import gaussian_rows, pixel_rows
 from ddpmcodec.codec.lossless.grids import decoder_probs, flat_float64
 from ddpmcodec.codec.lossless.params import EXCESS_MAX
 from ddpmcodec.core.rng import stream_keys, uniform_bits
@@ -27,13 +28,16 @@ class ChainStack:
     -h..h, where c = rint(mean / delta), with mean mean/delta - c and std std/delta.
     """
 
-    def __init__(self, words: np.ndarray, seed: int = 0):
+    def __init__(self, words: np.ndarray, seed: int = 0, exact: bool = False):
         self.ans = coder.Stack(words)
         self.low_water = self.batch_low = self.ans.num_words()
         self.escapes = 0
         self.seed = seed
+        self.exact = exact  # Categorical rows from exact_models, excesses uniform
         self._excess = coder.quantized_laplace(0, EXCESS_MAX)
+        self._excess_exact = coder.uniform(EXCESS_MAX + 1)
         self._uniform16 = coder.uniform(1 << 16)
+        self._categorical = coder.categorical()
         self._families = {}
 
     def whiten(self, n: int, batch: int, step: int) -> None:
@@ -70,6 +74,30 @@ class ChainStack:
         c = np.rint(m)
         return c.astype(np.int64), np.ascontiguousarray(m - c), np.ascontiguousarray(s)
 
+    def _push_gauss(self, r, half: int, m, s_):
+        if self.exact:
+            self.ans.push(r + half, self._categorical, gaussian_rows(m, s_, half))
+        else:
+            self.ans.push(r, self._family(half), m, s_)
+
+    def _pop_gauss(self, half: int, m, s_) -> np.ndarray:
+        if self.exact:
+            return self.ans.pop(self._categorical, gaussian_rows(m, s_, half)).astype(np.int64) - half
+        return self.ans.pop(self._family(half), m, s_).astype(np.int64)
+
+    def _push_excess(self, excess, s_esc, half):
+        if self.exact:
+            self.ans.push(excess, self._excess_exact)
+        else:
+            self.ans.push(excess, self._excess, np.full(len(excess), -0.5),
+                          self._excess_scale(s_esc, half))
+
+    def _pop_excess(self, count: int, s_esc, half) -> np.ndarray:
+        if self.exact:
+            return self.ans.pop(self._excess_exact, count).astype(np.int64)
+        return self.ans.pop(self._excess, np.full(count, -0.5),
+                            self._excess_scale(s_esc, half)).astype(np.int64)
+
     def _track(self):
         """The stack's lowest size, over the whole encoding and since ``batch_low`` was set."""
         words = self.ans.num_words()
@@ -80,9 +108,9 @@ class ChainStack:
     def pop_q(self, mean: torch.Tensor, std: float, delta: float, half: int) -> torch.Tensor:
         n = mean.numel()
         c, m, s = self._centre(mean, std, delta, n)
-        r = self.ans.pop(self._family(half), m, s)
+        r = self._pop_gauss(half, m, s)
         self._track()
-        return torch.from_numpy(c + r.astype(np.int64)).reshape(mean.shape)
+        return torch.from_numpy(c + r).reshape(mean.shape)
 
     def push_q(self, sym: torch.Tensor, mean: torch.Tensor, std: float, delta: float, half: int):
         n = mean.numel()
@@ -90,7 +118,7 @@ class ChainStack:
         r = sym.reshape(-1).numpy() - c
         if np.abs(r).max(initial=0) > half:
             raise DDPMCodecError("corrupt file: a decoded latent is outside its forward kernel's range")
-        self.ans.push(r, self._family(half), m, s)
+        self._push_gauss(r, half, m, s)
 
     # p(x_{k-1} | x_k) and the prior: pushed by the encoder, popped by the decoder. The
     # alphabet is -h-1..h+1; the two outer symbols are escapes, followed by the excess
@@ -111,37 +139,44 @@ class ChainStack:
                 raise DDPMCodecError("a latent is too far from the model's prediction to code; "
                                      "the model is unusable on these images")
             self.escapes += int(esc.sum())
-            self.ans.push(excess, self._excess, np.full(len(excess), -0.5),
-                          self._excess_scale(s[esc], half))
+            self._push_excess(excess, s[esc], half)
             r = np.clip(r, -half - 1, half + 1)
-        self.ans.push(r, self._family(half + 1), m, s)
+        self._push_gauss(r, half + 1, m, s)
 
     def pop_p(self, mean, std, delta: float, half: int, shape) -> torch.Tensor:
         n = math.prod(shape)
         c, m, s = self._centre(mean, std, delta, n)
-        r = self.ans.pop(self._family(half + 1), m, s).astype(np.int64)
+        r = self._pop_gauss(half + 1, m, s)
         esc = np.abs(r) == half + 1
         if esc.any():
-            excess = self.ans.pop(self._excess, np.full(int(esc.sum()), -0.5),
-                                  self._excess_scale(s[esc], half)).astype(np.int64)
+            excess = self._pop_excess(int(esc.sum()), s[esc], half)
             r[esc] += np.sign(r[esc]) * excess
         return torch.from_numpy(c + r).reshape(shape)
 
     # the 8-bit pixels under the discretized decoder
-    def push_pixels(self, levels: np.ndarray, mean: torch.Tensor, log_scale: torch.Tensor):
-        """Encode levels [n] in chunks, first to last (pop_pixels pops last to first)."""
-        mean, log_scale = mean.reshape(-1), log_scale.reshape(-1)
-        cat = coder.categorical()
+    def push_pixels(self, levels: np.ndarray, mean: torch.Tensor, log_scale: torch.Tensor,
+                    std: torch.Tensor | None = None):
+        """Encode levels [n] in chunks, first to last (pop_pixels pops last to first);
+        the exact path reads ``std`` (its rows need no log or exp)."""
+        mean = mean.reshape(-1)
+        log_scale = None if log_scale is None else log_scale.reshape(-1)
+        std = None if std is None else flat_float64(std, len(mean))
         for a in range(0, len(levels), _CAT_CHUNK):
             b = a + _CAT_CHUNK
-            self.ans.push(levels[a:b], cat, decoder_probs(mean[a:b], log_scale[a:b]))
+            probs = (pixel_rows(flat_float64(mean[a:b], b - a), std[a:b]) if self.exact
+                     else decoder_probs(mean[a:b], log_scale[a:b]))
+            self.ans.push(levels[a:b], self._categorical, probs)
 
-    def pop_pixels(self, mean: torch.Tensor, log_scale: torch.Tensor) -> np.ndarray:
-        mean, log_scale = mean.reshape(-1), log_scale.reshape(-1)
+    def pop_pixels(self, mean: torch.Tensor, log_scale: torch.Tensor,
+                   std: torch.Tensor | None = None) -> np.ndarray:
+        mean = mean.reshape(-1)
+        log_scale = None if log_scale is None else log_scale.reshape(-1)
+        std = None if std is None else flat_float64(std, len(mean))
         n = len(mean)
         out = np.empty(n, dtype=np.int32)
-        cat = coder.categorical()
         for a in reversed(range(0, n, _CAT_CHUNK)):
             b = a + _CAT_CHUNK
-            out[a:b] = self.ans.pop(cat, decoder_probs(mean[a:b], log_scale[a:b]))
+            probs = (pixel_rows(flat_float64(mean[a:b], len(mean[a:b])), std[a:b]) if self.exact
+                     else decoder_probs(mean[a:b], log_scale[a:b]))
+            out[a:b] = self.ans.pop(self._categorical, probs)
         return out

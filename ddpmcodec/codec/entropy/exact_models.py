@@ -1,0 +1,106 @@
+"""Probabilities of the exact coding path, the same float64 numbers on every machine.
+
+constriction's QuantizedGaussian evaluates erf through the platform's libm, whose last
+bits differ between libraries and CPUs. The exact path gives constriction's Categorical
+rows computed here instead, from :func:`~ddpmcodec.core.exact.functions.normal_cdf_basic`
+(IEEE +, -, *, / only):
+
+* a Gaussian's mean offset from the centre of its alphabet is rounded to 1/256 of a grid
+  step (grids resolve a standard deviation in 4..8 steps, so the offset moves by under
+  1/2000 of a standard deviation: ~1e-7 nats per latent), and rows are tabulated per
+  (offset, std);
+* the 8-bit decoder's mean is rounded to 1/256 of a level in the same way.
+
+Each bin is formed from the smaller tail mass at its edges (no cancellation far out);
+the outer symbols take the tails.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ddpmcodec.core.exact.functions import normal_cdf_basic
+
+OFFSET_STEPS = 256          # mean offsets in 1/256 of a grid step (or of a pixel level)
+_PIXEL_REACH = 320          # pixel tables cover centres this many levels around a level
+
+
+def _bins(lower_lo, upper_lo, lower_hi, upper_hi, z_lo, z_hi):
+    """Mass between edges z_lo < z_hi from their tail masses (elementwise)."""
+    return np.maximum(np.where(z_lo > 0, upper_lo - upper_hi,
+                               np.where(z_hi < 0, lower_hi - lower_lo,
+                                        (1.0 - upper_hi) - lower_lo)), 0.0)
+
+
+@functools.lru_cache(maxsize=256)
+def _offset_table(std: float, half: int) -> np.ndarray:
+    """float64 [2 OFFSET_STEPS + 1, 2 half + 1]: row j is the Gaussian of std ``std``
+    (grid units) centred at (j - OFFSET_STEPS) / (2 OFFSET_STEPS) on the symbols
+    -half..half, the outer two taking the tails."""
+    j = np.arange(-OFFSET_STEPS // 2, OFFSET_STEPS // 2 + 1, dtype=np.float64) / OFFSET_STEPS
+    r = np.arange(-half, half, dtype=np.float64) + 0.5               # inner edges
+    z = (r[None, :] - j[:, None]) / std                              # [J, 2h]
+    lower, upper = normal_cdf_basic(z)
+    inf = np.full((len(j), 1), np.inf)
+    zero, one = np.zeros((len(j), 1)), np.ones((len(j), 1))
+    z_lo, z_hi = np.hstack([-inf, z]), np.hstack([z, inf])
+    lo_l, lo_u = np.hstack([zero, lower]), np.hstack([one, upper])
+    hi_l, hi_u = np.hstack([lower, one]), np.hstack([upper, zero])
+    return _bins(lo_l, lo_u, hi_l, hi_u, z_lo, z_hi)
+
+
+def offset_index(frac: np.ndarray) -> np.ndarray:
+    """Row of :func:`_offset_table` for mean offsets ``frac`` in [-1/2, 1/2] (int64)."""
+    return np.rint(frac * OFFSET_STEPS).astype(np.int64) + OFFSET_STEPS // 2
+
+
+def gaussian_rows(frac: np.ndarray, std: np.ndarray, half: int) -> np.ndarray:
+    """[n, 2 half + 1] probabilities of symbols -half..half for Gaussians with offsets
+    ``frac`` (float64 [n], in [-1/2, 1/2]) and stds ``std`` (float64 [n], grid units)."""
+    idx = offset_index(frac)
+    stds, inverse = np.unique(std, return_inverse=True)
+    if len(stds) == 1:
+        return _offset_table(float(stds[0]), half)[idx]
+    out = np.empty((len(frac), 2 * half + 1))
+    for u, s in enumerate(stds):
+        sel = inverse.reshape(-1) == u
+        out[sel] = _offset_table(float(s), half)[idx[sel]]
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _pixel_edges(std_levels: float) -> tuple[np.ndarray, np.ndarray]:
+    """Tail masses (lower, upper) [2 OFFSET_STEPS + 1, 2 R] at the level edges r + 1/2,
+    r = -R..R-1, of a Gaussian of std ``std_levels`` (in levels) centred at offset j."""
+    j = np.arange(-OFFSET_STEPS // 2, OFFSET_STEPS // 2 + 1, dtype=np.float64) / OFFSET_STEPS
+    r = np.arange(-_PIXEL_REACH, _PIXEL_REACH, dtype=np.float64) + 0.5
+    return normal_cdf_basic((r[None, :] - j[:, None]) / std_levels)
+
+
+def pixel_rows(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """[n, 256] probabilities of the 8-bit levels under the discretized Gaussian decoder
+    (bins of width 2/255 on [-1, 1], edge bins take the tails) with means ``mean`` and
+    stds ``std`` (float64 [n], model space)."""
+    u = np.clip((mean + 1.0) * 127.5, -64.0, 319.0)                 # the mean in levels
+    c = np.rint(u)
+    idx = offset_index(u - c)
+    c = c.astype(np.int64)
+    levels = np.arange(255)
+    out = np.empty((len(mean), 256))
+    stds, inverse = np.unique(std * 127.5, return_inverse=True)
+    for k, s in enumerate(stds):
+        sel = np.nonzero(inverse.reshape(-1) == k)[0]
+        lower_t, upper_t = _pixel_edges(float(s))
+        # edge between levels i and i + 1 lies r = i - c levels above the centre
+        r = levels[None, :] - c[sel, None] + _PIXEL_REACH                  # [m, 255]
+        rows = idx[sel, None]
+        lower, upper = lower_t[rows, r], upper_t[rows, r]
+        z = (levels[None, :] - c[sel, None] + 0.5).astype(np.float64)      # sign of the edge
+        z = z - (idx[sel, None] - OFFSET_STEPS // 2) / OFFSET_STEPS
+        inf = np.full((len(sel), 1), np.inf)
+        zero, one = np.zeros((len(sel), 1)), np.ones((len(sel), 1))
+        out[sel] = _bins(np.hstack([zero, lower]), np.hstack([one, upper]),
+                         np.hstack([lower, one]), np.hstack([upper, zero]),
+                         np.hstack([-inf, z]), np.hstack([z, inf]))
+    return out
