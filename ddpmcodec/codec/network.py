@@ -79,6 +79,31 @@ def exact_net(model):
     return net
 
 
+def clipped_posterior_variance(diffusion):
+    """The posterior variances with the first replaced by the second (the official
+    code's clipping), float64 numpy [K]: the fixedsmall variances."""
+    import numpy as np
+    post = diffusion.posterior_variance.numpy()
+    return np.concatenate([post[1:2] if len(post) > 1 else diffusion.betas.numpy()[:1], post[1:]])
+
+
+def p_variance_range(diffusion):
+    """Smallest and largest variance of p_theta(x_{k-1}|x_k), k = 0..K-1 (float64 numpy
+    [K] each), by IEEE operations only (equal unless the variance is learned)."""
+    import numpy as np
+    b = diffusion.betas.numpy()
+    clipped = clipped_posterior_variance(diffusion)
+    if diffusion.variance_type == "fixedlarge":
+        v = np.concatenate([clipped[:1], b[1:]])
+        return v, v
+    if diffusion.variance_type == "fixedsmall":
+        return clipped, clipped
+    if diffusion.variance_type == "explicit":
+        v = diffusion.reverse_variance.numpy()
+        return v, v
+    return np.minimum(clipped, b), np.maximum(clipped, b)  # learned: between the two
+
+
 def exact_std(diffusion, k: int, out):
     """Standard deviation of p_theta(x_{k-1} | x_k) by IEEE operations only: the square
     root of the step's variance, or, for a learned variance, e^(log-variance / 2) through
@@ -86,16 +111,12 @@ def exact_std(diffusion, k: int, out):
     import numpy as np
     import torch
 
-    from ddpmcodec.codec.lossless.grids import p_variance_range
-    lo, hi = p_variance_range(diffusion)
     if diffusion.variance_type != "learned":
-        return float(np.sqrt(lo[k]))
+        return float(np.sqrt(p_variance_range(diffusion)[0][k]))
     from decimal import Decimal
 
     from ddpmcodec.core.exact.functions import exp_basic
-    post = diffusion.posterior_variance.numpy()
-    clipped = post[1] if k == 0 and len(post) > 1 else (post[k] if k else float(diffusion.betas[0]))
-    log_lo = float(Decimal(float(clipped)).ln())          # the clipped posterior variance
+    log_lo = float(Decimal(float(clipped_posterior_variance(diffusion)[k])).ln())
     log_hi = float(Decimal(float(diffusion.betas[k])).ln())  # beta
     c = out.shape[1] // 2
     frac = (out[:, c:].numpy() + 1.0) / 2.0

@@ -17,6 +17,7 @@ from fractions import Fraction
 
 import torch
 
+from ddpmcodec.core.exact.functions import decimal_pi
 from ddpmcodec.errors import DDPMCodecError
 
 VARIANCE_TYPES = ("fixedlarge", "fixedsmall", "learned", "explicit")
@@ -73,27 +74,13 @@ def _decimal_cos(x: Decimal) -> Decimal:
     return total
 
 
-def _decimal_pi() -> Decimal:
-    """pi to the working precision (Machin's formula, arctan by its series)."""
-    def arctan_inv(n: int) -> Decimal:
-        x, total, k = Decimal(1) / n, Decimal(0), 0
-        power, n2 = x, n * n
-        eps = Decimal(10) ** -(_COS_DIGITS + 2)
-        while power > eps:
-            total += power / (2 * k + 1) if k % 2 == 0 else -power / (2 * k + 1)
-            power /= n2
-            k += 1
-        return total
-    return 16 * arctan_inv(5) - 4 * arctan_inv(239)
-
-
 def cosine_betas(num: int, s: float = 0.008, cap: float = 0.999) -> list[float]:
     """Nichol & Dhariwal's cosine schedule with every beta correctly rounded: alpha-bar
     and the ratios in 40-digit decimal arithmetic (platform independent), rounded to
     float64 once, so the betas do not depend on a platform's cos."""
     with localcontext() as ctx:
         ctx.prec = _COS_DIGITS + 10
-        half_pi = _decimal_pi() / 2
+        half_pi = decimal_pi() / 2
         off = Decimal(s)
 
         def abar(t: int) -> Decimal:

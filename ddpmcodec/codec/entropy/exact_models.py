@@ -26,8 +26,15 @@ OFFSET_STEPS = 256          # mean offsets in 1/256 of a grid step (or of a pixe
 _PIXEL_REACH = 320          # pixel tables cover centres this many levels around a level
 
 
-def _bins(lower_lo, upper_lo, lower_hi, upper_hi, z_lo, z_hi):
-    """Mass between edges z_lo < z_hi from their tail masses (elementwise)."""
+def _rows(lower: np.ndarray, upper: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """[n, e + 1] bin masses from the tail masses (lower, upper) [n, e] at e inner
+    edges z (increasing along a row; only their signs are read); the outer bins run to
+    -inf and +inf. Each bin comes from the smaller tails of its two edges."""
+    n = len(z)
+    inf, zero, one = np.full((n, 1), np.inf), np.zeros((n, 1)), np.ones((n, 1))
+    z_lo, z_hi = np.hstack([-inf, z]), np.hstack([z, inf])
+    lower_lo, upper_lo = np.hstack([zero, lower]), np.hstack([one, upper])
+    lower_hi, upper_hi = np.hstack([lower, one]), np.hstack([upper, zero])
     return np.maximum(np.where(z_lo > 0, upper_lo - upper_hi,
                                np.where(z_hi < 0, lower_hi - lower_lo,
                                         (1.0 - upper_hi) - lower_lo)), 0.0)
@@ -41,13 +48,7 @@ def _offset_table(std: float, half: int) -> np.ndarray:
     j = np.arange(-OFFSET_STEPS // 2, OFFSET_STEPS // 2 + 1, dtype=np.float64) / OFFSET_STEPS
     r = np.arange(-half, half, dtype=np.float64) + 0.5               # inner edges
     z = (r[None, :] - j[:, None]) / std                              # [J, 2h]
-    lower, upper = normal_cdf_basic(z)
-    inf = np.full((len(j), 1), np.inf)
-    zero, one = np.zeros((len(j), 1)), np.ones((len(j), 1))
-    z_lo, z_hi = np.hstack([-inf, z]), np.hstack([z, inf])
-    lo_l, lo_u = np.hstack([zero, lower]), np.hstack([one, upper])
-    hi_l, hi_u = np.hstack([lower, one]), np.hstack([upper, zero])
-    return _bins(lo_l, lo_u, hi_l, hi_u, z_lo, z_hi)
+    return _rows(*normal_cdf_basic(z), z)
 
 
 def offset_index(frac: np.ndarray) -> np.ndarray:
@@ -98,9 +99,5 @@ def pixel_rows(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         lower, upper = lower_t[rows, r], upper_t[rows, r]
         z = (levels[None, :] - c[sel, None] + 0.5).astype(np.float64)      # sign of the edge
         z = z - (idx[sel, None] - OFFSET_STEPS // 2) / OFFSET_STEPS
-        inf = np.full((len(sel), 1), np.inf)
-        zero, one = np.zeros((len(sel), 1)), np.ones((len(sel), 1))
-        out[sel] = _bins(np.hstack([zero, lower]), np.hstack([one, upper]),
-                         np.hstack([lower, one]), np.hstack([upper, zero]),
-                         np.hstack([-inf, z]), np.hstack([z, inf]))
+        out[sel] = _rows(lower, upper, z)
     return out

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ddpmcodec.codec.lossless.params import MAX_HALF
+from ddpmcodec.codec.network import p_variance_range
 from ddpmcodec.core.likelihood import LN2
 
 _WHITEN_MARGIN = 1.05        # whiten 5% more bits than a pop is expected to read
@@ -43,24 +44,6 @@ def p_std_range(diffusion) -> tuple[np.ndarray, np.ndarray]:
     else:
         lo = hi = diffusion.p_log_variance(k, x)
     return torch.exp(0.5 * lo[:, 0]).numpy(), torch.exp(0.5 * hi[:, 0]).numpy()
-
-
-def p_variance_range(diffusion) -> tuple[np.ndarray, np.ndarray]:
-    """Smallest and largest variance of p_theta(x_{k-1}|x_k), k = 0..K-1 (float64 [K]),
-    by IEEE operations only (the exact path's :func:`p_std_range`: their square roots)."""
-    K = diffusion.num_steps
-    b = diffusion.betas.numpy()
-    post = diffusion.posterior_variance.numpy()
-    clipped = np.concatenate([post[1:2] if K > 1 else b[:1], post[1:]])
-    if diffusion.variance_type == "fixedlarge":
-        v = np.concatenate([clipped[:1], b[1:]])
-        return v, v
-    if diffusion.variance_type == "fixedsmall":
-        return clipped, clipped
-    if diffusion.variance_type == "explicit":
-        v = diffusion.reverse_variance.numpy()
-        return v, v
-    return np.minimum(clipped, b), np.maximum(clipped, b)  # learned: between the two
 
 
 def latent_grids(diffusion, grid_log2: int, support_sigmas: float,

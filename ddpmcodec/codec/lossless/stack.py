@@ -158,25 +158,24 @@ class ChainStack:
                     std: torch.Tensor | None = None):
         """Encode levels [n] in chunks, first to last (pop_pixels pops last to first);
         the exact path reads ``std`` (its rows need no log or exp)."""
-        mean = mean.reshape(-1)
-        log_scale = None if log_scale is None else log_scale.reshape(-1)
-        std = None if std is None else flat_float64(std, len(mean))
+        probs = self._pixel_probs(mean, log_scale, std)
         for a in range(0, len(levels), _CAT_CHUNK):
-            b = a + _CAT_CHUNK
-            probs = (pixel_rows(flat_float64(mean[a:b], b - a), std[a:b]) if self.exact
-                     else decoder_probs(mean[a:b], log_scale[a:b]))
-            self.ans.push(levels[a:b], self._categorical, probs)
+            self.ans.push(levels[a:a + _CAT_CHUNK], self._categorical, probs(a))
 
     def pop_pixels(self, mean: torch.Tensor, log_scale: torch.Tensor,
                    std: torch.Tensor | None = None) -> np.ndarray:
-        mean = mean.reshape(-1)
-        log_scale = None if log_scale is None else log_scale.reshape(-1)
-        std = None if std is None else flat_float64(std, len(mean))
-        n = len(mean)
+        n = mean.numel()
+        probs = self._pixel_probs(mean, log_scale, std)
         out = np.empty(n, dtype=np.int32)
         for a in reversed(range(0, n, _CAT_CHUNK)):
-            b = a + _CAT_CHUNK
-            probs = (pixel_rows(flat_float64(mean[a:b], len(mean[a:b])), std[a:b]) if self.exact
-                     else decoder_probs(mean[a:b], log_scale[a:b]))
-            out[a:b] = self.ans.pop(self._categorical, probs)
+            out[a:a + _CAT_CHUNK] = self.ans.pop(self._categorical, probs(a))
         return out
+
+    def _pixel_probs(self, mean: torch.Tensor, log_scale, std):
+        """chunk start -> the decoder's [chunk, 256] probabilities of those pixels."""
+        mean = mean.reshape(-1)
+        if self.exact:
+            mean, std = flat_float64(mean, len(mean)), flat_float64(std, len(mean))
+            return lambda a: pixel_rows(mean[a:a + _CAT_CHUNK], std[a:a + _CAT_CHUNK])
+        log_scale = log_scale.reshape(-1)
+        return lambda a: decoder_probs(mean[a:a + _CAT_CHUNK], log_scale[a:a + _CAT_CHUNK])

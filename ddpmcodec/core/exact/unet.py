@@ -51,17 +51,19 @@ class ExactUNet:
     def __init__(self, plan: Plan, device="cpu"):
         self.plan = plan
         self.device = torch.device(device)
-        self._silu = torch.from_numpy(silu_table().astype(np.float64)).to(self.device)
-        self._exp = torch.from_numpy(softmax_exp_table().astype(np.float64)).to(self.device)
+        self._silu = self._on_device(silu_table())
+        self._exp = self._on_device(softmax_exp_table())
         self._layers = {}
         self._temb_cache = {}
 
     # -- the integer operations ---------------------------------------------------------
+    def _on_device(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(self.device)
+
     def _norm_t(self, norm: IntNorm):
         key = id(norm)
         if key not in self._layers:
-            as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(self.device)
-            self._layers[key] = (as_t(norm.gamma), as_t(norm.beta))
+            self._layers[key] = (self._on_device(norm.gamma), self._on_device(norm.beta))
         return self._layers[key]
 
     def _conv_t(self, layer: IntLinear):
@@ -73,8 +75,8 @@ class ExactUNet:
                 w = w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
             else:
                 w = w.T
-            as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(self.device)
-            self._layers[key] = (as_t(w), as_t(layer.inv_scale), as_t(layer.bias))
+            self._layers[key] = (self._on_device(w), self._on_device(layer.inv_scale),
+                                 self._on_device(layer.bias))
         return self._layers[key]
 
     def conv(self, x: torch.Tensor, layer: IntLinear) -> torch.Tensor:
