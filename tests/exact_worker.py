@@ -22,6 +22,8 @@ def main(argv=None) -> None:
     ap.add_argument("--encode", help="write the file here")
     ap.add_argument("--decode", help="decode this file")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--exact", action="store_true", help="encode with the exact network")
+    ap.add_argument("--method", help="lossless: auto, bitsback or webp")
     ap.add_argument("--net", action="store_true", help="hash the exact network's output")
     a = ap.parse_args(argv)
     if a.threads:
@@ -42,11 +44,16 @@ def main(argv=None) -> None:
     if a.encode:
         with np.load(a.images, allow_pickle=False) as f:
             images = f["images"]
-        enc = get_codec(a.mode)(model).encode(images, batch_size=a.batch_size)
-        open(a.encode, "wb").write(enc.data)
+        options = {"exact": True} if a.exact else {}
+        if a.method:
+            options["method"] = a.method
+        enc = get_codec(a.mode)(model).encode(images, batch_size=a.batch_size, **options)
+        with open(a.encode, "wb") as f:
+            f.write(enc.data)
         out["encoded"] = hashlib.sha256(enc.data).hexdigest()
     if a.decode:
-        dec = decode_bytes(model, open(a.decode, "rb").read())
+        with open(a.decode, "rb") as f:
+            dec = decode_bytes(model, f.read())
         out["decoded"] = hashlib.sha256(np.ascontiguousarray(dec.images).tobytes()).hexdigest()
     print(json.dumps(out))
     sys.stdout.flush()
