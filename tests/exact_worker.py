@@ -1,9 +1,11 @@
 """Run in another process by tests/test_exact_portable.py: set the numeric environment
-(threads, oneDNN) from the arguments, then encode, decode or evaluate the exact network,
-and print one JSON line. ``ATEN_CPU_CAPABILITY`` comes from the parent's environment."""
+(threads, oneDNN, the exact network's batch) from the arguments, then decode and encode
+files or evaluate the exact network, and print one JSON line. ``ATEN_CPU_CAPABILITY``
+comes from the parent's environment."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -12,18 +14,20 @@ import numpy as np
 import torch
 
 
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-mkldnn", action="store_true")
+    ap.add_argument("--network-batch", type=int, default=None,
+                    help="evaluate the exact network this many images at a time")
     ap.add_argument("--ckpt", default=None)
-    ap.add_argument("--images", help="npz of uint8 images to encode")
-    ap.add_argument("--mode", choices=["lossless", "progressive"], default="lossless")
-    ap.add_argument("--encode", help="write the file here")
-    ap.add_argument("--decode", help="decode this file")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--exact", action="store_true", help="encode with the exact network")
-    ap.add_argument("--method", help="lossless: auto, bitsback or webp")
+    ap.add_argument("--jobs", default="[]",
+                    help="JSON list of {mode, decode, images, encode, options}: decode the "
+                         "file 'decode', encode the npz 'images' into 'encode'")
     ap.add_argument("--net", action="store_true", help="hash the exact network's output")
     a = ap.parse_args(argv)
     if a.threads:
@@ -31,30 +35,39 @@ def main(argv=None) -> None:
     if a.no_mkldnn:
         torch.backends.mkldnn.enabled = False
     from ddpmcodec.codec.api import decode_bytes, get_codec
+    from ddpmcodec.codec.network import network_batch
+    from ddpmcodec.errors import DDPMCodecError
     from ddpmcodec.io.models import load_model
     model = load_model(a.ckpt)
     out = {"capability": torch.backends.cpu.get_cpu_capability(),
-           "threads": torch.get_num_threads(), "mkldnn": torch.backends.mkldnn.enabled}
-    if a.net:
-        from ddpmcodec.codec.network import exact_net
-        g = torch.Generator().manual_seed(7)
-        x = torch.randn(3, *model.image_shape, generator=g, dtype=torch.float64)
-        y = exact_net(model)(x, torch.tensor([0, 40, 900]))
-        out["net"] = hashlib.sha256(y.numpy().tobytes()).hexdigest()
-    if a.encode:
-        with np.load(a.images, allow_pickle=False) as f:
-            images = f["images"]
-        options = {"exact": True} if a.exact else {}
-        if a.method:
-            options["method"] = a.method
-        enc = get_codec(a.mode)(model).encode(images, batch_size=a.batch_size, **options)
-        with open(a.encode, "wb") as f:
-            f.write(enc.data)
-        out["encoded"] = hashlib.sha256(enc.data).hexdigest()
-    if a.decode:
-        with open(a.decode, "rb") as f:
-            dec = decode_bytes(model, f.read())
-        out["decoded"] = hashlib.sha256(np.ascontiguousarray(dec.images).tobytes()).hexdigest()
+           "threads": torch.get_num_threads(), "mkldnn": torch.backends.mkldnn.enabled,
+           "jobs": []}
+    batch = (network_batch(model, a.network_batch) if a.network_batch
+             else contextlib.nullcontext())
+    with batch:
+        if a.net:
+            from ddpmcodec.codec.network import exact_net
+            g = torch.Generator().manual_seed(7)
+            x = torch.randn(3, *model.image_shape, generator=g, dtype=torch.float64)
+            out["net"] = _sha(exact_net(model)(x, torch.tensor([0, 40, 900])).numpy().tobytes())
+        for job in json.loads(a.jobs):
+            got = {}
+            if job.get("decode"):
+                with open(job["decode"], "rb") as f:
+                    data = f.read()
+                try:
+                    dec = decode_bytes(model, data)
+                    got["decoded"] = _sha(np.ascontiguousarray(dec.images).tobytes())
+                except DDPMCodecError as e:  # a refusal is an answer too
+                    got["error"] = str(e)
+            if job.get("encode"):
+                with np.load(job["images"], allow_pickle=False) as f:
+                    images = f["images"]
+                enc = get_codec(job["mode"])(model).encode(images, **job.get("options", {}))
+                with open(job["encode"], "wb") as f:
+                    f.write(enc.data)
+                got["encoded"] = _sha(enc.data)
+            out["jobs"].append(got)
     print(json.dumps(out))
     sys.stdout.flush()
 

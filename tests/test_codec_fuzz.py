@@ -508,9 +508,9 @@ def test_bugs_in_the_decoder_are_not_corrupt_files(files, monkeypatch, bug):
     codec, cases = files
     data, images = cases[0]
 
-    def broken_family(self, half):
+    def broken_pop(self, half, mean, std):
         raise bug("a bug in the decoder")
-    monkeypatch.setattr(stack.ChainStack, "_family", broken_family)
+    monkeypatch.setattr(stack.ChainStack, "_pop_gauss", broken_pop)
     with pytest.raises(bug, match="a bug in the decoder"):
         codec.decode(data)
     monkeypatch.undo()

@@ -158,8 +158,11 @@ def test_every_prefix_decodes(codec, encoded):
     reaches, to the encoder's latents bit for bit."""
     data = encoded.data
     ends = _ends(encoded)
-    assert len(ends) == 4 and ends[-1] == len(data)
+    # an exact file's 4-byte pixel check follows the last step's truncation point
+    assert len(ends) == 4 and ends[-1] + prog_params.PIXEL_CHECK_BYTES == len(data)
     assert all(b > a for a, b in zip(ends, ends[1:]))
+    whole = codec.decode(data)
+    assert whole.stats.extra["complete"] and whole.stats.extra["bytes_used"] == len(data)
     full = encoded.stats.extra["latents"]
     for s, end in enumerate(ends):
         for cut in (end, end + 1, end - 1):

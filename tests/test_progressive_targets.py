@@ -34,8 +34,10 @@ def test_max_bytes_keeps_the_longest_prefix_within_budget(full, test_images):
     stopped = [row["stopped_bytes"] for row in rows]
     prefix = [row["prefix_bytes"] for row in rows]
     # a file that ends after step s is no longer than the full file's prefix plus the
-    # end mark (12 bits), and every step adds bytes
-    assert all(a <= b + 2 for a, b in zip(stopped, prefix)) and stopped[-1] == len(enc.data)
+    # end mark (12 bits) and the exact file's pixel check, and every step adds bytes
+    tail = prog_params.PIXEL_CHECK_BYTES
+    assert all(a <= b + 2 + tail for a, b in zip(stopped, prefix))
+    assert stopped[-1] == len(enc.data)
     assert all(b > a for a, b in zip(stopped, stopped[1:]))
     for budget in (stopped[0] + 1, stopped[1] + 3, stopped[2]):
         t = codec.encode(test_images[:1], max_bytes=budget, **FAST)
@@ -88,7 +90,7 @@ def test_compact_file(full):
     """Format 3: an 8-byte header at the default settings (this file has other settings,
     which its header spells out), and no framing: the payload is the
     coded stream, whose size is the coded symbols plus the per-step checks and an end of
-    at most two bytes."""
+    at most two bytes, then (an exact file) the 4-byte pixel check."""
     _, enc = full
     header, payload = container.unpack(enc.data)
     assert header.version == container.FORMAT_COMPACT
@@ -97,7 +99,8 @@ def test_compact_file(full):
     assert len(container.pack(default, b"")) == 8
     rows = enc.stats.extra["steps"]
     symbols = sum(im["code_bits"] for row in rows for im in row["images"])
-    checks = prog_params.DEFAULT_CHECK_BITS * len(rows)
+    checks = (prog_params.DEFAULT_CHECK_BITS * len(rows)
+              + 8 * prog_params.PIXEL_CHECK_BYTES)
     assert symbols + checks <= 8 * len(payload) <= symbols + checks + 16 + 1
     assert prog_params.ProgressiveParams.defaults().pack_compact() == b""
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ddpmcodec.cli.common import Ckpt, Json, Quiet, emit, stats_lines, stats_summary
+from ddpmcodec.cli.common import Ckpt, Json, Quiet, emit, resolve_device, stats_lines, stats_summary
 from ddpmcodec.codec.progressive.params import DEFAULT_RECON_STEPS, RECONS
 from ddpmcodec.errors import DDPMCodecError
 
@@ -38,6 +38,10 @@ def decode(
     recon_steps: Annotated[Optional[int], Opt(
         "--recon-steps", help=f"progressive: network steps of --recon sample/flow "
                               f"(default {DEFAULT_RECON_STEPS})")] = None,
+    device: Annotated[Optional[str], Opt(
+        "--device", help="cpu, cuda[:N] or auto: where the network runs for a file of the "
+                         "exact network (the same pixels on any); a --float32 file decodes "
+                         "on the kind of device that wrote it")] = None,
     as_json: Json = False, quiet: Quiet = False,
 ):
     """Decompress a file written by `ddpmcodec encode`, with the model that wrote it.
@@ -58,8 +62,13 @@ def decode(
     from ddpmcodec.codec.reproducibility import decode_device
     from ddpmcodec.io.data import save_images
     from ddpmcodec.io.models import load_model
+    from ddpmcodec.codec.checks import is_exact
+    if device is not None and not header.model_free and not is_exact(header):
+        raise DDPMCodecError(f"--device: {file} was written with --float32 and decodes only on "
+                             f"{header.device_kind}; leave --device out")
+    requested = resolve_device(device) if device is not None else None
     if header.mode == "progressive":
-        model = load_model(ckpt, decode_device(header))
+        model = load_model(ckpt, decode_device(header, requested))
         recon = recon or DEFAULT_RECON
         dec = get_codec("progressive")(model).decode(
             data, progress=not quiet, upto_step=upto_step, max_bytes=max_bytes, recon=recon,
@@ -72,7 +81,7 @@ def decode(
                    "bytes_used": e["bytes_used"], "complete": e["complete"], "recon": recon,
                    "bits_per_dim": 8 * e["bytes_used"] / s.total_dims, "seconds": s.seconds,
                    "files_written": len(written)}
-        verified = ("pixels verified" if e["complete"] and recon == "mean"
+        verified = ("pixels verified" if e["pixels_verified"]
                     else "latents verified bit for bit")
         emit(summary, as_json, [
             f"decoded {s.num_images} image(s) at coded step {e['steps_decoded']}/{s.num_steps} "
@@ -82,7 +91,7 @@ def decode(
         return
     header = read_header(data)  # a complete file: every CRC checked before any work
     # a webp-lossless file (the lossless codec's fallback) needs no model
-    model = None if header.model_free else load_model(ckpt, decode_device(header))
+    model = None if header.model_free else load_model(ckpt, decode_device(header, requested))
     dec = get_codec(header.mode)(model).decode(data, progress=not quiet)
     written = save_images(dec.images, out)
     s = dec.stats

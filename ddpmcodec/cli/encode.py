@@ -4,9 +4,11 @@
     ddpmcodec encode ../shared/data/cifar10-test-800.npz -n 16 -o test16.ddpm --lossless --steps 25
     ddpmcodec encode img.png -o img.ddpm --progressive        # lossy; any prefix decodes
 
-A file decodes only with the model that encoded it (its fingerprint is in the header) and
-on the same kind of device (network results differ between kinds of hardware), so the
-default device is the CPU; pass --device cuda to encode for GPU decoding.
+A file decodes only with the model that encoded it (its fingerprint is in the header).
+By default the network runs in exact integer arithmetic, so the file decodes to the same
+pixels on any machine, CPU or GPU, with any thread count (docs/portability.md); with
+--float32 it runs the float32 network instead (faster), and the file decodes only on the
+same kind of device with the same thread count and software stack.
 """
 from __future__ import annotations
 
@@ -73,7 +75,12 @@ def encode(
                                    "to this as the stack grows)")] = L.DEFAULT_BATCH,
     seed: Seed = 0,
     device: Annotated[str, Opt(
-        "--device", help="cpu or cuda[:N]; the file decodes only on the same kind of device")] = "cpu",
+        "--device", help="cpu or cuda[:N]: where the network runs (the file decodes on any "
+                         "device; with --float32 only on the same kind)")] = "cpu",
+    float32: Annotated[bool, Opt(
+        "--float32", help="the float32 network instead of the exact one: faster, but the "
+                          "file decodes only on this kind of device with this thread count "
+                          "and software stack")] = False,
     grid_log2: Annotated[int, Opt(
         "--grid-log2", help="lossless: at least 2^G latent grid points per standard "
                             "deviation")] = L.DEFAULT_GRID_LOG2,
@@ -158,7 +165,7 @@ def encode(
             opts["variance"] = "model"  # propose with the chain's own variances
         enc = get_codec("progressive")(model).encode(
             images.images, steps=steps if chain is None else None, batch_size=batch_size,
-            seed=seed, progress=not quiet, chain=chain, **opts)
+            seed=seed, progress=not quiet, chain=chain, exact=not float32, **opts)
         write_bytes_atomic(out, enc.data)
         summary, lines = _progressive_summary(enc, out, model)
         emit(summary, as_json, lines)
@@ -166,7 +173,7 @@ def encode(
     enc = get_codec("lossless")(model).encode(
         images.images, steps=steps if chain is None else None, batch_size=batch_size,
         seed=seed, progress=not quiet, grid_log2=grid_log2, support_sigmas=support_sigmas,
-        chain=chain, method=method, seed_images=seed_images)
+        chain=chain, method=method, seed_images=seed_images, exact=not float32)
     write_bytes_atomic(out, enc.data)
     s = enc.stats
     summary = {"file": str(out), "mode": "lossless", "method": s.extra["method"],
@@ -177,7 +184,17 @@ def encode(
            if s.extra["method"] == "bitsback" else "as WebP-lossless streams (shorter here)")
     emit(summary, as_json, [
         f"wrote {out}: {s.num_images} image(s), lossless, {how}, model "
-        f"{model.fingerprint} on {enc.header.device_kind or 'any device'}"] + stats_lines(s))
+        f"{model.fingerprint}; {_decodes_where(enc.header)}"] + stats_lines(s))
+
+
+def _decodes_where(header) -> str:
+    """Where a new file decodes, in words."""
+    from ddpmcodec.codec.checks import is_exact
+    if not header.device_kind or is_exact(header):
+        return "decodes on any machine" + (f" ({header.device_kind} network)"
+                                           if header.device_kind else "")
+    return (f"decodes only on {header.device_kind} with {header.num_threads} thread(s) and "
+            f"this software stack (--float32)")
 
 
 # an f-string is not a docstring: set after the def, so the help quotes the defaults
@@ -238,7 +255,7 @@ def _progressive_summary(enc, out: Path, model) -> tuple[dict, list[str]]:
               if s.extra["target_reached"] else "")
     lines = [f"wrote {out}: {s.num_images} image(s), {coded} of {s.num_steps} coded steps"
              f"{target}, progressive, "
-             f"model {model.fingerprint} on {enc.header.device_kind} ({s.seconds:.1f} s)",
+             f"model {model.fingerprint}; {_decodes_where(enc.header)} ({s.seconds:.1f} s)",
              f"  full rate: {s.bits_per_dim:.4f} bits/dim payload for a summed KL of "
              f"{s.bound_bits_per_dim:.4f} (overhead {100 * s.overhead:+.1f}%); whole file "
              f"{s.file_bits_per_dim:.4f} bits/dim ({s.file_bits // 8} bytes)",

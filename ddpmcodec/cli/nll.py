@@ -112,7 +112,9 @@ def nll(ckpt: Ckpt = None, dataset: Dataset = None, split: Split = "test",
                                "model's own, else one from Gaussian data)")] = None,
         precision: Annotated[str, typer.Option(
             "--precision", help="network arithmetic of the fast engine: fp32 (TF32 off), tf32 "
-                                "(CUDA), bf16; check with `ddpmcodec bench` that it moves "
+                                "(CUDA), bf16, fp64, or exact (the integer network both "
+                                "codecs code with: its bound beside fp32's is their rate "
+                                "cost); check with `ddpmcodec bench` that it moves "
                                 "the bound by < 0.002 bits/dim")] = "fp32",
         fp32_timesteps: Annotated[int, typer.Option(
             "--fp32-timesteps", help="with tf32/bf16: timestep indices below this run in fp32 "

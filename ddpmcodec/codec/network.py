@@ -2,13 +2,18 @@
 evaluated batch by batch in the file's layout."""
 from __future__ import annotations
 
-from ddpmcodec.codec.container import Header
+import contextlib
+
+from ddpmcodec.codec.container import EXACT_NETWORK, Header
 from ddpmcodec.codec.container.chains import log2_variance_codes, variances_of_codes
 
 
 def chain_for(header: Header, model, rule: str = "model", variances=None):
     """The (respaced) Diffusion of the file's chain, with the file's variance rule
-    (``model``: the checkpoint's; ``explicit``: the K variances the file holds)."""
+    (``model``: the checkpoint's; ``explicit``: the K variances the file holds, as the
+    values of their codes; an exact file's by IEEE operations)."""
+    if header.device_kind == EXACT_NETWORK and variances is not None:
+        variances = variances_of_codes(log2_variance_codes(variances), exact=True)
     if header.timesteps == tuple(range(model.diffusion.num_steps)):
         chain = model.diffusion
     else:
@@ -77,6 +82,21 @@ def exact_net(model):
         net = ExactUNet(plan_of_model(model), model.device)
         model._exact_net = net
     return net
+
+
+@contextlib.contextmanager
+def network_batch(model, max_batch: int | None):
+    """Evaluate the exact network at most ``max_batch`` images at a time inside the block
+    (memory, not results: exact files decode the same at any batch size)."""
+    if max_batch is not None and max_batch < 1:
+        from ddpmcodec.errors import DDPMCodecError
+        raise DDPMCodecError(f"the network batch must be positive, got {max_batch}")
+    net = exact_net(model)
+    saved, net.max_batch = net.max_batch, max_batch
+    try:
+        yield
+    finally:
+        net.max_batch = saved
 
 
 def clipped_posterior_variance(diffusion):

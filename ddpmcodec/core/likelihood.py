@@ -24,7 +24,7 @@ import torch
 from ddpmcodec.core.diffusion import Diffusion, normal_kl
 from ddpmcodec.core.rng import counter_normal
 
-LN2 = math.log(2.0)
+LN2 = 0.6931471805599453  # ln 2, correctly rounded (a literal: no libm)
 
 # A denoiser maps (x_t float32 [B,C,H,W], original timestep indices long [B]) to the
 # network output [B,C or 2C,H,W].

@@ -44,9 +44,11 @@ from ddpmcodec.core.rng import counter_normal
 from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.pipelines.defaults import FAST_BATCH_CPU, FAST_BATCH_CUDA
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
-# how each precision is recorded in results.json ("model_dtype", as the core writes it)
-MODEL_DTYPE_NAMES = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "fp64": "float64"}
+PRECISIONS = ("fp32", "tf32", "bf16", "fp64", "exact")
+# how each precision is recorded in results.json ("model_dtype", as the core writes it);
+# exact: the codecs' integer network (ddpmcodec.core.exact), its spec's version
+MODEL_DTYPE_NAMES = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16", "fp64": "float64",
+                     "exact": "exact-v1"}
 TERM_NAMES = ("vb", "xstart_mse", "eps_mse")
 
 
@@ -192,6 +194,8 @@ def build_network(unet: torch.nn.Module, device, precision: str = "fp32",
         raise DDPMCodecError("--precision tf32 needs a CUDA device")
     if cuda_graph and device.type != "cuda":
         raise DDPMCodecError("--cuda-graphs needs a CUDA device")
+    if precision == "exact":
+        return _exact_network(unet, device, batch, compile or cuda_graph)
     if channels_last is None:
         channels_last = device.type == "cuda"
     batch = batch or default_batch(device)
@@ -213,6 +217,17 @@ def build_network(unet: torch.nn.Module, device, precision: str = "fp32",
     label = precision + ("+compile" if compile else "") + ("+cudagraph" if cuda_graph else "")
     return Network(forward, batch, in_dtype, device, precision, fixed_shape=compile,
                    cuda_graph=cuda_graph, channels_last=channels_last, label=label)
+
+
+def _exact_network(unet, device: torch.device, batch: int | None, compiled: bool) -> Network:
+    """The exact (integer) network of ``unet`` as a :class:`Network`: the numbers both
+    codecs code with, so that the bound measures their rate cost."""
+    if compiled:
+        raise DDPMCodecError("--precision exact runs eagerly: no --compile or --cuda-graphs")
+    from ddpmcodec.core.exact.unet import ExactUNet, plan_of_unet
+    net = ExactUNet(plan_of_unet(unet), device)
+    return Network(net, batch or default_batch(device), torch.float64, device, "exact",
+                   label="exact")
 
 
 def _diffusion_on(diffusion: Diffusion, device: torch.device) -> Diffusion:

@@ -24,6 +24,10 @@ from ddpmcodec.core.exact.functions import normal_cdf_basic
 
 OFFSET_STEPS = 256          # mean offsets in 1/256 of a grid step (or of a pixel level)
 _PIXEL_REACH = 320          # pixel tables cover centres this many levels around a level
+# Above this many distinct stds in one call (a learned variance: one std per latent) the
+# rows are computed per symbol instead of tabulated per std: the same expression on the
+# same operands, so the same numbers, without a table per latent.
+_TABLED_STDS = 16
 
 
 def _rows(lower: np.ndarray, upper: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -63,6 +67,11 @@ def gaussian_rows(frac: np.ndarray, std: np.ndarray, half: int) -> np.ndarray:
     stds, inverse = np.unique(std, return_inverse=True)
     if len(stds) == 1:
         return _offset_table(float(stds[0]), half)[idx]
+    if len(stds) > _TABLED_STDS:
+        j = (idx - OFFSET_STEPS // 2).astype(np.float64) / OFFSET_STEPS
+        r = np.arange(-half, half, dtype=np.float64) + 0.5
+        z = (r[None, :] - j[:, None]) / np.asarray(std, dtype=np.float64).reshape(-1, 1)
+        return _rows(*normal_cdf_basic(z), z)
     out = np.empty((len(frac), 2 * half + 1))
     for u, s in enumerate(stds):
         sel = inverse.reshape(-1) == u
@@ -88,8 +97,14 @@ def pixel_rows(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     idx = offset_index(u - c)
     c = c.astype(np.int64)
     levels = np.arange(255)
+    scaled = std * 127.5
+    stds, inverse = np.unique(scaled, return_inverse=True)
+    if len(stds) > _TABLED_STDS:  # the tables' entries, computed where they are needed
+        j = (idx - OFFSET_STEPS // 2).astype(np.float64) / OFFSET_STEPS
+        r = (levels[None, :] - c[:, None]).astype(np.float64) + 0.5
+        lower, upper = normal_cdf_basic((r - j[:, None]) / scaled.reshape(-1, 1))
+        return _rows(lower, upper, r - j[:, None])
     out = np.empty((len(mean), 256))
-    stds, inverse = np.unique(std * 127.5, return_inverse=True)
     for k, s in enumerate(stds):
         sel = np.nonzero(inverse.reshape(-1) == k)[0]
         lower_t, upper_t = _pixel_edges(float(s))

@@ -22,7 +22,6 @@ from ddpmcodec.codec.lossless.params import (
 from ddpmcodec.codec.lossless.seeds import (
     common_prefix, read_seeds, seed_count, initial_words, seed_words)
 from ddpmcodec.codec.lossless.stack import ChainStack
-from ddpmcodec.codec.container.chains import log2_variance_codes, variances_of_codes
 from ddpmcodec.codec.network import (
     chain_for, exact_chain, exact_network_p, network_p, quantized_chain, variance_rule_of)
 from ddpmcodec.codec.reproducibility import deterministic
@@ -42,10 +41,10 @@ class BitsBackCodec(Codec):
     grids), ``method`` (auto: the shorter of bits-back and all-WebP-lossless, the latter
     weighed up to AUTO_COMPARE_MAX images; bitsback; webp), ``seed_images`` (images
     coded with WebP-lossless as the stack's initial bits; None: as many as the first
-    batch's dip needs, see :func:`dip_bits`; 0: none) and ``exact`` (True: opt-in for now:
-    the exact network and exact coding models, a file that decodes on any machine;
-    False: the float32 network, a file that decodes only on this kind of device with
-    this thread count).
+    batch's dip needs, see :func:`dip_bits`; 0: none) and ``exact`` (True, the default:
+    the exact network and exact coding models, a file that decodes to the same pixels on
+    any machine; False: the float32 network, faster, but a file that decodes only on
+    this kind of device with this thread count and this software stack).
     """
 
     mode = "lossless"
@@ -72,7 +71,7 @@ class BitsBackCodec(Codec):
                grid_log2: int = DEFAULT_GRID_LOG2,
                support_sigmas: float = DEFAULT_SUPPORT_SIGMAS, chain=None,
                method: str = "auto", seed_images: int | None = None,
-               exact: bool = False) -> Encoded:
+               exact: bool = True) -> Encoded:
         """Compress ``images``; see the class docstring for the options."""
         from ddpmcodec.codec.lossless import webp
         model = self.model
@@ -262,10 +261,7 @@ class BitsBackCodec(Codec):
         if not payload:  # (a zero last word is refused by coder.Stack)
             raise DDPMCodecError("corrupt file: the lossless payload is empty")
         params.check_payload(header, len(payload) // 4)  # bounds all work by the file's size
-        variances = params.variances
-        if self._exact and variances is not None:  # the values of the codes, without libm
-            variances = variances_of_codes(log2_variance_codes(variances), exact=True)
-        diffusion = chain_for(header, self.model, params.variance_rule, variances)
+        diffusion = chain_for(header, self.model, params.variance_rule, params.variances)
         grids = latent_grids(diffusion, params.grid_log2, params.support_sigmas, self._exact)
         # the regenerated words below the margin are never read: the stack starts there
         below = max(0, params.prefix_words - PREFIX_MARGIN_WORDS)

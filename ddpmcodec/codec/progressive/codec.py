@@ -10,11 +10,13 @@ from ddpmcodec.codec.network import chain_for
 from ddpmcodec.codec.progressive import channel as ch
 from ddpmcodec.codec.progressive.decoder import check_decoded_any, decoded_steps, open_source
 from ddpmcodec.codec.progressive.encoder import EncodeOptions, encode
+from ddpmcodec.codec.progressive.framing import pixel_check
 from ddpmcodec.codec.progressive.params import (
     DEFAULT_CHECK_BITS, DEFAULT_CHUNK_BITS, DEFAULT_GENERATOR, DEFAULT_MARGIN_BITS,
     DEFAULT_MAX_LOG2, DEFAULT_RECON_STEPS)
 from ddpmcodec.codec.progressive.reconstruct import check_recons, reconstruct
 from ddpmcodec.codec.reproducibility import deterministic
+from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.data import from_model_space
 
 
@@ -30,7 +32,8 @@ class ProgressiveCodec(Codec):
                max_bytes: int | None = None, bpp: float | None = None,
                psnr: float | None = None, check_bits: int = DEFAULT_CHECK_BITS,
                generator: str = DEFAULT_GENERATOR, search_device: str | None = None,
-               search_workers: int | None = None, budget_rule: str = "layout") -> Encoded:
+               search_workers: int | None = None, budget_rule: str = "layout",
+               exact: bool = True) -> Encoded:
         """Compress ``images`` (uint8 NHWC). ``steps`` = K coded latents (default 16) on
         :func:`coded_schedule`, or the latents of ``chain`` (a Diffusion on the model's
         schedule from t = 0 to T - 1, whose reverse variance the ``model`` proposal uses).
@@ -53,6 +56,12 @@ class ProgressiveCodec(Codec):
         :func:`.channel.encode_gaussian`);
         ``budget_rule`` ("layout", or "chunk", the rule before) sets each chunk's search
         budget (:func:`.channel.search_budget`).
+
+        ``exact`` (the default): the exact network, and every number the coders read
+        computed by IEEE operations, so the file decodes to the same pixels on any machine;
+        it ends with a 32-bit check of the last step's mean reconstruction. False: the
+        float32 network (faster; the file decodes only on this kind of device with this
+        thread count and software stack).
         """
         return encode(
             self.model, images, steps=steps, batch_size=batch_size, seed=seed,
@@ -60,7 +69,8 @@ class ProgressiveCodec(Codec):
             channel=ch.ChannelParams(float(chunk_bits), float(margin_bits), int(max_log2)),
             variance=variance, chain=chain, max_bytes=max_bytes, bpp=bpp, psnr=psnr,
             check_bits=check_bits, generator=generator,
-            options=EncodeOptions(search_device, search_workers, budget_rule, keep_latents))
+            options=EncodeOptions(search_device, search_workers, budget_rule, keep_latents),
+            exact=exact)
 
     def decode(self, data: bytes, *, progress: bool = False, upto_step: int | None = None,
                max_bytes: int | None = None, recon: str = "mean",
@@ -86,15 +96,20 @@ class ProgressiveCodec(Codec):
             check_decoded_any(src, len(data) if max_bytes is None else min(len(data), max_bytes))
             diffusion = chain_for(header, model, src.params.chain_rule, src.params.chain_variances)
             x0_hat = reconstruct(model, diffusion, x, k, header.batches(), recon, recon_steps,
-                                 header.seed)
-        images = from_model_space(x0_hat)
+                                 header.seed, src.exact)
+            images = from_model_space(x0_hat)
+            if src.pixel_check is not None:
+                _verify_check(src, images if recon == "mean" else from_model_space(
+                    reconstruct(model, diffusion, x, k, header.batches(), exact=True)))
+        verified = src.pixel_check is not None
         if src.packets is not None and src.complete and recon == "mean":
             verify_pixels(images, header)
+            verified = True
         stats = CodecStats("progressive", n, header.dims, K, 8 * src.used, 8 * src.hsize, 0.0,
                            float("nan"), timer.seconds,
                            {"steps_decoded": src.steps, "t": int(header.timesteps[k]) + 1,
                             "bytes_used": src.hsize + src.used, "complete": bool(src.complete),
-                            "recon": recon})
+                            "recon": recon, "pixels_verified": verified})
         if keep_latents:
             stats.extra["latents"] = latents
         return Decoded(images, header, stats)
@@ -116,9 +131,22 @@ class ProgressiveCodec(Codec):
                              enabled=progress) as bar:
             for s, x, k, used in decoded_steps(self.model, src, bar):
                 images = {r: from_model_space(reconstruct(model, diffusion, x, k, header.batches(),
-                                                          r, recon_steps, header.seed))
+                                                          r, recon_steps, header.seed,
+                                                          src.exact))
                           for r in recons}
                 out.append({"step": s + 1, "t": int(header.timesteps[k]) + 1,
                             "bytes_used": src.hsize + used, "images": images})
+            if src.pixel_check is not None:  # read after the last step
+                _verify_check(src, images["mean"] if "mean" in images else from_model_space(
+                    reconstruct(model, diffusion, x, k, header.batches(), exact=True)))
+                out[-1]["bytes_used"] = src.hsize + src.used
         check_decoded_any(src, len(data))
         return out
+
+
+def _verify_check(src, mean_images: np.ndarray) -> None:
+    """An exact file's pixel check against the mean reconstruction after its last step."""
+    if pixel_check(mean_images) != src.pixel_check:
+        raise DDPMCodecError(
+            "decoding failed: the decoded pixels do not match the file's 32-bit pixel check "
+            "(the file is corrupt)")

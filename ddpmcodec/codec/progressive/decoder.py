@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.checks import check_compatible
+from ddpmcodec.codec.checks import check_compatible, is_exact
 from ddpmcodec.codec.entropy import arith, coder
 from ddpmcodec.codec.network import chain_for
 from ddpmcodec.codec.progressive import channel as ch
@@ -26,7 +26,7 @@ from ddpmcodec.codec.progressive.framing import (
 from ddpmcodec.codec.progressive.levels import level_kl_hint, level_octave_probs, level_variance
 from ddpmcodec.codec.progressive.params import (
     LEVELS_PER_NAT, LEVELS_PER_NAT_COMPACT, MAX_LATENT_VALUES, MAX_LEVEL_EXPONENT,
-    MAX_LEVEL_NATS, ProgressiveParams)
+    MAX_LEVEL_NATS, PIXEL_CHECK_BYTES, ProgressiveParams)
 from ddpmcodec.codec.progressive.steps import step_plan
 from ddpmcodec.errors import DDPMCodecError
 
@@ -47,6 +47,12 @@ class Source:
     whole: bool = True  # the bytes are the whole file (no max_bytes): it must end as one
     steps: int = 0   # coded steps decoded so far
     used: int = 0    # payload bytes that hold them
+    pixel_check: bytes | None = None  # an exact file's, read after its last coded step
+
+    @property
+    def exact(self) -> bool:
+        """Coded with the exact network: every number is computed by IEEE operations."""
+        return is_exact(self.header)
 
     def ended(self, where: str) -> None:
         """The stream ran out of bytes ``where``: a prefix ends there; a whole file may not."""
@@ -119,7 +125,7 @@ def decoded_steps(model, src: "Source", bar=None):
     diffusion = chain_for(header, model, params.chain_rule, params.chain_variances)
     n, dims, K = header.num_images, header.dims, header.num_steps
     batches = header.batches()
-    index_model = ch.IndexModel(params.channel)
+    index_model = ch.IndexModel(params.channel, exact=src.exact)
     last_level: list = [None] * n
     if src.packets is not None:
         ends = packet_ends(src.payload, params.framing)
@@ -140,7 +146,7 @@ def decoded_steps(model, src: "Source", bar=None):
             if not more:
                 finish(src, stream)
                 return
-        plan = step_plan(model, diffusion, s, x, batches, n, dims)
+        plan = step_plan(model, diffusion, s, x, batches, n, dims, src.exact)
         got = _step_latents(src, reader, plan, s, last_level, index_model, bar)
         if got is None:  # (raised outside the except: running out of bytes is no bug)
             src.ended(f"inside coded step {s + 1}")
@@ -175,7 +181,7 @@ def _step_latents(src: "Source", reader, plan, s: int, last_level: list, index_m
                 if level > MAX_LEVEL_NATS * per_nat:
                     raise DDPMCodecError(f"corrupt file: a variance level of {level} at coded step {s + 1}")
                 last_level[i] = level
-                var_p = np.full(dims, level_variance(plan.var_q, level, per_nat))
+                var_p = np.full(dims, level_variance(plan.var_q, level, per_nat, src.exact))
                 hint = level_kl_hint(level, dims, per_nat)
             x_new[i] = ch.decode_gaussian(reader, plan.mean_p[i], var_p, params.channel,
                                           header.seed, (i, s), hint, index_model)
@@ -196,11 +202,23 @@ def _more(stream: arith.ArithDecoder) -> bool | None:
 
 
 def finish(src: "Source", stream: arith.ArithDecoder) -> None:
-    """The stream's last symbol is read: the file is complete, and nothing may follow."""
+    """The stream's last symbol is read: the file is complete, and nothing may follow
+    but an exact file's pixel check (PIXEL_CHECK_BYTES, kept in ``src.pixel_check``)."""
     used = stream.bytes_used()
-    if used != len(src.payload):
-        raise DDPMCodecError(f"corrupt file: {len(src.payload) - used} byte(s) after the "
-                             f"end of the coded stream")
+    tail = len(src.payload) - used
+    if src.exact:
+        if tail < PIXEL_CHECK_BYTES:
+            if src.whole:
+                raise DDPMCodecError(
+                    f"the file ends {max(tail, 0)} byte(s) into its {PIXEL_CHECK_BYTES}-byte "
+                    f"pixel check (it is cut short or damaged); to decode the coded steps it "
+                    f"holds, unchecked, give --bytes {src.hsize + len(src.payload)}")
+            return  # a prefix that ends inside the check: the coded steps, unchecked
+        src.pixel_check = bytes(src.payload[used:used + PIXEL_CHECK_BYTES])
+        src.used = used + PIXEL_CHECK_BYTES
+        tail -= PIXEL_CHECK_BYTES
+    if tail:
+        raise DDPMCodecError(f"corrupt file: {tail} byte(s) after the end of the coded stream")
     src.complete = True
 
 

@@ -13,14 +13,15 @@ from ddpmcodec.codec import container
 from ddpmcodec.codec.api import CodecStats, Encoded, Timer
 from ddpmcodec.codec.checks import check_chain, new_header, start_encode
 from ddpmcodec.codec.entropy import arith
-from ddpmcodec.codec.network import quantized_chain, variance_rule_of
+from ddpmcodec.codec.network import exact_chain, quantized_chain, variance_rule_of
 from ddpmcodec.codec.progressive import channel as ch
-from ddpmcodec.codec.progressive.framing import latent_check, stopped_size, write_more
+from ddpmcodec.codec.progressive.framing import (
+    latent_check, pixel_check, stopped_size, write_more)
 from ddpmcodec.codec.progressive.levels import (
     fitted_level, level_kl_hint, level_octave_probs, level_variance)
 from ddpmcodec.codec.progressive.params import (
     DEFAULT_STEPS, LEVELS_PER_NAT_COMPACT, MAX_LATENT_VALUES, MAX_LEVEL_EXPONENT,
-    ProgressiveParams, coded_schedule)
+    PIXEL_CHECK_BYTES, ProgressiveParams, coded_schedule)
 from ddpmcodec.codec.progressive.reconstruct import rmse_per_image
 from ddpmcodec.codec.progressive.steps import network_p_on_device, private_rng, q_target, step_plan
 from ddpmcodec.codec.progressive.targets import budget_of, psnr_of
@@ -50,20 +51,27 @@ class _Coding:
     params: ProgressiveParams
     options: EncodeOptions
     x0: torch.Tensor
+    exact: bool = True
     stream: arith.ArithEncoder = field(default_factory=arith.ArithEncoder)
     writer: ch.SymbolWriter = None
     index_model: ch.IndexModel = None
     last_level: list = None
 
+    @property
+    def tail_bytes(self) -> int:
+        """Payload bytes after the coded stream: an exact file's pixel check."""
+        return PIXEL_CHECK_BYTES if self.exact else 0
+
     def __post_init__(self):
         self.writer = ch.SymbolWriter(self.stream)
-        self.index_model = ch.IndexModel(self.params.channel)
+        self.index_model = ch.IndexModel(self.params.channel, exact=self.exact)
         self.last_level = [None] * self.header.num_images
 
 
-def coded_chain(model, steps: int | None, chain) -> tuple[int, tuple, object]:
+def coded_chain(model, steps: int | None, chain, exact: bool = False) -> tuple[int, tuple, object]:
     """(K, original timesteps, Diffusion) of the chain a file codes: ``steps`` geometric
-    steps (:func:`coded_schedule`) or the given ``chain``, checked."""
+    steps (:func:`coded_schedule`) or the given ``chain``, checked (its explicit
+    variances as the file stores them, by IEEE operations in an ``exact`` file)."""
     T = model.diffusion.num_steps
     if chain is None:
         K = DEFAULT_STEPS if steps is None else int(steps)
@@ -75,7 +83,8 @@ def coded_chain(model, steps: int | None, chain) -> tuple[int, tuple, object]:
     if chain.num_steps < 2 or int(chain.timesteps[0]) != 0 or int(chain.timesteps[-1]) != T - 1:
         raise DDPMCodecError("a progressive chain runs from t = 0 to T - 1 in at least "
                              "2 steps")
-    return chain.num_steps, tuple(int(t) for t in chain.timesteps), quantized_chain(chain, model)
+    stored = exact_chain(chain, model) if exact else quantized_chain(chain, model)
+    return chain.num_steps, tuple(int(t) for t in chain.timesteps), stored
 
 
 def _code_images(c: _Coding, plan, mean_q, s: int, bar) -> tuple[np.ndarray, list]:
@@ -91,11 +100,11 @@ def _code_images(c: _Coding, plan, mean_q, s: int, bar) -> tuple[np.ndarray, lis
         var_q = plan.var_q
         before = sum(writer.bits.values())
         if s > 0 and params.variance == "fit":
-            level = fitted_level(mean_q[i], var_q, plan.mean_p[i], per_nat)
+            level = fitted_level(mean_q[i], var_q, plan.mean_p[i], per_nat, c.exact)
             writer.exp_golomb(level, "side", MAX_LEVEL_EXPONENT,
                               level_octave_probs(c.last_level[i]))
             c.last_level[i] = level
-            var_p = np.full(dims, level_variance(var_q, level, per_nat))
+            var_p = np.full(dims, level_variance(var_q, level, per_nat, c.exact))
             hint = level_kl_hint(level, dims, per_nat)
         x_new[i] = ch.encode_gaussian(
             writer, mean_q[i], var_q, plan.mean_p[i], var_p, params.channel,
@@ -128,7 +137,7 @@ def _code_steps(c: _Coding, K: int, timesteps, budget, orig: np.ndarray, bar):
     for s in range(K):
         with Timer() as st_timer:
             if plan is None:
-                plan = step_plan(model, c.diffusion, s, x, batches, n, dims)
+                plan = step_plan(model, c.diffusion, s, x, batches, n, dims, c.exact)
             mean_q = q_target(c.diffusion, c.x0, x, s)
             before_step = stream.checkpoint()
             if s > 0:
@@ -138,7 +147,7 @@ def _code_steps(c: _Coding, K: int, timesteps, budget, orig: np.ndarray, bar):
             writer.uniform_bits(latent_check(x_next, c.params.check_bits),
                                 c.params.check_bits, "check")
             checkpoint = stream.checkpoint()
-            stopped = hsize + stopped_size(stream, s, K)
+            stopped = hsize + stopped_size(stream, s, K) + c.tail_bytes
         if budget.bytes is not None and stopped > budget.bytes:
             if s == 0:
                 raise DDPMCodecError(
@@ -159,7 +168,8 @@ def _code_steps(c: _Coding, K: int, timesteps, budget, orig: np.ndarray, bar):
                           "check_bits": writer.bits.get("check", 0.0),
                           "seconds": st_timer.seconds, "images": per})
         # the next step's proposal holds this step's reconstruction (x0-prediction)
-        plan = step_plan(model, c.diffusion, s + 1, x, batches, n, dims) if s + 1 < K else None
+        plan = (step_plan(model, c.diffusion, s + 1, x, batches, n, dims, c.exact)
+                if s + 1 < K else None)
         if budget.psnr is not None and plan is not None and \
                 psnr_of(plan.pred_x0, orig) >= budget.psnr:
             reached = "psnr"
@@ -170,7 +180,8 @@ def _code_steps(c: _Coding, K: int, timesteps, budget, orig: np.ndarray, bar):
 
 def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, progress: bool,
            channel: ch.ChannelParams, variance: str, chain, max_bytes, bpp, psnr,
-           check_bits: int, generator: str, options: EncodeOptions) -> Encoded:
+           check_bits: int, generator: str, options: EncodeOptions,
+           exact: bool = True) -> Encoded:
     """:meth:`ProgressiveCodec.encode` (which documents the options)."""
     from ddpmcodec.progress import progress_bar
     images, batch_size = start_encode(images, model, batch_size)
@@ -179,7 +190,7 @@ def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, prog
         raise DDPMCodecError(f"{n} images are too many for one progressive file (at most "
                              f"{MAX_LATENT_VALUES // images[0].size}); split them")
     budget = budget_of(n, model.image_shape, max_bytes, bpp, psnr)
-    K, timesteps, diffusion = coded_chain(model, steps, chain)
+    K, timesteps, diffusion = coded_chain(model, steps, chain, exact)
     ch.check_search_device(options.search_device)
     ch.check_budget_rule(options.budget_rule)
     options = dataclasses.replace(options,
@@ -189,8 +200,8 @@ def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, prog
                                check_bits=int(check_bits)).validate()
     header = container.compact(new_header("progressive", model, n, batch_size, seed,
                                           timesteps, bytes(container.checksum_bytes()),
-                                          params.pack_compact()))
-    c = _Coding(model, diffusion, header, params, options, to_model_space(images))
+                                          params.pack_compact(), exact=exact))
+    c = _Coding(model, diffusion, header, params, options, to_model_space(images), exact)
     orig = images.astype(np.float64)
     with Timer() as timer, deterministic(model.device, header.num_threads), \
             progress_bar(n * K, "encode", "img-step", enabled=progress) as bar:
@@ -201,7 +212,8 @@ def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, prog
             write_more(c.stream, False)
         final = (plan.pred_x0 if plan is not None and plan.pred_x0 is not None
                  and reached is not None else
-                 network_p_on_device(model, diffusion, x, K - coded, header.batches())["pred_x0"])
+                 network_p_on_device(model, diffusion, x, K - coded, header.batches(),
+                                     exact)["pred_x0"])
     step_rows[-1]["rmse"] = rmse_per_image(final, orig)
     payload = c.stream.finish()
     if n > 8 * len(payload):  # only a file cut to its first step can be this short
@@ -215,6 +227,9 @@ def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, prog
         end = arith.prefix_bytes(payload, cp)
         row["packet_bytes"], row["prefix_bytes"] = end - prev, hsize + end
         prev = end
+    if exact:  # what the decoder of the whole file checks its mean reconstruction by
+        payload += pixel_check(from_model_space(final.clamp(-1.0, 1.0)))
+        step_rows[-1]["packet_bytes"] += PIXEL_CHECK_BYTES  # prefix_bytes: where it decodes
     kl_total = float(sum(im["kl_bits"] for row in step_rows for im in row["images"]))
     stats = CodecStats("progressive", n, header.dims, K, 8 * len(payload), 8 * hsize, 0.0,
                        kl_total, timer.seconds,

@@ -11,7 +11,7 @@ import torch
 from ddpmcodec.codec import container
 from ddpmcodec.codec.container import BlobReader
 from ddpmcodec.codec.entropy import arith
-from ddpmcodec.codec.progressive.params import END_BITS
+from ddpmcodec.codec.progressive.params import END_BITS, PIXEL_CHECK_BYTES
 from ddpmcodec.errors import DDPMCodecError
 
 _LEB_MAX_BYTES = 5
@@ -104,8 +104,15 @@ def write_more(stream: arith.ArithEncoder, more: bool) -> None:
     stream.categorical(0 if more else 1, end_probs())
 
 
+def pixel_check(images: np.ndarray) -> bytes:
+    """The PIXEL_CHECK_BYTES an exact file's payload ends with, after its coded stream:
+    the checksum of the uint8 NHWC mean reconstruction after its last coded step."""
+    return container.pixel_checksum(images, PIXEL_CHECK_BYTES)
+
+
 def stopped_size(stream: arith.ArithEncoder, s: int, K: int) -> int:
-    """Payload bytes if the file ended after coded step s (its symbols are in ``stream``)."""
+    """Payload bytes of the coded stream if the file ended after coded step s (its
+    symbols are in ``stream``)."""
     saved = stream.checkpoint()
     if s + 1 < K:
         write_more(stream, False)

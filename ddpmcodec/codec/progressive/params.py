@@ -36,6 +36,7 @@ MAX_LEVEL_NATS = 40         # var_p / var_q <= e^40: far beyond any real step
 DEFAULT_CHECK_BITS = 8     # per coded step: a check of its latents (format 3)
 MAX_CHECK_BITS = 32
 END_BITS = 12              # what the end of a file stopped early costs
+PIXEL_CHECK_BYTES = 4      # exact files end with a check of the last step's mean pixels
 MAX_LATENT_VALUES = 1 << 28  # images x dims held in float64 at once (2 GiB)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddpmcodec.codec.network import network_p
+from ddpmcodec.codec.network import clipped_posterior_variance, exact_network_p, network_p
 from ddpmcodec.core.likelihood import LN2
 
 _PRIVATE_TAG = 0xA11
@@ -19,9 +19,29 @@ def kvec(k: int, n: int) -> torch.Tensor:
     return torch.full((n,), k, dtype=torch.long)
 
 
-def network_p_on_device(model, diffusion, x: torch.Tensor, k: int, batches) -> dict:
-    """:func:`base.network_p` as this codec has always formed it (on the model's device)."""
-    return network_p(model, diffusion, x, k, batches, math_on_model_device=True)
+def network_p_on_device(model, diffusion, x: torch.Tensor, k: int, batches,
+                        exact: bool = False) -> dict:
+    """p_theta of chain step k as this codec forms it: with the exact network
+    (:func:`.network.exact_network_p`; ``log_variance`` absent, ``variance`` float64
+    [N, C, H, W] or a float) or, for float32 files, :func:`.network.network_p` on the
+    model's device, as this codec has always formed it."""
+    if not exact:
+        return network_p(model, diffusion, x, k, batches, math_on_model_device=True)
+    p = exact_network_p(model, diffusion, x, k, batches)
+    std = p.pop("std")
+    p["variance"] = std * std
+    return p
+
+
+def prior_kl_hint(abar: float, dims: int, exact: bool = False) -> float:
+    """A bound on KL(q(x_T|x0) || N(0, I)) in bits that both sides know: dims *
+    -log(1 - abar) / 2 nats for x0 in [-1, 1] (about 0.09 bits for CIFAR). Exact files
+    take the log in decimal (no libm)."""
+    if exact:
+        from decimal import Decimal
+        ln = (Decimal(1) - Decimal(abar)).ln()
+        return float(-ln * dims / 2 / Decimal(2).ln())
+    return -0.5 * dims * math.log1p(-abar) / LN2
 
 
 @dataclass
@@ -37,22 +57,30 @@ class StepPlan:
     kl_hint: float | None = None  # bits, when the receiver can bound the KL itself
 
 
-def step_plan(model, diffusion, s: int, x: torch.Tensor | None, batches, n: int, dims: int) -> StepPlan:
+def step_plan(model, diffusion, s: int, x: torch.Tensor | None, batches, n: int, dims: int,
+              exact: bool = False) -> StepPlan:
+    """The plan of coded step s. ``exact``: the exact network, and every number the
+    coder reads by IEEE operations (files that decode on any machine)."""
     K = diffusion.num_steps
     if s == 0:
         k = K - 1
         abar = float(diffusion.alphas_cumprod[k])
-        # KL(q(x_T|x0) || N(0, I)) <= dims * -log(1 - abar) / 2 nats for x0 in [-1, 1]: a
-        # bound both sides know (about 0.09 bits for CIFAR), so the prior step sends no KL
-        hint = -0.5 * dims * math.log1p(-abar) / LN2
+        # the prior step sends no KL: its bound is known to both sides
+        hint = prior_kl_hint(abar, dims, exact)
         # N(0, I) for every image: views, not N x dims arrays
         return StepPlan(k, np.broadcast_to(0.0, (n, dims)), np.broadcast_to(1.0, (n, dims)),
                         1.0 - abar, None, hint)
     k = K - s  # chain step of the latent we condition on; we produce k - 1
-    p = network_p_on_device(model, diffusion, x, k, batches)
-    var_q = float(torch.exp(diffusion.posterior_log_variance_clipped[k]))
-    return StepPlan(k - 1, p["mean"].reshape(n, dims).numpy(),
-                     torch.exp(p["log_variance"]).reshape(n, dims).numpy(), var_q, p["pred_x0"])
+    p = network_p_on_device(model, diffusion, x, k, batches, exact)
+    if exact:
+        var_q = float(clipped_posterior_variance(diffusion)[k])
+        var_p = np.broadcast_to(np.asarray(p["variance"], dtype=np.float64).reshape(-1)
+                                if torch.is_tensor(p["variance"]) else p["variance"],
+                                (n * dims,)).reshape(n, dims)
+    else:
+        var_q = float(torch.exp(diffusion.posterior_log_variance_clipped[k]))
+        var_p = torch.exp(p["log_variance"]).reshape(n, dims).numpy()
+    return StepPlan(k - 1, p["mean"].reshape(n, dims).numpy(), var_p, var_q, p["pred_x0"])
 
 
 def q_target(diffusion, x0: torch.Tensor, x: torch.Tensor | None, s: int):

@@ -55,6 +55,9 @@ class ExactUNet:
         self._exp = self._on_device(softmax_exp_table())
         self._layers = {}
         self._temb_cache = {}
+        # images per evaluation at most (None: all at once): results do not depend on it,
+        # so a decoder may bound its memory however it likes
+        self.max_batch: int | None = None
 
     # -- the integer operations ---------------------------------------------------------
     def _on_device(self, a: np.ndarray) -> torch.Tensor:
@@ -249,8 +252,13 @@ class ExactUNet:
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         """Float input (any dtype), float64 output: x rounded to 2^-INPUT_FRAC_BITS
-        (half to even, exact in float64), the output's integers times 2^-OUTPUT_FRAC_BITS."""
-        out = self.forward_int(quantize_input(x.to(self.device)), t)
+        (half to even, exact in float64), the output's integers times 2^-OUTPUT_FRAC_BITS.
+        ``t``: int64 [N] timesteps (or one). Evaluated ``max_batch`` images at a time."""
+        t = torch.as_tensor(t, dtype=torch.long).reshape(-1).expand(x.shape[0])
+        step = self.max_batch or x.shape[0]
+        outs = [self.forward_int(quantize_input(x[a:a + step].to(self.device)), t[a:a + step])
+                for a in range(0, x.shape[0], max(step, 1))]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out * 2.0 ** -spec.OUTPUT_FRAC_BITS
 
 
@@ -263,11 +271,15 @@ def plan_of_model(model) -> Plan:
     """The integer plan of a LoadedModel's UNet (cached on the model object)."""
     plan = getattr(model, "_exact_plan", None)
     if plan is None:
-        from ddpmcodec.core.exact.quantize import build_plan
-        cfg = {k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")}
-        sd = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in model.unet.state_dict().items()}
-        plan = build_plan(cfg, sd)
-        model._exact_plan = plan
+        plan = model._exact_plan = plan_of_unet(model.unet)
     return plan
+
+
+def plan_of_unet(unet) -> Plan:
+    """The integer plan of a diffusers UNet2DModel: its config and float32 weights."""
+    from ddpmcodec.core.exact.quantize import build_plan
+    cfg = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    sd = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in unet.state_dict().items()}
+    return build_plan(cfg, sd)
 
 

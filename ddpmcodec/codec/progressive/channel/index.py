@@ -20,7 +20,7 @@ _FLOOR = 1e-6               # every octave keeps at least this probability (robu
 # variance 2*KL nats^2 (information density of a mean shift) + pi^2/6 (log of Exp(1)).
 _IDX_OFFSET = -0.83
 _IDX_VAR_SLOPE = 2.0 / LN2          # (2 * KL * ln2 nats) / ln2^2 -> bits^2 per bit of KL
-_IDX_VAR_CONST = (math.pi ** 2 / 6.0) / LN2 ** 2
+_IDX_VAR_CONST = (math.pi * math.pi / 6.0) / (LN2 * LN2)  # products, not pow (libm)
 
 
 def octave(n: int) -> int:
@@ -29,23 +29,28 @@ def octave(n: int) -> int:
 
 
 # -- entropy models -------------------------------------------------------------------------
-def _normal_cdf(x: np.ndarray) -> np.ndarray:
+def _normal_cdf(x: np.ndarray, exact: bool = False) -> np.ndarray:
+    if exact:  # IEEE operations only: the same bits on every machine
+        from ddpmcodec.core.exact.functions import normal_cdf_basic
+        return normal_cdf_basic(x)[0]
     from scipy.special import ndtr
     return ndtr(x)
 
 
-def index_octave_probs(mean_chunk_bits: float, max_log2: int, margin_bits: float | None = None) -> np.ndarray:
+def index_octave_probs(mean_chunk_bits: float, max_log2: int, margin_bits: float | None = None,
+                       exact: bool = False) -> np.ndarray:
     """Static P(octave e), e = 0..max_log2, of the PFR index in a chunk whose expected KL
     is ``mean_chunk_bits``: a Gaussian on log2(n+1) (calibration constants above) whose
     mass above the search budget 2^(mean + margin) is folded into the budget's octave,
-    floored so that any octave can be coded."""
+    floored so that any octave can be coded. ``exact``: the normal distribution function
+    without libm (exact files; float32 files keep scipy's)."""
     mu = mean_chunk_bits + _IDX_OFFSET
     sd = math.sqrt(_IDX_VAR_SLOPE * max(mean_chunk_bits, 0.0) + _IDX_VAR_CONST)
     top = max_log2
     if margin_bits is not None:
         top = int(min(max_log2, max(0, math.ceil(mean_chunk_bits + margin_bits))))
     edges = np.arange(max_log2 + 2, dtype=np.float64)
-    cdf = _normal_cdf((edges - mu) / sd)
+    cdf = _normal_cdf((edges - mu) / sd, exact)
     cdf[0] = 0.0                      # octave 0 takes the lower tail
     cdf[top + 1:] = 1.0               # the budget's octave takes the upper tail
     probs = np.diff(cdf)
@@ -65,16 +70,18 @@ class IndexModel:
 
     WINDOW = 24
 
-    def __init__(self, params, prior_weight: float = 16.0):
+    def __init__(self, params, prior_weight: float = 16.0, exact: bool = False):
         self.params = params
         self.prior_weight = float(prior_weight)
+        self.exact = bool(exact)
         self.counts = np.zeros((2, 2 * self.WINDOW + 1))
 
     def _offsets(self, mean_bits: float) -> np.ndarray:
         return np.arange(self.params.max_log2 + 1) - int(math.floor(mean_bits))
 
     def probs(self, mean_bits: float, context: int) -> np.ndarray:
-        prior = index_octave_probs(mean_bits, self.params.max_log2, self.params.margin_bits)
+        prior = index_octave_probs(mean_bits, self.params.max_log2, self.params.margin_bits,
+                                   self.exact)
         off = self._offsets(mean_bits)
         inside = np.abs(off) <= self.WINDOW
         counts = np.zeros(len(off))

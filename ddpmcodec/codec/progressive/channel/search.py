@@ -18,7 +18,7 @@ from ddpmcodec.codec.progressive.channel.generator_v2 import (
     BLOCK_WORDS, EPS_MAX, _check, _planes_numpy, _planes_torch, _scratch, _torch_block_words,
     words_per_candidate)
 
-LN2 = math.log(2.0)
+LN2 = 0.6931471805599453  # ln 2, correctly rounded (a literal: no libm)
 
 
 # -- Gaussian algebra -----------------------------------------------------------------------
