@@ -68,7 +68,7 @@ def decode(
                              f"{header.device_kind}; leave --device out")
     requested = resolve_device(device) if device is not None else None
     if header.mode == "progressive":
-        model = load_model(ckpt, decode_device(header, requested))
+        model = load_model(ckpt, decode_device(header, requested), lazy=True)
         recon = recon or DEFAULT_RECON
         dec = get_codec("progressive")(model).decode(
             data, progress=not quiet, upto_step=upto_step, max_bytes=max_bytes, recon=recon,
@@ -91,7 +91,8 @@ def decode(
         return
     header = read_header(data)  # a complete file: every CRC checked before any work
     # a webp-lossless file (the lossless codec's fallback) needs no model
-    model = None if header.model_free else load_model(ckpt, decode_device(header, requested))
+    model = (None if header.model_free
+             else load_model(ckpt, decode_device(header, requested), lazy=True))
     dec = get_codec(header.mode)(model).decode(data, progress=not quiet)
     written = save_images(dec.images, out)
     s = dec.stats

@@ -150,7 +150,7 @@ def encode(
     from ddpmcodec.io.data import SAMPLE_IMAGES, load_images
     from ddpmcodec.io.models import load_model
     device = resolve_device(device)
-    model = load_model(ckpt, device)
+    model = load_model(ckpt, device, lazy=True)  # diffusers only if the float32 network runs
     # the chain (and its calibration) is checked before the data is read
     chain = _chain(model, progressive, steps, trajectory, variance, timesteps, calibration)
     images = load_images([str(p) for p in paths] if paths else SAMPLE_IMAGES, None, "test",

@@ -14,9 +14,9 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 
@@ -62,22 +62,61 @@ def build_unet(name: str = "paper", **overrides):
     return UNet2DModel(**unet_config(name, **overrides))
 
 
-@dataclass
 class LoadedModel:
-    """A network with its diffusion, identity and provenance."""
+    """A network with its diffusion, identity and provenance.
 
-    unet: torch.nn.Module
-    diffusion: Diffusion  # the full chain the network was trained on
-    fingerprint: str
-    source: str
-    device: torch.device
+    The diffusers module (``unet``) may be loaded lazily: a model made by
+    :func:`load_model` with ``lazy=True`` holds the checkpoint's config and weights file
+    and builds the UNet2DModel (importing diffusers, seconds) only when ``unet`` is first
+    read. What the exact network needs (:meth:`unet_config`, :meth:`weights`) comes from
+    the files then."""
+
+    def __init__(self, unet, diffusion: Diffusion, fingerprint: str, source: str,
+                 device: torch.device, *, config: dict | None = None,
+                 weights_file: Path | None = None, loader=None):
+        self._unet = unet
+        self.diffusion = diffusion  # the full chain the network was trained on
+        self.fingerprint = fingerprint
+        self.source = source
+        self.device = device
+        self._config = config
+        self._weights_file = weights_file
+        self._loader = loader
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        if self._unet is None:
+            self._unet = self._loader()
+        return self._unet
+
+    @unet.setter
+    def unet(self, module) -> None:
+        self._unet = module
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the diffusers module is in memory."""
+        return self._unet is not None
+
+    def unet_config(self) -> dict:
+        """The UNet2DModel's config (without diffusers' private keys)."""
+        cfg = dict(self._unet.config) if self._unet is not None else self._config
+        return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+    def weights(self) -> dict:
+        """The network's float32 weights, name -> numpy array (CPU)."""
+        if self._unet is not None:
+            return {k: v.detach().to("cpu", torch.float32).numpy()
+                    for k, v in self._unet.state_dict().items()}
+        from safetensors.numpy import load_file
+        return {k: np.asarray(v, dtype=np.float32) for k, v in load_file(self._weights_file).items()}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        cfg = self.unet.config
-        size = cfg.sample_size
+        cfg = self.unet_config()
+        size = cfg["sample_size"]
         h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return (cfg.in_channels, h, w)
+        return (cfg["in_channels"], h, w)
 
     def denoiser(self):
         """(x_t, original timestep indices) -> network output, under no_grad."""
@@ -236,27 +275,49 @@ def _load_failure(exc: BaseException) -> str | None:
 
 
 def load_model(ckpt: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-               variance_type: str | None = None) -> LoadedModel:
+               variance_type: str | None = None, lazy: bool = False) -> LoadedModel:
     """Load a diffusers UNet2DModel checkpoint (local folder or hub id) in float32, eval mode.
 
     ``variance_type`` overrides the scheduler config's choice (fixedlarge/fixedsmall).
+    ``lazy``: when the checkpoint's fingerprint is known for its exact file contents (the
+    embedded model's is shipped; others are remembered after their first full load, see
+    :func:`fingerprint_cache`), return at once a model whose diffusers module loads on
+    first use: the codecs' exact network reads the config and safetensors itself, so
+    decoding never imports diffusers.
     """
-    from diffusers import UNet2DModel
     path = _resolve(ckpt)
     folder = _unet_folder(path)
     config = _read_json(folder / "config.json")
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise DDPMCodecError(f"{folder} holds a {config['_class_name']}, not a UNet2DModel")
-    sched = None
+    sched, sched_file = None, None
     for cand in (folder / "scheduler_config.json", path / "scheduler" / "scheduler_config.json"):
         if cand.is_file():
-            sched = _read_json(cand)
+            sched, sched_file = _read_json(cand), cand
             break
     diffusion = schedule_from_config(sched, config.get("out_channels", 3), config.get("in_channels", 3))
     if variance_type is not None:
         diffusion = Diffusion(diffusion.betas, variance_type, schedule=diffusion.schedule)
         schedule_from_config(scheduler_config(diffusion), config.get("out_channels", 3),
                              config.get("in_channels", 3))  # validates the combination
+    source = "embedded:ddpm-cifar10-4k-ch64" if ckpt is None else str(ckpt)
+    device = torch.device(device)
+    key = _content_key(folder, sched_file, diffusion.variance_type) if lazy else None
+    known = _known_fingerprints().get(key) if lazy else None
+    if known is not None:
+        return LoadedModel(None, diffusion, known, source, device, config=config,
+                           weights_file=folder / WEIGHTS_NAME,
+                           loader=lambda: _load_unet(folder).to(device))
+    unet = _load_unet(folder)
+    fp = fingerprint(unet, diffusion)
+    if lazy and _light_matches(unet, config, folder):
+        _remember_fingerprint(key, fp)
+    return LoadedModel(unet.to(device), diffusion, fp, source, device)
+
+
+def _load_unet(folder: Path) -> torch.nn.Module:
+    """The UNet2DModel of a checked checkpoint folder, float32, eval mode, on the CPU."""
+    from diffusers import UNet2DModel
     _quiet_diffusers()
     try:
         unet, info = UNet2DModel.from_pretrained(
@@ -277,11 +338,80 @@ def load_model(ckpt: str | os.PathLike | None = None, device: str | torch.device
             raise DDPMCodecError(
                 f"could not load the network in {folder}: config.json does not fit the weights "
                 f"({len(keys)} {what}, e.g. {keys[0]})")
-    unet = unet.eval()
-    fp = fingerprint(unet, diffusion)
-    unet = unet.to(device)
-    source = "embedded:ddpm-cifar10-4k-ch64" if ckpt is None else str(ckpt)
-    return LoadedModel(unet, diffusion, fp, source, torch.device(device))
+    return unet.eval()
+
+
+# -- fingerprints known without diffusers ------------------------------------------------
+_SHIPPED_FINGERPRINT = DEFAULT_CHECKPOINT / "fingerprint.json"
+
+
+def _content_key(folder: Path, sched_file: Path | None, variance_type: str) -> str:
+    """SHA-256 over the bytes of the files a model is made of and the variance rule."""
+    h = hashlib.sha256()
+    for f in (folder / "config.json", sched_file, folder / WEIGHTS_NAME):
+        data = f.read_bytes() if f is not None else b""
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    h.update(variance_type.encode())
+    return h.hexdigest()
+
+
+def fingerprint_cache() -> Path:
+    """Where fingerprints of checkpoints loaded before are remembered (content key ->
+    fingerprint): $DDPMCODEC_CACHE, else $XDG_CACHE_HOME/ddpmcodec, else
+    ~/.cache/ddpmcodec, file fingerprints.json."""
+    root = os.environ.get("DDPMCODEC_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "ddpmcodec")
+    return Path(root) / "fingerprints.json"
+
+
+def _known_fingerprints() -> dict:
+    known = {}
+    for f in (_SHIPPED_FINGERPRINT, fingerprint_cache()):
+        try:
+            entries = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue  # no cache yet, or a damaged one: the full load makes the fingerprint
+        if isinstance(entries, dict):
+            known.update({k: v for k, v in entries.items()
+                          if isinstance(k, str) and isinstance(v, str)})
+    return known
+
+
+def _remember_fingerprint(key: str, fp: str) -> None:
+    """Add to the cache; a cache that cannot be written only costs the next load time."""
+    f = fingerprint_cache()
+    try:
+        entries = json.loads(f.read_text()) if f.is_file() else {}
+        if not isinstance(entries, dict):
+            entries = {}
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = fp
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(f, entries)
+    except OSError:
+        pass
+
+
+def _light_matches(unet, config: dict, folder: Path) -> bool:
+    """Whether config.json and the safetensors alone describe ``unet`` exactly (its full
+    config and every weight): only then may a lazy model stand in for it."""
+    full = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    raw = {k: v for k, v in config.items() if not k.startswith("_")}
+    if json.dumps(full, sort_keys=True, default=list) != json.dumps(raw, sort_keys=True, default=list):
+        return False
+    from safetensors.numpy import load_file
+    try:
+        stored = load_file(folder / WEIGHTS_NAME)
+    except (OSError, SafetensorError):
+        return False
+    sd = unet.state_dict()
+    return set(stored) == set(sd) and all(
+        np.array_equal(np.asarray(stored[k], dtype=np.float32),
+                       sd[k].detach().to("cpu", torch.float32).numpy()) for k in sd)
 
 
 def save_model(unet: torch.nn.Module, diffusion: Diffusion, path: str | os.PathLike,

@@ -271,7 +271,10 @@ def plan_of_model(model) -> Plan:
     """The integer plan of a LoadedModel's UNet (cached on the model object)."""
     plan = getattr(model, "_exact_plan", None)
     if plan is None:
-        plan = model._exact_plan = plan_of_unet(model.unet)
+        from ddpmcodec.core.exact.quantize import build_plan
+        # from the model's config and weights, not its module: a lazy model's diffusers
+        # module is never built for the exact network
+        plan = model._exact_plan = build_plan(model.unet_config(), model.weights())
     return plan
 
 
