@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--group", type=int, default=16, help="images per engine call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the results here (rewritten after every group)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the images an earlier run measured in --json and go on from there")
     a = p.parse_args(argv)
     import torch
 
@@ -64,12 +66,25 @@ def main(argv=None) -> int:
     out = {"command": "python benchmarks/bench_exact_rate.py " + " ".join(argv or sys.argv[1:]),
            "model": model.fingerprint, "images": f"{a.data} [{a.first}, {a.first + a.count})",
            "seed": a.seed, "threads": torch.get_num_threads(), "chains": {}}
+    done = {}
+    if a.resume and a.json and Path(a.json).exists():
+        import json
+        before = json.loads(Path(a.json).read_text())
+        if (before.get("model"), before.get("images"), before.get("seed")) != (
+                out["model"], out["images"], out["seed"]):
+            raise SystemExit(f"--resume: {a.json} was measured on another model, images or seed")
+        done = before["chains"]
+        out["chains"].update(done)
     for name, label, chain, count in chains:
         engines = {prec: Engine.for_model(model, chain, a.seed, batch=a.group, precision=prec)
                    for prec in ("fp32", "exact")}
         per = {"fp32": [], "exact": []}
         seconds = {"fp32": 0.0, "exact": 0.0}
-        for g in range(0, count, a.group):
+        if name in done:  # an earlier run's images, in order from the first
+            per = {k: list(v)[:count] for k, v in done[name]["per_image"].items()}
+            seconds = dict(done[name]["seconds"])
+        start = len(per["fp32"])  # whole groups only: a partial one is written last
+        for g in range(start, count, a.group):
             x0 = to_model_space(images[g:min(g + a.group, count)])
             ids = torch.arange(a.first + g, a.first + g + x0.shape[0])
             for prec, eng in engines.items():
