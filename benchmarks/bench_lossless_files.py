@@ -1,16 +1,21 @@
 """Whole lossless files beside the classical codecs, on images the project never used.
 
-    python benchmarks/bench_lossless_files.py --first 600 --count 200 \
-        --json benchmarks/results/lossless_files_test600-799.json
+    python benchmarks/bench_lossless_files.py --first 600 --count 200 --sizes 200,16,1 \
+        --limit 16=96 --progressive-lossless 8 --k-table 10,25,32,50 --k-images 32 \
+        --json benchmarks/results/lossless_defaults_test600-799.json
 
 Encodes the images of ../shared/data/cifar10-test-800.npz [first, first+count) with the
 embedded model and the codec's defaults (`ddpmcodec encode --lossless`) as one file of all
-of them, as files of 8 and as single-image files; decodes every file and checks the pixels;
-and prints, per file size, the whole-file bits/dim (header, seeds and initial bits
-included) beside WebP-lossless (Pillow, method 6, quality 100), PNG (Pillow, optimize) and
-JPEG-XL lossless (imagecodecs, effort 9, when installed) of the same images, with the
-net bits/dim and the bound of the bits-back images and the encode and decode speed. Run it
-alone: the speeds are those of this machine's cores.
+of them, as files of 16 (``--limit 16=96``: of the first 96 only) and as single-image
+files; decodes every file and checks the pixels; and prints, per file size, the whole-file
+bits/dim (header, seeds and initial bits included) beside WebP-lossless (Pillow, method 6,
+quality 100), PNG (Pillow, optimize) and JPEG-XL lossless (imagecodecs, effort 9) of the
+same images, with the net bits/dim and the bound of the bits-back images and the encode
+and decode speed. ``--progressive-lossless N``: the first N images also as one-image
+progressive files that end lossless. ``--k-table``: files of the first ``--k-images``
+images on K-step dp/analytic chains (encoded only), the size and speed a user trades with
+--steps. The results file is rewritten after every part. Run it alone: the speeds are
+those of this machine's cores.
 """
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ def run_files(codec, images: np.ndarray, per_file: int, label: str, chain=None) 
             raise SystemExit(f"{label}: images {a}.. did not round-trip")
         s = enc.stats
         rows.append({"first": a, "images": len(x), "file_bytes": len(enc.data),
+                     "mode": enc.header.mode,
                      "header_bytes": s.header_bits // 8, "method": s.extra["method"],
                      "seed_images": s.extra.get("seed_images", 0), "net_images": s.net_dims // s.dims,
                      "net_bits": s.actual_bits if s.net_dims else 0.0,
@@ -65,7 +71,7 @@ def run_files(codec, images: np.ndarray, per_file: int, label: str, chain=None) 
                      "initial_bits": s.initial_bits, "encode_s": s.seconds,
                      "decode_s": dec.stats.seconds,
                      "bitsback_file_bytes": s.extra.get("bitsback_file_bytes"),
-                     "webp_file_bytes": s.extra.get("webp_file_bytes")})
+                     "classical_file_bytes": s.extra.get("classical_file_bytes")})
         print(f"  {label} {a}: {rows[-1]['file_bytes']} bytes {rows[-1]['method']} "
               f"enc {s.seconds:.1f}s dec {dec.stats.seconds:.1f}s", flush=True)
     return {"per_file": per_file, "files": rows}
@@ -80,7 +86,7 @@ def summarise(res: dict, dims: int, base: dict) -> dict:
            "net_bpd": sum(r["net_bits"] for r in rows) / (net_images * dims) if net_images else None,
            "bound_bpd": sum(r["bound_bits"] for r in rows) / (net_images * dims) if net_images else None,
            "bitsback_images": net_images,
-           "webp_fallback_files": sum(r["method"] == "webp-lossless" for r in rows),
+           "classical_files": sum(r.get("mode", r["method"]) != "lossless" for r in rows),
            "encode_images_per_s": n / sum(r["encode_s"] for r in rows),
            "decode_images_per_s": n / sum(r["decode_s"] for r in rows)}
     if res["per_file"] == 1:
@@ -88,6 +94,53 @@ def summarise(res: dict, dims: int, base: dict) -> dict:
     for name, bits in base.items():
         out[f"{name}_bpd"] = sum(bits) / (n * dims)
     out["vs_webp_lossless"] = out["file_bpd"] / out["webp_lossless_bpd"] - 1
+    if "jpegxl_bpd" in out:
+        out["vs_jpegxl"] = out["file_bpd"] / out["jpegxl_bpd"]
+    return out
+
+
+def run_progressive_lossless(model, images: np.ndarray, count: int, base: dict) -> dict:
+    """One-image progressive files that end lossless, each decoded whole."""
+    from ddpmcodec.codec.progressive.codec import ProgressiveCodec
+    codec, rows = ProgressiveCodec(model), []
+    for i in range(count):
+        x = images[i:i + 1]
+        enc = codec.encode(x, lossless=True)
+        dec = codec.decode(enc.data)
+        if not np.array_equal(dec.images, x):
+            raise SystemExit(f"progressive-lossless image {i} did not round-trip")
+        layer = enc.stats.extra["lossless"]
+        rows.append({"image": i, "file_bytes": len(enc.data), "layer_bytes": layer["bytes"],
+                     "last_step_prefix_bytes": enc.stats.extra["steps"][-1]["prefix_bytes"],
+                     "encode_s": enc.stats.seconds, "decode_s": dec.stats.seconds,
+                     "jpegxl_bytes": base["jpegxl"][i] // 8})
+        print(f"  progressive-lossless {i}: {len(enc.data)} bytes (JPEG-XL "
+              f"{rows[-1]['jpegxl_bytes']}) enc {enc.stats.seconds:.1f}s "
+              f"dec {dec.stats.seconds:.1f}s", flush=True)
+    dims = int(np.prod(images.shape[1:]))
+    return {"images": count, "files": rows,
+            "file_bpd": sum(8 * r["file_bytes"] for r in rows) / (count * dims),
+            "jpegxl_bpd": sum(base["jpegxl"][:count]) / (count * dims),
+            "encode_images_per_s": count / sum(r["encode_s"] for r in rows),
+            "decode_images_per_s": count / sum(r["decode_s"] for r in rows)}
+
+
+def run_k_table(codec, images: np.ndarray, ks, base: dict) -> list:
+    """One file of ``images`` per K-step dp/analytic chain, encoded only."""
+    from ddpmcodec.io.chain_choice import ChainOptions, select_chain
+    dims, n, out = int(np.prod(images.shape[1:])), len(images), []
+    for K in ks:
+        chain = select_chain(codec.model, ChainOptions(K, "dp", "analytic"))[0]
+        enc = codec.encode(images, chain=chain)
+        s = enc.stats
+        out.append({"steps": K, "images": n, "mode": enc.header.mode,
+                     "file_bpd": 8 * len(enc.data) / (n * dims),
+                     "bound_bpd": s.bound_bits / s.net_dims if s.net_dims else None,
+                     "jpegxl_bpd": sum(base["jpegxl"][:n]) / (n * dims),
+                     "encode_images_per_s": n / s.seconds})
+        out[-1]["vs_jpegxl"] = out[-1]["file_bpd"] / out[-1]["jpegxl_bpd"]
+        print(f"  K={K}: {out[-1]['file_bpd']:.4f} bits/dim ({out[-1]['vs_jpegxl']:.4f}x "
+              f"JPEG-XL), {out[-1]['encode_images_per_s']:.2f} images/s", flush=True)
     return out
 
 
@@ -101,9 +154,15 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/cifar10-test-800.npz"))
     p.add_argument("--first", type=int, default=600)
     p.add_argument("--count", type=int, default=200)
-    p.add_argument("--sizes", default="200,8,1", help="images per file, comma-separated")
+    p.add_argument("--sizes", default="200,16,1", help="images per file, comma-separated")
+    p.add_argument("--limit", action="append", default=[], metavar="SIZE=N",
+                   help="files of SIZE images from the first N images only (repeatable)")
     p.add_argument("--steps", type=int, default=None,
-                   help="a K-step dp/analytic chain instead of the codec's default (K = 10)")
+                   help="a K-step dp/analytic chain instead of the codec's default")
+    p.add_argument("--progressive-lossless", type=int, default=0, metavar="N",
+                   help="the first N images also as progressive files that end lossless")
+    p.add_argument("--k-table", default="", help="K values of the size/speed table")
+    p.add_argument("--k-images", type=int, default=32, help="images of the K table's file")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--render", metavar="JSON", help="only draw the table of a results file")
@@ -135,14 +194,28 @@ def main(argv=None) -> int:
                "model": model.fingerprint, "threads": torch.get_num_threads(),
                "steps": a.steps or codec_default_steps(),
                "date": time.strftime("%Y-%m-%d"), "classical_bits": base, "runs": {}, "table": []}
-    for size in (int(v) for v in a.sizes.split(",")):
-        res = run_files(codec, images, size, f"{size}-image files", chain)
-        results["runs"][str(size)] = res
-        results["table"].append(summarise(res, dims, base))
+    limits = {int(k): int(v) for k, v in (item.split("=") for item in a.limit)}
+
+    def save():
         if a.json:
             from ddpmcodec.io.atomic import write_json_atomic
             write_json_atomic(a.json, results)
-    print(table(results))
+    for size in (int(v) for v in a.sizes.split(",")):
+        res = run_files(codec, images[:limits.get(size, len(images))], size,
+                        f"{size}-image files", chain)
+        results["runs"][str(size)] = res
+        results["table"].append(summarise(res, dims, {k: v[:limits.get(size, len(images))]
+                                                      for k, v in base.items()}))
+        save()
+    if a.progressive_lossless:
+        results["progressive_lossless"] = run_progressive_lossless(
+            model, images, a.progressive_lossless, base)
+        save()
+    if a.k_table:
+        results["k_table"] = run_k_table(codec, images[:a.k_images],
+                                         [int(v) for v in a.k_table.split(",")], base)
+        save()
+    print(table(results) + extra_tables(results))
     if a.markdown and a.json:
         write_markdown(a.markdown, results, a.json)
     return 0
@@ -151,9 +224,10 @@ def main(argv=None) -> int:
 COLUMNS = [("images_per_file", "images per file"), ("files", "files"),
            ("file_bpd", "whole file bits/dim"), ("webp_lossless_bpd", "WebP-lossless"),
            ("png_bpd", "PNG"), ("jpegxl_bpd", "JPEG-XL lossless"),
-           ("vs_webp_lossless", "vs WebP-lossless"),
+           ("vs_webp_lossless", "vs WebP-lossless"), ("vs_jpegxl", "vs JPEG-XL"),
            ("larger_than_webp", "files larger than WebP-lossless of their images"), ("net_bpd", "net bits/dim (bits-back images)"),
            ("bound_bpd", "bound (same images)"), ("webp_fallback_files", "files written as WebP"),
+           ("classical_files", "files written classically"),
            ("encode_images_per_s", "encode images/s"), ("decode_images_per_s", "decode images/s")]
 
 
@@ -174,9 +248,30 @@ def table(results: dict) -> str:
         for k, _ in cols:
             v = row.get(k)
             cells.append("" if v is None else f"{100 * v:+.1f}%" if k == "vs_webp_lossless"
+                         else f"{v:.4f}x" if k == "vs_jpegxl"
                          else f"{v:.4f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def extra_tables(results: dict) -> str:
+    """The K table and the progressive-lossless files, when measured."""
+    out = []
+    if results.get("k_table"):
+        out += ["", "| K (--steps) | images | file | whole file bits/dim | vs JPEG-XL | bound | "
+                    "encode images/s |", "|---:|---:|---|---:|---:|---:|---:|"]
+        for r in results["k_table"]:
+            bound = "" if r["bound_bpd"] is None else f"{r['bound_bpd']:.4f}"
+            out.append(f"| {r['steps']} | {r['images']} | {r['mode']} | {r['file_bpd']:.4f} | "
+                       f"{r['vs_jpegxl']:.4f}x | {bound} | {r['encode_images_per_s']:.2f} |")
+    pl = results.get("progressive_lossless")
+    if pl:
+        out += ["", f"Progressive files that end lossless, one image each ({pl['images']} "
+                    f"images): {pl['file_bpd']:.4f} bits/dim against JPEG-XL's "
+                    f"{pl['jpegxl_bpd']:.4f} ({pl['file_bpd'] / pl['jpegxl_bpd']:.3f}x); "
+                    f"encode {pl['encode_images_per_s']:.2f}, decode "
+                    f"{pl['decode_images_per_s']:.2f} images/s."]
+    return "\n".join(out)
 
 
 def write_markdown(path: str, results: dict, source: str) -> None:
@@ -190,8 +285,8 @@ def write_markdown(path: str, results: dict, source: str) -> None:
             "", "    " + results["command"], "",
             f"Results: [`{source}`](../{source}); this page: `python "
             f"benchmarks/bench_lossless_files.py --render {source} --markdown {path}`.", "",
-            table(results), "",
-            "Whole file: everything a user stores (header, WebP-lossless seeds, initial bits), "
+            table(results) + extra_tables(results), "",
+            "Whole file: everything a user stores (header, classical seeds, initial bits), "
             "per dimension of all the images. The classical codecs are Pillow's WebP-lossless "
             "(method 6, quality 100) and PNG (optimize), and imagecodecs' JPEG-XL lossless "
             "(effort 9), one file per image, their whole files. Net bits/dim and the bound "
@@ -200,7 +295,8 @@ def write_markdown(path: str, results: dict, source: str) -> None:
     if single is not None:
         text += ["", f"Single-image files: mean of the per-file bits/dim "
                      f"{single['file_bpd_mean_of_files']:.4f}; each is the shorter of the "
-                     "bits-back file and the WebP-lossless stream (the latter always, here)."]
+                     "bits-back file and the classical file (JPEG-XL or WebP-lossless per image; "
+                     "the classical file always for one image)."]
     write_text_atomic(path, "\n".join(text) + "\n")
 
 

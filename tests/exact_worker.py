@@ -63,13 +63,24 @@ def main(argv=None) -> None:
             if job.get("encode"):
                 with np.load(job["images"], allow_pickle=False) as f:
                     images = f["images"]
-                enc = get_codec(job["mode"])(model).encode(images, **job.get("options", {}))
+                enc = get_codec(job["mode"])(model).encode(images,
+                                                            **encode_options(model, job))
                 with open(job["encode"], "wb") as f:
                     f.write(enc.data)
                 got["encoded"] = _sha(enc.data)
             out["jobs"].append(got)
     print(json.dumps(out))
     sys.stdout.flush()
+
+
+def encode_options(model, job: dict) -> dict:
+    """A job's encode options; ``chain_steps`` K names the lossless codec's default chain
+    of K steps (dp, analytic), which JSON cannot carry."""
+    opts = dict(job.get("options", {}))
+    if "chain_steps" in opts:
+        from ddpmcodec.codec.lossless.params import default_chain
+        opts["chain"] = default_chain(model, opts.pop("chain_steps"))
+    return opts
 
 
 if __name__ == "__main__":

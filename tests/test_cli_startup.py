@@ -29,7 +29,7 @@ import json, sys, typer
 from ddpmcodec.cli import app, main
 commands = sorted(typer.main.get_command(app).commands)
 argvs = [["--help"], ["encode", "-o", "x.ddpm", "--steps", "notanint"], ["decode"],
-         ["encode", "-o", "x.ddpm", "--lossless", "--progressive"],
+         ["encode", "-o", "x.ddpm", "--lossless", "--progressive", "--psnr", "30"],
          ["decode", "missing.ddpm", "-o", "x.npz"]]
 argvs += [[c, "--help"] for c in commands] + [[c, "--no-such-option"] for c in commands]
 codes = {" ".join(a): main(a) for a in argvs}
@@ -56,11 +56,11 @@ def test_help_and_usage_errors_import_nothing_heavy(tmp_path):
     assert codes["--help"] == 0
     assert codes["encode -o x.ddpm --steps notanint"] == 2 and codes["decode"] == 2
     # a user's mistake in the options is a one-line error before torch is loaded
-    assert codes["encode -o x.ddpm --lossless --progressive"] == 1
+    assert codes["encode -o x.ddpm --lossless --progressive --psnr 30"] == 1
     assert codes["decode missing.ddpm -o x.npz"] == 1
     assert "Traceback" not in proc.stderr
     assert "Invalid value for '--steps' / '-K'" in proc.stderr
-    assert "ddpmcodec: error: give one of --lossless and --progressive\n" in proc.stderr
+    assert "ddpmcodec: error: --progressive --lossless codes every step" in proc.stderr
     assert "Usage: ddpmcodec encode" in proc.stdout and "Usage: ddpmcodec calibrate" in proc.stdout
 
 
@@ -119,7 +119,7 @@ def test_encode_help_states_the_codecs_defaults(capsys):
     assert f"[default: {L.DEFAULT_BATCH}]" in o["--batch-size"]
     assert f"[default: {L.DEFAULT_GRID_LOG2}]" in o["--grid-log2"]
     assert f"[default: {L.DEFAULT_SUPPORT_SIGMAS}]" in o["--support-sigmas"]
-    assert f"weighed up to {L.AUTO_COMPARE_MAX} images" in o["--method"]
+    assert "one image: the classical file" in o["--method"]
     assert f"(default {P.DEFAULT_CHUNK_BITS:g})" in o["--chunk-bits"]
     assert f"(default {P.DEFAULT_MARGIN_BITS:g};" in o["--margin"]
     assert f"(1-{P.MAX_CHECK_BITS}, default {P.DEFAULT_CHECK_BITS}:" in o["--check-bits"]

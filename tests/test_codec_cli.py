@@ -69,10 +69,10 @@ def test_png_files_and_folders(capsys, tmp_path, tiny_ckpt, test_images):
                        "--steps", 3, "--trajectory", "even", "--method", "bitsback",
                        "--ckpt", tiny_ckpt, "-q")
     assert code == 0 and "bits/dim" in out and "bound" in out and "time" in out
-    # the default method weighs the WebP-lossless file, shorter for a random network
+    # the default method weighs the classical file, shorter for a random network
     code, out, _ = run(capsys, "encode", src, "-o", f2, "--lossless", "--steps", 3,
                        "--trajectory", "even", "--ckpt", tiny_ckpt, "-q")
-    assert code == 0 and "WebP-lossless streams" in out
+    assert code == 0 and "as classical streams" in out
     for f in (f1, f2):
         code, out, _ = run(capsys, "decode", f, "-o", tmp_path / f.stem, "--ckpt", tiny_ckpt, "-q")
         assert code == 0 and "verified" in out
@@ -118,22 +118,23 @@ def test_errors_are_one_line(capsys, tmp_path, tiny_ckpt, test_npz):
 
 
 def test_default_encode_of_one_image(capsys, tmp_path, test_npz, test_images):
-    """The embedded model's default: one image is written as its WebP-lossless stream.
+    """The embedded model's default: one image is written as its classical stream.
     Its JSON is strict: the net rate, the bound and the overhead do not apply (null; old
     code printed NaN, which no JSON parser has to accept)."""
     f = tmp_path / "one.ddpm"
     code, out, _ = run(capsys, "encode", test_npz, "-n", 1, "-o", f, "--json", "-q")
     enc = strict_json(out)
-    assert code == 0 and enc["method"] == "webp-lossless" and enc["file_bits"] == 8 * f.stat().st_size
+    assert code == 0 and enc["method"] == "classical-lossless"
+    assert enc["file_bits"] == 8 * f.stat().st_size
     assert enc["bits_per_dim"] is None and enc["bound_bits"] is None and enc["overhead"] is None
     assert enc["file_bits_per_dim"] > 0
     code, out, _ = run(capsys, "decode", f, "-o", tmp_path / "one.npz", "-q")
-    assert code == 0 and "webp-lossless" in out
+    assert code == 0 and "classical-lossless" in out and "JPEG-XL" in out
     with np.load(tmp_path / "one.npz", allow_pickle=False) as z:
         assert np.array_equal(z["images"], test_images[:1])
     code, out, _ = run(capsys, "decode", f, "-o", tmp_path / "again.npz", "--json", "-q")
     dec = strict_json(out)
-    assert code == 0 and dec["mode"] == "webp-lossless" and dec["bits_per_dim"] is None
+    assert code == 0 and dec["mode"] == "classical-lossless" and dec["bits_per_dim"] is None
     assert dec["file_bits"] == enc["file_bits"]
 
 

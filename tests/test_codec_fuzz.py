@@ -29,6 +29,7 @@ import time
 import tracemalloc
 from collections import Counter
 
+import imagecodecs
 import numpy as np
 import pytest
 
@@ -73,6 +74,15 @@ def webp_cases(images):
     return new + [(old, images[10:11])]
 
 
+def classical_cases(images):
+    """[(data, images)]: classical-lossless files (format 5) of one and two images, and one
+    of WebP-lossless streams only."""
+    from ddpmcodec.codec.lossless import classical
+    codec = classical.ClassicalLosslessCodec(None)
+    return [(codec.encode(x).data, x) for x in (images[10:11], images[11:13])] + [
+        (codec.encode(images[13:14], codecs=("webp",)).data, images[13:14])]
+
+
 def decoder(name, model):
     """The decode function of a codec."""
     if name == "lossless":
@@ -80,6 +90,9 @@ def decoder(name, model):
     if name == "progressive":
         from ddpmcodec.codec.progressive.codec import ProgressiveCodec
         return ProgressiveCodec(model).decode
+    if name == "classical-lossless":
+        from ddpmcodec.codec.lossless.classical import ClassicalLosslessCodec
+        return ClassicalLosslessCodec(None).decode
     from ddpmcodec.codec.lossless.webp import WebPLosslessCodec
     return WebPLosslessCodec(None).decode
 
@@ -93,15 +106,18 @@ def files(tiny_model, test_images):
 @pytest.fixture(scope="module")
 def all_cases(tiny_model, test_images, files):
     return {"lossless": files[1], "progressive": progressive_cases(tiny_model, test_images),
-            "webp-lossless": webp_cases(test_images)}
+            "webp-lossless": webp_cases(test_images),
+            "classical-lossless": classical_cases(test_images)}
 
 
 # The only exceptions a DDPMCodecError may replace: those raised on bad data by name --
 # constriction's RangeDecoder (AssertionError, see ddpmcodec/codec/entropy/coder.py),
 # Python's ASCII decoding of header strings, and Pillow's WebP decoder on a damaged stream
-# (OSError, SyntaxError, EOFError: ddpmcodec/codec/lossless/webp.py). Anything else was a
-# converted bug.
-DATA_ERRORS = (DDPMCodecError, AssertionError, UnicodeDecodeError, OSError, SyntaxError, EOFError)
+# (OSError, SyntaxError, EOFError: ddpmcodec/codec/lossless/webp.py), and libjxl's on a
+# damaged JPEG-XL stream (imagecodecs' JpegxlError and RuntimeError, caught around its one
+# decode call: ddpmcodec/codec/lossless/jxl.py). Anything else was a converted bug.
+DATA_ERRORS = (DDPMCodecError, AssertionError, UnicodeDecodeError, OSError, SyntaxError, EOFError,
+               imagecodecs.JpegxlError, RuntimeError)
 
 
 def assert_raised_where_detected(exc: DDPMCodecError) -> None:
@@ -311,10 +327,16 @@ def forge_progressive_payload(rng, data: bytes) -> bytes:
 
 
 def forge_webp(rng, data: bytes, images: np.ndarray) -> bytes:
-    """A webp-lossless file with other streams, counts or checksums behind valid checks."""
-    from ddpmcodec.codec.lossless import webp
+    """A webp-lossless or classical-lossless file with other streams, counts or checksums
+    behind valid checks."""
+    from ddpmcodec.codec.lossless import classical, webp
     header, payload = container.unpack(data)
-    streams = webp.unpack_streams(payload, header.num_images)
+    if header.mode == "webp-lossless":
+        streams, make = webp.unpack_streams(payload, header.num_images), webp.webp_stream
+    else:
+        streams = classical.unpack_streams(payload, header.num_images, "streams",
+                                           classical.LEAST_STREAM_BYTES)
+        make = classical.classical_stream
     kind = rng.integers(0, 5)
     if kind == 0:  # a flipped bit in a stream
         s = int(rng.integers(0, len(streams)))
@@ -323,7 +345,7 @@ def forge_webp(rng, data: bytes, images: np.ndarray) -> bytes:
         streams[s] = bytes(b)
     elif kind == 1:  # another image's stream
         other = np.ascontiguousarray(np.roll(images[0], int(rng.integers(1, 32)), axis=0))
-        streams[int(rng.integers(0, len(streams)))] = webp.webp_stream(other)
+        streams[int(rng.integers(0, len(streams)))] = make(other)
     elif kind == 2:  # the streams in another order
         streams = streams[::-1] if len(streams) > 1 else streams + streams
     elif kind == 3:  # another image count
@@ -378,7 +400,7 @@ def fuzz(name: str, model, cases, plain: int, forged: int, seed: int = SEED,
 # -- the tests ------------------------------------------------------------------------------------
 # (plain, forged, truncations: None = every one) per codec in the default suite
 COUNTS = {"lossless": (240, 45, None), "progressive": (12, 12, 12),
-          "webp-lossless": (300, 150, None)}
+          "webp-lossless": (300, 150, None), "classical-lossless": (300, 150, None)}
 
 
 @pytest.mark.parametrize("name", list(COUNTS))
@@ -395,7 +417,7 @@ def test_fuzz(name, tiny_model, all_cases):
 
 
 LARGE_COUNTS = {"lossless": (2400, 600, None), "progressive": (300, 300, 300),
-                "webp-lossless": (3000, 1500, None)}
+                "webp-lossless": (3000, 1500, None), "classical-lossless": (3000, 1500, None)}
 
 
 @pytest.mark.slow
@@ -412,11 +434,11 @@ def test_forged_headers_are_bounded(tiny_model, all_cases):
     rng = np.random.default_rng(SEED + 2)
     tracemalloc.start()
     try:
-        for name in ("lossless", "progressive", "webp-lossless"):
+        for name in ("lossless", "progressive", "webp-lossless", "classical-lossless"):
             decode = decoder(name, tiny_model)
             for n in range(12):
                 data, images = all_cases[name][n % 2]
-                forged = (forge_webp(rng, data, images) if name == "webp-lossless" else
+                forged = (forge_webp(rng, data, images) if name.endswith("-lossless") else
                           forge_lossless_params(rng, data) if n % 2 and name == "lossless" else
                           forge_header(rng, data))
                 tracemalloc.reset_peak()
@@ -468,6 +490,10 @@ def forged_counts(all_cases) -> dict:
     data, _ = all_cases["webp-lossless"][0]
     header, payload = container.unpack(data)
     out["webp-lossless"] = container.pack(dataclasses.replace(header, num_images=1 << 20), payload)
+    data, _ = all_cases["classical-lossless"][0]
+    header, payload = container.unpack(data)
+    out["classical-lossless"] = container.pack(dataclasses.replace(header, num_images=1 << 20),
+                                               payload)
     return out
 
 

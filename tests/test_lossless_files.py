@@ -1,9 +1,11 @@
-"""Whole lossless files: the default chain, WebP-lossless seeds as the stack's initial
-bits, the growing batch layout, the all-WebP fallback, and the compact format's defences.
+"""Whole lossless files: the default chain, classical seeds (JPEG-XL or WebP-lossless) as
+the stack's initial bits, the growing batch layout, the classical fallback, and the compact
+format's defences.
 
-Oracles: exact round trips (files of 1, 2 and many images); Pillow's own WebP-lossless file
-of the same image (the fallback must be smaller); the seeds' bits are exactly their
-streams' bytes; every truncation and bit flip of the new layout is a DDPMCodecError."""
+Oracles: exact round trips (files of 1, 2 and many images); libjxl's own JPEG-XL stream at
+effort 9 and Pillow's own WebP-lossless file of the same image (the fallback must be at
+most 8 bytes more, and smaller); the seeds' bits are exactly their streams' bytes; every
+truncation and bit flip of the new layout is a DDPMCodecError."""
 from __future__ import annotations
 
 import io
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.lossless import webp
+from ddpmcodec.codec.lossless import classical, webp
 from ddpmcodec.codec.api import decode_bytes
 from ddpmcodec.codec.lossless.codec import BitsBackCodec
 from ddpmcodec.codec.lossless.params import DEFAULT_STEPS, LosslessParams
@@ -27,40 +29,52 @@ def pillow_webp_bytes(image: np.ndarray) -> int:
     return len(b.getvalue())
 
 
-def test_one_image_falls_back_to_a_webp_stream_smaller_than_webp(embedded_model, test_images):
+def jxl_bytes(image: np.ndarray) -> int:
+    import imagecodecs
+    return len(imagecodecs.jpegxl_encode(image, lossless=True, effort=9))
+
+
+def test_one_image_falls_back_to_a_classical_stream_within_8_bytes_of_jpegxl(embedded_model,
+                                                                           test_images):
     codec = BitsBackCodec(embedded_model)
     enc = codec.encode(test_images[:1])
-    assert enc.header.mode == "webp-lossless" and enc.stats.extra["method"] == "webp-lossless"
-    # the bits-back file was made and measured, and it was longer
-    assert enc.stats.extra["bitsback_file_bytes"] > len(enc.data)
-    assert enc.stats.extra["webp_file_bytes"] == len(enc.data)
+    assert enc.header.mode == "classical-lossless"
+    assert enc.stats.extra["method"] == "classical-lossless"
+    # no bits-back file is made for one image: it would carry its whole dip unpaid
+    assert enc.stats.initial_bits == 0 and "bitsback_file_bytes" not in enc.stats.extra
+    forced = codec.encode(test_images[:1], method="bitsback")
+    assert len(forced.data) > len(enc.data) + 0.5 * forced.stats.extra[
+        "dip_bits_per_image_estimate"] / 8
+    assert len(enc.data) <= jxl_bytes(test_images[0]) + 8
     assert len(enc.data) < pillow_webp_bytes(test_images[0])
-    assert enc.stats.header_bits // 8 == 15
+    assert enc.stats.header_bits // 8 == 8
     for dec in (codec.decode(enc.data), decode_bytes(embedded_model, enc.data),
-                webp.WebPLosslessCodec(None).decode(enc.data)):
+                classical.ClassicalLosslessCodec(None).decode(enc.data)):
         assert np.array_equal(dec.images, test_images[:1])
 
 
 def test_default_file_of_many_images_uses_seeds_and_a_growing_layout(embedded_model, test_images):
     codec = BitsBackCodec(embedded_model)
-    x = test_images[:8]
-    enc = codec.encode(x)
+    x = test_images[:5]
+    enc = codec.encode(x, method="bitsback")
     s, h = enc.stats, enc.header
     assert h.mode == "lossless" and h.num_steps == DEFAULT_STEPS
     params = LosslessParams.unpack(h.params, h)
     m = len(params.seed_lengths)
-    assert m >= 1 and s.extra["seed_images"] == m and s.net_dims == (8 - m) * 3072
-    streams = [webp.webp_stream(im) for im in x[:m]]
+    assert m >= 1 and s.extra["seed_images"] == m and s.net_dims == (5 - m) * 3072
+    streams = [classical.classical_stream(im) for im in x[:m]]
     assert params.seed_lengths == tuple(len(v) for v in streams)
+    assert params.classical_seeds == any(classical.stream_codec(v) == "jxl" for v in streams)
     assert s.side_bits == 8 * sum(len(v) for v in streams)
     # the seeds carry the first batch's dip: almost no initial bits are left to pay
     assert s.initial_bits_per_dim < 0.05
     layout = params.batches(h)
-    assert layout[0][0] == m and layout[-1][1] == 8
+    assert layout[0][0] == m and layout[-1][1] == 5
     sizes = [b - a for a, b in layout]
     assert sizes[0] == 1 and sizes == sorted(sizes)  # starts with one image, grows
     assert s.file_bits < 8 * sum(pillow_webp_bytes(im) for im in x)
-    assert h.num_steps == len(h.timesteps) and len(enc.data) - len(container.unpack(enc.data)[1]) < 100
+    # the header holds the chain: 3-4 bytes a step for its timesteps and variances
+    assert h.num_steps == len(h.timesteps) and len(enc.data) - len(container.unpack(enc.data)[1]) < 40 + 4 * h.num_steps
     dec = decode_bytes(embedded_model, enc.data)
     assert np.array_equal(dec.images, x)
     assert dec.stats.file_bits == s.file_bits and dec.stats.side_bits == s.side_bits
@@ -76,14 +90,17 @@ def test_bitsback_round_trips_with_and_without_seeds(tiny_model, test_images, n,
 
 
 def test_auto_weighs_both_files(tiny_model, test_images):
-    """A random network codes images badly: auto must keep the WebP streams."""
+    """A random network codes images badly: auto must keep the classical streams."""
     codec = BitsBackCodec(tiny_model)
     enc = codec.encode(test_images[:3], steps=2)
-    assert enc.header.mode == "webp-lossless"
+    assert enc.header.mode == "classical-lossless"
     assert enc.stats.extra["bitsback_file_bytes"] > len(enc.data)
-    webp = codec.encode(test_images[:3], steps=2, method="webp")
-    assert webp.data == enc.data
+    alone = codec.encode(test_images[:3], steps=2, method="classical")
+    assert alone.data == enc.data
     assert np.array_equal(codec.decode(enc.data).images, test_images[:3])
+    only_webp = codec.encode(test_images[:3], steps=2, method="webp")
+    assert only_webp.header.mode == "webp-lossless" and len(only_webp.data) > len(enc.data)
+    assert np.array_equal(codec.decode(only_webp.data).images, test_images[:3])
 
 
 def test_seed_words_and_their_terminator():
@@ -117,22 +134,34 @@ def webp_file(tiny_model, test_images):
 
 
 def _streams_decode_to(payload: bytes, header, images) -> bool:
-    """Whether a webp-lossless payload's streams decode to ``images`` (the decoder's work
+    """Whether a model-free payload's streams decode to ``images`` (the decoder's work
     without its pixel checksum): what decoding a changed payload must then return."""
     try:
-        streams = webp.unpack_streams(payload, header.num_images)
-        return all(np.array_equal(webp.webp_image(st, header.image_shape), im)
+        if header.mode == "webp-lossless":
+            streams, image = webp.unpack_streams(payload, header.num_images), webp.webp_image
+        else:
+            streams = classical.unpack_streams(payload, header.num_images, "streams",
+                                               classical.LEAST_STREAM_BYTES)
+            image = classical.classical_image
+        return all(np.array_equal(image(st, header.image_shape), im)
                    for st, im in zip(streams, images))
     except DDPMCodecError:
         return False
 
 
-@pytest.mark.parametrize("which", ["seeded_file", "webp_file"])
+@pytest.fixture(scope="module")
+def classical_file(tiny_model, test_images):
+    return (BitsBackCodec(tiny_model).encode(test_images[:2], method="classical").data,
+            test_images[:2])
+
+
+@pytest.mark.parametrize("which", ["seeded_file", "webp_file", "classical_file"])
 def test_every_truncation_and_bit_flip_is_refused(request, tiny_model, which):
     """Every truncation is an error. Every bit flip of the bits-back file is one (its CRCs
-    cover every byte); so is every flip in a webp-lossless file's header (its CRC-16),
-    while one in its streams must give an error unless the streams still decode to the
-    same pixels (libwebp ignores some bits): then the right images, as computed."""
+    cover every byte); so is every flip in a webp-lossless file's header (its CRC-16) and
+    in a classical-lossless one's (canonical, under the pixel checksum), while one in their
+    streams must give an error unless the streams still decode to the same pixels (libwebp
+    and libjxl ignore some bits): then the right images, as computed."""
     data, images = request.getfixturevalue(which)
     codec = BitsBackCodec(tiny_model)
     assert np.array_equal(codec.decode(data).images, images)
@@ -146,7 +175,7 @@ def test_every_truncation_and_bit_flip_is_refused(request, tiny_model, which):
     for i in sorted(set(rng.integers(0, len(data), 300).tolist()) | set(range(40))):
         bad = bytearray(data)
         bad[i] ^= 1 << int(rng.integers(0, 8))
-        same = (header.mode == "webp-lossless" and i >= start
+        same = (header.model_free and i >= start
                 and _streams_decode_to(bytes(bad[start:]), header, images))
         if same:
             assert np.array_equal(codec.decode(bytes(bad)).images, images)
@@ -171,24 +200,27 @@ def test_forged_seed_streams_are_corrupt_files(tiny_model, seeded_file, test_ima
         with pytest.raises(DDPMCodecError, match="corrupt file|decoding failed"):
             codec.decode(container.pack(header, bytes(q)))
     # the encoder handed another stream for the seed image: its file carries it
-    true = webp.webp_stream(images[0])
-    flipped = [bytes(true[:k]) + bytes([true[k] ^ 1 << b]) + bytes(true[k + 1:])
-               for k, b in ((2, 3), (len(true) // 2, 5), (len(true) - 1, 7), (len(true) - 1, 0))]
-    real = webp.webp_stream
-    for stream in [real(test_images[9])] + flipped:
-        monkeypatch.setattr(webp, "webp_stream", lambda im, s=stream: s if np.array_equal(
-            im, images[0]) else real(im))
+    real = classical.classical_stream
+    forgeries = [real(test_images[9])]
+    for codecs in (("jxl",), ("webp",)):
+        true = real(images[0], codecs)
+        forgeries += [bytes(true[:k]) + bytes([true[k] ^ 1 << b]) + bytes(true[k + 1:])
+                      for k, b in ((2, 3), (len(true) // 2, 5), (len(true) - 1, 7),
+                                   (len(true) - 1, 0))]
+    for stream in forgeries:
+        monkeypatch.setattr(classical, "classical_stream", lambda im, c=None, s=stream: s
+                            if np.array_equal(im, images[0]) else real(im, c))
         forged = BitsBackCodec(tiny_model).encode(images, steps=2, batch_size=2,
                                                   method="bitsback", seed_images=1).data
         monkeypatch.undo()
         try:
-            same = np.array_equal(webp.webp_image(stream, (3, 32, 32)), images[0])
+            same = np.array_equal(classical.classical_image(stream, (3, 32, 32)), images[0])
         except DDPMCodecError:
             same = False
         if same:
             assert np.array_equal(codec.decode(forged).images, images)
         else:
-            with pytest.raises(DDPMCodecError, match="checksum|WebP"):
+            with pytest.raises(DDPMCodecError, match="checksum|WebP|JPEG-XL|classical"):
                 codec.decode(forged)
 
 
@@ -210,7 +242,7 @@ _NO_WEBP = """
 import sys
 sys.modules["PIL._webp"] = None  # what a Pillow built without libwebp looks like
 import numpy as np
-from ddpmcodec.codec.lossless import webp
+from ddpmcodec.codec.lossless import classical, webp
 from ddpmcodec.errors import DDPMCodecError
 data = open(sys.argv[1], "rb").read()
 for what, run in (("decode", lambda: webp.WebPLosslessCodec(None).decode(data)),

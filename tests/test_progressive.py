@@ -488,7 +488,16 @@ def test_command_line(tiny_ckpt, test_images, tmp_path, capsys):
     assert main(["decode", str(tmp_path / "cut.ddpm"), "-o", str(tmp_path / "e.npz"),
                  "--ckpt", str(tiny_ckpt), "-q", "--json", "--bytes", str(cut + 1)]) == 0
     assert json.loads(capsys.readouterr().out)["steps_decoded"] == 2
-    assert main(["encode", str(src), "-o", str(f), "--progressive", "--lossless",
+    g = tmp_path / "l.ddpm"  # a progressive file that ends lossless
+    assert main(["encode", str(src), "-o", str(g), "--progressive", "--lossless", "--steps", "3",
+                 "--chunk-bits", "6", "--margin", "2", "--ckpt", str(tiny_ckpt), "-q",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lossless"]["file_bytes"] == g.stat().st_size
+    assert main(["decode", str(g), "-o", str(tmp_path / "l.npz"), "--ckpt", str(tiny_ckpt),
+                 "-q", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lossless"]
+    assert np.array_equal(np.load(tmp_path / "l.npz")["images"], test_images[:1])
+    assert main(["encode", str(src), "-o", str(f), "--progressive", "--lossless", "--float32",
                  "--ckpt", str(tiny_ckpt), "-q"]) == 1
     assert main(["decode", str(f), "-o", str(tmp_path / "d.npz"), "--recon", "best",
                  "--ckpt", str(tiny_ckpt), "-q"]) == 1

@@ -78,19 +78,22 @@ def decode(
         summary = {"file": str(file), "out": str(out), "mode": "progressive",
                    "fingerprint": dec.header.fingerprint, "num_images": s.num_images,
                    "num_steps": s.num_steps, "steps_decoded": e["steps_decoded"], "t": e["t"],
-                   "bytes_used": e["bytes_used"], "complete": e["complete"], "recon": recon,
+                   "bytes_used": e["bytes_used"], "complete": e["complete"],
+                   "recon": e["recon"], "lossless": e["lossless"],
                    "bits_per_dim": 8 * e["bytes_used"] / s.total_dims, "seconds": s.seconds,
                    "files_written": len(written)}
         verified = ("pixels verified" if e["pixels_verified"]
                     else "latents verified bit for bit")
+        where = ("all coded steps and the lossless layer: the exact pixels" if e["lossless"]
+                 else f"coded step {e['steps_decoded']}/{s.num_steps} (t = {e['t']})")
         emit(summary, as_json, [
-            f"decoded {s.num_images} image(s) at coded step {e['steps_decoded']}/{s.num_steps} "
-            f"(t = {e['t']}) from the first {e['bytes_used']} bytes "
-            f"({summary['bits_per_dim']:.4f} bits/dim), reconstruction: {recon}; {verified}",
+            f"decoded {s.num_images} image(s) at {where} from the first {e['bytes_used']} "
+            f"bytes ({summary['bits_per_dim']:.4f} bits/dim), reconstruction: {e['recon']}; "
+            f"{verified}",
             f"  wrote {out} ({s.seconds:.1f} s)"])
         return
     header = read_header(data)  # a complete file: every CRC checked before any work
-    # a webp-lossless file (the lossless codec's fallback) needs no model
+    # a model-free file (the lossless codec's classical fallback) needs no model
     model = (None if header.model_free
              else load_model(ckpt, decode_device(header, requested), lazy=True))
     dec = get_codec(header.mode)(model).decode(data, progress=not quiet)
@@ -101,7 +104,8 @@ def decode(
                "num_steps": s.num_steps, "device_kind": header.device_kind,
                "files_written": len(written), **stats_summary(s)}
     how, check = ((f"{s.num_steps}-step chain", "pixels verified") if not header.model_free
-                  else ("WebP-lossless streams", "pixels verified" if header.pixel_checksum
+                  else ("JPEG-XL and WebP-lossless streams" if header.mode == "classical-lossless"
+                        else "WebP-lossless streams", "pixels verified" if header.pixel_checksum
                         else "streams' checksum verified"))
     emit(summary, as_json, [
         f"decoded {s.num_images} image(s) from {file} ({header.mode}, {how}) into {out}; "

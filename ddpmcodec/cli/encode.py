@@ -50,7 +50,9 @@ def encode(
              "(default: the 8 CIFAR-10 test images shipped in the package)",
         show_default=False)] = None,
     lossless: Annotated[bool, Opt(
-        "--lossless", help="bits-back ANS through the latent chain, exact pixels (the default)")] = False,
+        "--lossless", help="bits-back ANS through the latent chain, exact pixels (the "
+                            "default); with --progressive: a progressive file whose complete "
+                            "form decodes to the exact pixels")] = False,
     steps: Annotated[Optional[int], Opt(
         "--steps", "-K", help=f"a chain of K steps (default: {L.DEFAULT_STEPS} for "
                               f"--lossless, {P.DEFAULT_STEPS} for --progressive)")] = None,
@@ -89,12 +91,14 @@ def encode(
                                  "deviations each side (a multiple of "
                                  "1/16)")] = L.DEFAULT_SUPPORT_SIGMAS,
     method: Annotated[str, Opt(
-        "--method", help=f"lossless: auto (the shorter file of bits-back and WebP-lossless, "
-                         f"weighed up to {L.AUTO_COMPARE_MAX} images), bitsback, or "
-                         f"webp")] = "auto",
+        "--method", help="lossless: auto (the shorter file of bits-back and the classical "
+                         "file, each image its shorter JPEG-XL or WebP-lossless stream; one "
+                         "image: the classical file), bitsback, classical, or webp "
+                         "(WebP-lossless only)")] = "auto",
     seed_images: Annotated[Optional[int], Opt(
-        "--seed-images", help="lossless: how many first images are stored as WebP-lossless "
-                              "to give the bits-back stack its initial bits (default: as "
+        "--seed-images", help="lossless: how many first images are stored classically "
+                              "(JPEG-XL or WebP-lossless) to give the bits-back stack its "
+                              "initial bits (default: as "
                               "many as the first image's dip needs)")] = None,
     progressive: Annotated[bool, Opt(
         "--progressive", help="lossy and progressive: reverse channel coding of the latent "
@@ -132,8 +136,10 @@ def encode(
 ):
     if batch_size < 1:
         raise DDPMCodecError(f"--batch-size must be positive, got {batch_size}")
-    if lossless and progressive:
-        raise DDPMCodecError("give one of --lossless and --progressive")
+    if lossless and progressive and (float32 or any(v is not None for v in (bpp, psnr, max_bytes))):
+        raise DDPMCodecError("--progressive --lossless codes every step with the exact network: "
+                             "give no --bpp, --psnr, --max-bytes or --float32 (decode a prefix "
+                             "for a smaller file)")
     if not progressive and (chunk_bits is not None or margin is not None):
         raise DDPMCodecError("--chunk-bits and --margin apply to --progressive")
     if progressive and (method != "auto" or seed_images is not None):
@@ -165,7 +171,8 @@ def encode(
             opts["variance"] = "model"  # propose with the chain's own variances
         enc = get_codec("progressive")(model).encode(
             images.images, steps=steps if chain is None else None, batch_size=batch_size,
-            seed=seed, progress=not quiet, chain=chain, exact=not float32, **opts)
+            seed=seed, progress=not quiet, chain=chain, exact=not float32,
+            lossless=lossless, **opts)
         write_bytes_atomic(out, enc.data)
         summary, lines = _progressive_summary(enc, out, model)
         emit(summary, as_json, lines)
@@ -180,8 +187,11 @@ def encode(
                "fingerprint": model.fingerprint, "num_images": s.num_images,
                "num_steps": s.num_steps, "device_kind": enc.header.device_kind,
                **stats_summary(s)}
-    how = (f"{s.num_steps}-step chain, {s.extra['seed_images']} WebP seed image(s)"
-           if s.extra["method"] == "bitsback" else "as WebP-lossless streams (shorter here)")
+    how = {"bitsback": f"{s.num_steps}-step chain, {s.extra.get('seed_images')} classical "
+                       f"seed image(s)",
+           "classical-lossless": f"as classical streams ({s.extra.get('jxl_streams')} JPEG-XL, "
+                                 f"{s.extra.get('webp_streams')} WebP-lossless; shorter here)",
+           }.get(s.extra["method"], "as WebP-lossless streams")
     emit(summary, as_json, [
         f"wrote {out}: {s.num_images} image(s), lossless, {how}, model "
         f"{model.fingerprint}; {_decodes_where(enc.header)}"] + stats_lines(s))
@@ -203,12 +213,14 @@ encode.__doc__ = f"""Compress images into one file. --lossless (the default): bi
     {L.DEFAULT_VARIANCE} variances (needs the model's calibration; the embedded model has
     one); the net size approaches the negative ELBO of the chain (what `ddpmcodec nll
     --steps {L.DEFAULT_STEPS} --trajectory {L.DEFAULT_TRAJECTORY} --variance
-    {L.DEFAULT_VARIANCE}` reports). The first image(s) are stored as WebP-lossless and give
-    the stack its initial bits; a file is written as plain WebP-lossless streams when that
-    is shorter (always for one image). The size reported first is the whole file.
+    {L.DEFAULT_VARIANCE}` reports). The first image(s) are stored classically (each its
+    shorter JPEG-XL or WebP-lossless stream) and give the stack its initial bits; a file is
+    written as plain classical streams when that is shorter (always for one image). The
+    size reported first is the whole file.
     --progressive: lossy, on {P.DEFAULT_STEPS} geometrically spaced coded steps; every
     prefix of the file decodes (`ddpmcodec decode --bytes N`); with --variance other than
-    model its proposals use the chain's variance, else a variance fitted per image and step.
+    model its proposals use the chain's variance, else a variance fitted per image and step;
+    with --lossless too, the pixels follow the last step and the whole file decodes exactly.
     The chain (timesteps and variances) is recorded in the file: decoding needs only the
     file and the model."""
 
@@ -265,4 +277,10 @@ def _progressive_summary(enc, out: Path, model) -> tuple[dict, list[str]]:
                      f"{int(r['file_bits_per_image'] * s.num_images / 8):>14d}"
                      f"   {r['payload_bits_per_image']:>10.0f}   {r['kl_bits_per_image']:>13.0f}"
                      f"   {r['rmse']:>5.2f}  {r['psnr']:>5.2f}")
+    layer = s.extra.get("lossless")
+    if layer:
+        summary["lossless"] = layer
+        lines.append(f"  lossless     0   {layer['file_bytes']:>14d}   "
+                     f"{8 * layer['bytes'] / s.num_images:>10.0f}   (pixels: ideal "
+                     f"{layer['ideal_bits'] / s.num_images:.0f} bits/image)   exact pixels")
     return summary, lines

@@ -48,6 +48,7 @@ CODECS = {
     "lossless": "ddpmcodec.codec.lossless.codec:BitsBackCodec",
     "progressive": "ddpmcodec.codec.progressive.codec:ProgressiveCodec",
     "webp-lossless": "ddpmcodec.codec.lossless.webp:WebPLosslessCodec",
+    "classical-lossless": "ddpmcodec.codec.lossless.classical:ClassicalLosslessCodec",
 }
 
 

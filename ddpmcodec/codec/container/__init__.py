@@ -7,7 +7,7 @@ form only), integers are little-endian. Format version 2::
     size  field
     2     MAGIC b"\\x89D": identifies the format (format 1 began with the same two bytes)
     1     version (high nibble, 2) | mode (low nibble: 1 lossless, 2 progressive,
-          3 webp-lossless)
+          3 webp-lossless, 4 classical-lossless)
     ...   header body (below)
     2     CRC-16 (CCITT) of every byte before it
     v     payload length P (must equal the bytes that follow the next field)
@@ -92,6 +92,21 @@ mode's are: a payload changed behind its checks (another image's stream) decodes
 that fail it, where a CRC-32 recomputed with the payload passed. A damaged stream still
 fails fast, in the WebP decoder, before any pixel is compared.
 
+Format version 5, the compact model-free file (classical-lossless: each image the shorter
+of its JPEG-XL and WebP-lossless stream)::
+
+    2     MAGIC
+    1     version (high nibble, 5) | mode (4, classical-lossless)
+    1     flags          bit 0: v*3 image shape (preset 3, 32, 32); bit 1: v num_images
+                         (preset 1; written, at least 2)
+    4     pixel checksum first 4 bytes of SHA-256 over the decoded uint8 NHWC pixels
+    ...   payload, to the end of the file
+
+A one-image CIFAR-sized file has 8 bytes of container. There is no header CRC: only the
+canonical form is read (a field is written exactly when it differs from its preset), a
+damaged field makes the streams fail their size checks or decode to pixels that fail
+the checksum, and the checksum covers every image the header announces.
+
 Format version 1 (a 8-byte magic b"\\x89DDPMC\\r\\n", fixed-width fields, the whole
 fingerprint, a 16-byte pixel checksum, two CRC-32s: ~130 bytes before any chain) is
 still read, never written.
@@ -104,7 +119,7 @@ bytes.
 Where each part lives: :mod:`.limits` (magic, versions, modes, bounds), :mod:`.fields`
 (BlobWriter/BlobReader, varints, CRCs, the pixel checksum), :mod:`.header` (the Header
 dataclass and its validation), :mod:`.chains` (chain and variance-rule fields),
-:mod:`.host` (device-kind fields), :mod:`.v1` / :mod:`.v2` / :mod:`.v3` / :mod:`.v4` (each
+:mod:`.host` (device-kind fields), :mod:`.v1` to :mod:`.v5` (each
 format generation's header body) and :mod:`.files` (pack / unpack of whole files).
 """
 from ddpmcodec.codec.container.chains import evenly_spaced, geometric_timesteps

@@ -2,22 +2,24 @@
 check (magic, version, CRCs, lengths, trailing bytes) before a codec sees the payload."""
 from __future__ import annotations
 
-from ddpmcodec.codec.container import v1, v2, v3, v4
+from ddpmcodec.codec.container import v1, v2, v3, v4, v5
 from ddpmcodec.codec.container.fields import BlobReader, BlobWriter, crc16, crc32
 from ddpmcodec.codec.container.header import Header
 from ddpmcodec.codec.container.limits import (
-    FORMAT_COMPACT, FORMAT_MODEL_FREE, FORMAT_VERSION, MAGIC, MAGIC_V1, MAX_FILE_BYTES, MODES,
+    FORMAT_CLASSICAL, FORMAT_COMPACT, FORMAT_MODEL_FREE, FORMAT_VERSION, MAGIC, MAGIC_V1, MAX_FILE_BYTES, MODES,
     SUPPORTED_VERSIONS, MODE_NAMES)
 from ddpmcodec.errors import DDPMCodecError
 
 
 # -- the whole file ------------------------------------------------------------------------
-_BODIES = {FORMAT_VERSION: v2, FORMAT_COMPACT: v3, FORMAT_MODEL_FREE: v4}
+_BODIES = {FORMAT_VERSION: v2, FORMAT_COMPACT: v3, FORMAT_MODEL_FREE: v4, FORMAT_CLASSICAL: v5}
+# formats whose payload runs to the end of the file (it, or the pixels, check themselves)
+_TO_THE_END = (FORMAT_COMPACT, FORMAT_CLASSICAL)
 
 
 def pack(header: Header, payload: bytes) -> bytes:
-    """Serialise a header and payload into the container bytes (format 2, 3 or 4, as the
-    header says)."""
+    """Serialise a header and payload into the container bytes (format 2, 3, 4 or 5, as
+    the header says)."""
     header.validate()
     if header.version not in _BODIES:
         raise DDPMCodecError(f"this ddpmcodec writes format versions "
@@ -27,6 +29,8 @@ def pack(header: Header, payload: bytes) -> bytes:
     payload = bytes(payload)
     if header.version == FORMAT_COMPACT:
         return head + bytes([crc16(head) & 0xFF]) + payload
+    if header.version == FORMAT_CLASSICAL:  # canonical, and its pixel checksum covers it
+        return head + payload
     tail = BlobWriter().u16(crc16(head)).uvar(len(payload))
     if header.version == FORMAT_VERSION:  # format 4 checks the decoded pixels instead
         tail.u32(crc32(payload))
@@ -35,16 +39,16 @@ def pack(header: Header, payload: bytes) -> bytes:
 
 def header_size(header: Header, payload_bytes: int) -> int:
     """Bytes of a packed file that are not payload (the payload's length is among them)."""
-    if header.version == FORMAT_COMPACT:
+    if header.version in _TO_THE_END:
         return len(pack(header, b""))
     return len(pack(header, b"")) - 1 + len(BlobWriter().uvar(payload_bytes).getvalue())
 
 
 def _read_head(data: bytes) -> tuple[Header, int | None, int | None, BlobReader]:
     """Magic, version, header (CRC-checked and validated), payload length and CRC (None,
-    None in format 3: the payload runs to the end and checks itself; the CRC is None in
-    format 4, whose header holds the decoded pixels' checksum); the reader is left at the
-    payload's first byte."""
+    None in formats 3 and 5: the payload runs to the end and checks itself, or the pixel
+    checksum checks everything; the CRC is None in format 4, whose header holds the decoded
+    pixels' checksum); the reader is left at the payload's first byte."""
     if data[:len(MAGIC_V1)] == MAGIC_V1:
         return v1.read_head(data)
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
@@ -69,6 +73,8 @@ def _read_head(data: bytes) -> tuple[Header, int | None, int | None, BlobReader]
         raise DDPMCodecError(f"corrupt file: the header is damaged ({exc})") from None
     end = r.pos
     r.what = "file"
+    if vm >> 4 == FORMAT_CLASSICAL:
+        return header, None, None, r
     if compact_format:
         if r.u8("header checksum") != crc16(data[:end]) & 0xFF:
             raise DDPMCodecError("corrupt file: the header checksum does not match")
@@ -110,7 +116,7 @@ def unpack_prefix(data: bytes) -> tuple[Header, bytes, bool]:
     A prefix's content is the codec's to verify."""
     data = bytes(data)
     header, payload_len, payload_crc, r = _read_head(data)
-    if payload_len is None:  # format 3: whether the payload is whole is the codec's to say
+    if payload_len is None:  # formats 3 and 5: whether the payload is whole is the codec's to say
         return header, r.raw(r.remaining, "payload"), None
     if r.remaining > payload_len:
         raise DDPMCodecError(f"file is padded: the header announces a payload of "

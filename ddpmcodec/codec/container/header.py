@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ddpmcodec.codec.container.fields import BlobReader
 from ddpmcodec.codec.container.limits import (
     CHECKSUM_BYTES, CHECKSUM_BYTES_V1, COMPACT_ID_BYTES, COMPACT_MODES, FINGERPRINT_BYTES,
-    FORMAT_COMPACT, FORMAT_MODEL_FREE, FORMAT_VERSION, MAX_BATCH, MAX_CHANNELS, MAX_DEVICE_CHARS, MAX_DIMS,
+    FORMAT_CLASSICAL, FORMAT_COMPACT, FORMAT_MODEL_FREE, FORMAT_OF_MODEL_FREE, FORMAT_VERSION, MAX_BATCH, MAX_CHANNELS, MAX_DEVICE_CHARS, MAX_DIMS,
     MAX_IMAGES, MAX_PARAMS_BYTES, MAX_SEED, MAX_SIDE, MAX_THREADS, MAX_TIMESTEPS,
     MAX_TOTAL_PIXELS, MODEL_FREE_MODES, MODEL_ID_BYTES, MODES, SUPPORTED_VERSIONS)
 from ddpmcodec.errors import DDPMCodecError
@@ -83,15 +83,15 @@ class Header:
         r.bounded("number of images", self.num_images, 1, MAX_IMAGES)
         r.bounded("total pixels", self.num_images * c * h * w, 1, MAX_TOTAL_PIXELS)
         if self.model_free:
-            checked = self.version == FORMAT_MODEL_FREE
+            checked = self.version in (FORMAT_MODEL_FREE, FORMAT_CLASSICAL)
             if checked and len(self.pixel_checksum) != CHECKSUM_BYTES:
                 raise DDPMCodecError(f"header: the pixel checksum must be {CHECKSUM_BYTES} bytes")
             if self != model_free_header(self.mode, self.image_shape, self.num_images,
                                          self.pixel_checksum if checked else None):
                 raise DDPMCodecError(f"header: a {self.mode} file has no model fields")
             return self
-        if self.version == FORMAT_MODEL_FREE:
-            raise DDPMCodecError(f"format {FORMAT_MODEL_FREE} holds only model-free files, "
+        if self.version in (FORMAT_MODEL_FREE, FORMAT_CLASSICAL):
+            raise DDPMCodecError(f"format {self.version} holds only model-free files, "
                                  f"not {self.mode} ones")
         id_bytes = {1: FINGERPRINT_BYTES, FORMAT_COMPACT: COMPACT_ID_BYTES}.get(self.version,
                                                                               MODEL_ID_BYTES)
@@ -142,14 +142,15 @@ class Header:
 
 def model_free_header(mode: str, image_shape, num_images: int,
                       pixel_checksum: bytes | None = None) -> Header:
-    """The header of a model-free file (neutral values in every model field): format 4
-    with ``pixel_checksum`` (what the encoder writes), else format 2 (files written
-    before format 4, whose payload CRC-32 is their only check)."""
+    """The header of a model-free file (neutral values in every model field): with
+    ``pixel_checksum`` (what the encoder writes), format 4 for webp-lossless and format 5
+    for classical-lossless; else format 2 (webp-lossless files written before format 4,
+    whose payload CRC-32 is their only check)."""
     if pixel_checksum is None:
         return Header(mode, "", tuple(int(v) for v in image_shape), int(num_images), 1, 0, 0,
                       (), "", 0, b"", b"", FORMAT_VERSION)
     return Header(mode, "", tuple(int(v) for v in image_shape), int(num_images), 1, 0, 0, (),
-                  "", 0, bytes(pixel_checksum), b"", FORMAT_MODEL_FREE)
+                  "", 0, bytes(pixel_checksum), b"", FORMAT_OF_MODEL_FREE.get(mode, FORMAT_MODEL_FREE))
 
 
 def checksum_bytes(version: int = FORMAT_VERSION) -> int:

@@ -8,10 +8,12 @@ MAGIC_V1 = b"\x89DDPMC\r\n"   # format 1 (read only); its third byte, "D", is no
 FORMAT_VERSION = 2
 FORMAT_COMPACT = 3
 FORMAT_MODEL_FREE = 4                # model-free files with a pixel checksum (webp-lossless)
-SUPPORTED_VERSIONS = (1, 2, 3, 4)
+FORMAT_CLASSICAL = 5                 # compact model-free files (classical-lossless)
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
 COMPACT_MODES = ("progressive",)  # modes that write format 3
-MODES = {"lossless": 1, "progressive": 2, "webp-lossless": 3}
-MODEL_FREE_MODES = ("webp-lossless",)
+MODES = {"lossless": 1, "progressive": 2, "webp-lossless": 3, "classical-lossless": 4}
+MODEL_FREE_MODES = ("webp-lossless", "classical-lossless")
+FORMAT_OF_MODEL_FREE = {"webp-lossless": FORMAT_MODEL_FREE, "classical-lossless": FORMAT_CLASSICAL}
 MODE_NAMES = {v: k for k, v in MODES.items()}
 # Bounds a header must satisfy. They are generous for real use and small enough that a
 # hostile header cannot make a reader allocate without bound.

@@ -8,6 +8,7 @@ from ddpmcodec.codec.container.host import read_device, write_device
 from ddpmcodec.codec.container.limits import (
     CHECKSUM_BYTES, FORMAT_VERSION, MAX_BATCH, MAX_IMAGES, MAX_PARAMS_BYTES, MAX_SEED,
     MAX_SIDE, MAX_THREADS, MAX_TIMESTEPS, MODEL_FREE_MODES, MODEL_ID_BYTES)
+from ddpmcodec.errors import DDPMCodecError
 
 
 def write_body(h: Header) -> bytes:
@@ -27,6 +28,8 @@ def write_body(h: Header) -> bytes:
 
 
 def read_body(r: BlobReader, mode: str) -> Header:
+    if mode == "classical-lossless":
+        raise DDPMCodecError(f"header: format {FORMAT_VERSION} holds no {mode} files")
     if mode in MODEL_FREE_MODES:
         shape = tuple(r.bounded(n, r.uvar(n), 1, MAX_SIDE) for n in ("channels", "height", "width"))
         n = r.bounded("number of images", r.uvar("number of images"), 1, MAX_IMAGES)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ddpmcodec.codec.container.fields import BlobReader, BlobWriter
 from ddpmcodec.codec.container.header import Header, model_free_header
 from ddpmcodec.codec.container.limits import (
-    CHECKSUM_BYTES, FORMAT_MODEL_FREE, MAX_IMAGES, MAX_SIDE, MODEL_FREE_MODES)
+    CHECKSUM_BYTES, FORMAT_MODEL_FREE, MAX_IMAGES, MAX_SIDE)
 from ddpmcodec.errors import DDPMCodecError
 
 
@@ -18,7 +18,7 @@ def write_body(h: Header) -> bytes:
 
 
 def read_body(r: BlobReader, mode: str) -> Header:
-    if mode not in MODEL_FREE_MODES:
+    if mode != "webp-lossless":
         raise DDPMCodecError(f"header: format {FORMAT_MODEL_FREE} holds no {mode} files")
     shape = tuple(r.bounded(n, r.uvar(n), 1, MAX_SIDE) for n in ("channels", "height", "width"))
     n = r.bounded("number of images", r.uvar("number of images"), 1, MAX_IMAGES)

@@ -28,6 +28,8 @@ float64 numbers there (the codecs compute them from what both sides hold).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ddpmcodec.errors import DDPMCodecError
@@ -96,15 +98,18 @@ class ArithEncoder:
             self.low <<= 8
             self.scale += 8
 
-    def categorical(self, symbol: int, probs) -> None:
-        """Symbol ``symbol`` under float64 probabilities (quantised by :func:`frequencies`)."""
+    def categorical(self, symbol: int, probs) -> float:
+        """Symbol ``symbol`` under float64 probabilities (quantised by :func:`frequencies`);
+        returns its ideal code length in bits under the quantised probabilities."""
         cum = frequencies(probs)
         if not 0 <= symbol < len(cum) - 1:
             raise ValueError(f"symbol {symbol} outside 0..{len(cum) - 2}")
         r = self.width >> PROB_BITS
+        f = int(cum[symbol + 1] - cum[symbol])
         self.low += r * int(cum[symbol])
-        self.width = r * int(cum[symbol + 1] - cum[symbol])
+        self.width = r * f
         self._renorm()
+        return PROB_BITS - math.log2(f)
 
     def raw(self, value: int, nbits: int) -> None:
         """``nbits`` equiprobable bits (0 <= value < 2^nbits): exactly nbits of stream."""

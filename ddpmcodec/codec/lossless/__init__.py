@@ -20,11 +20,12 @@ come before anything of their size is pushed back; 6.8 bits/dim on the default c
 Those bits would be a one-off cost that nobody pays back (13.9 bits/dim per image of the
 first batch in format 1 files). Three things remove it:
 
-* seeds (HiLLoC, Townsend et al. 2020): the first m images are stored as WebP-lossless
-  bitstreams (:mod:`.webp`), and those bytes *are* the initial stack,
-  so the first pops read bits that belong to real images. m is the fewest images whose
-  streams cover one image's dip (:func:`dip_bits`); a seed costs its WebP size instead
-  of its bits-back size (~0.5 bits/dim), an uncovered dip bit costs a whole bit;
+* seeds (HiLLoC, Townsend et al. 2020): the first m images are stored as classical
+  streams, each the shorter of its JPEG-XL and WebP-lossless code (:mod:`.classical`),
+  and those bytes *are* the initial stack, so the first pops read bits that belong to
+  real images. m is the fewest images whose streams cover one image's dip
+  (:func:`dip_bits`); a seed costs its classical size instead of its bits-back size, an
+  uncovered dip bit costs a whole bit;
 * a growing batch layout: each batch holds as many images as the stack above the seeded
   words can carry through their dips (the dip measured on the batches so far), up to
   ``batch_size``; the layout is recorded in the file;
@@ -37,9 +38,10 @@ Beneath the seeds lie ``W`` seeded pseudo-random words for whatever the seeds do
 cover; only the part of them that the chain consumed is stored, and the decoder, which
 regenerates them from the seed, must end with exactly those words and then the seeds'
 words -- a free integrity check on top of the pixel checksum. For a file of one image
-(nothing to seed with) or a model that codes the images badly, the WebP-lossless file of
-the images is shorter: ``method="auto"`` writes whichever file is shorter (the
-``webp-lossless`` mode, recorded in the file's mode byte).
+(nothing to seed with) or a model that codes the images badly, the classical file of the
+images is shorter: ``method="auto"`` writes whichever file is shorter (the
+``classical-lossless`` mode, recorded in the file's mode byte; ``webp-lossless`` files of
+earlier versions, all WebP, still decode).
 
 Expected net length = the negative ELBO of the chain,
 ``L_prior + sum_{k>=1} KL(q(x_{k-1}|x_k,x0) || p(x_{k-1}|x_k)) + L_0``, the bound that
@@ -92,15 +94,16 @@ stores them (round(256 log2 v)). K = 10 is the longest chain that encodes and de
 
 Where each part lives: :mod:`.params` (the defaults and the header's params blob),
 :mod:`.grids` (per-latent grids and the discretized decoder's probabilities),
-:mod:`.stack` (the ANS stack's push/pop pairs), :mod:`.seeds` (initial words and WebP
-seeds), :mod:`.codec` (:class:`BitsBackCodec`: encode and decode) and :mod:`.webp` (the
-WebP-lossless streams and the model-free fallback mode).
+:mod:`.stack` (the ANS stack's push/pop pairs), :mod:`.seeds` (initial words and
+seeds), :mod:`.codec` (:class:`BitsBackCodec`: encode and decode), :mod:`.classical` (the
+model-free mode and the choice of stream per image), :mod:`.jxl` and :mod:`.webp` (the
+JPEG-XL and WebP-lossless streams) and :mod:`.streams` (several streams in one payload).
 """
 
 # The public names, imported when first used: the params module must stay importable
 # without torch (the command line builds its help from it).
 _PUBLIC = {"BitsBackCodec": "codec", "LosslessParams": "params", "default_chain": "params",
-           "WebPLosslessCodec": "webp"}
+           "ClassicalLosslessCodec": "classical", "WebPLosslessCodec": "webp"}
 __all__ = sorted(_PUBLIC)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.api import Codec, CodecStats, Decoded, Encoded, Timer
+from ddpmcodec.codec.api import Codec, CodecStats, Decoded, Encoded, Timer, get_codec
 from ddpmcodec.codec.checks import (
     check_chain, check_compatible, is_exact, new_header, start_encode, verify_pixels)
 from ddpmcodec.codec.container import Header
@@ -17,8 +17,9 @@ from ddpmcodec.codec.entropy import coder
 from ddpmcodec.codec.lossless.grids import (
     LatentGrids, normal_logpdf, sum_bits, dip_bits, latent_grids, whiten_count)
 from ddpmcodec.codec.lossless.params import (
-    AUTO_COMPARE_MAX, DEFAULT_BATCH, DEFAULT_GRID_LOG2, DEFAULT_SUPPORT_SIGMAS, METHODS,
+    DEFAULT_BATCH, DEFAULT_GRID_LOG2, DEFAULT_SUPPORT_SIGMAS, METHODS,
     PREFIX_MARGIN_WORDS, LosslessParams, default_chain, max_initial_words)
+from ddpmcodec.codec.lossless import classical, webp
 from ddpmcodec.codec.lossless.seeds import (
     common_prefix, read_seeds, seed_count, initial_words, seed_words)
 from ddpmcodec.codec.lossless.stack import ChainStack
@@ -38,9 +39,11 @@ class BitsBackCodec(Codec):
     :func:`default_chain`) or ``steps`` (K evenly spaced steps with the model's variance),
     ``batch_size`` (images per network call at most: larger is faster), ``seed`` (of the
     initial words and whitening keys), ``grid_log2`` and ``support_sigmas`` (the latent
-    grids), ``method`` (auto: the shorter of bits-back and all-WebP-lossless, the latter
-    weighed up to AUTO_COMPARE_MAX images; bitsback; webp), ``seed_images`` (images
-    coded with WebP-lossless as the stack's initial bits; None: as many as the first
+    grids), ``method`` (auto: the shorter of bits-back and the classical file, each image
+    its shortest JPEG-XL or WebP-lossless stream; one image alone is always the classical
+    file, as its bits-back file carries a whole dip of initial bits; bitsback; classical;
+    webp: the WebP-lossless file), ``seed_images`` (images
+    coded classically as the stack's initial bits; None: as many as the first
     batch's dip needs, see :func:`dip_bits`; 0: none) and ``exact`` (True, the default:
     the exact network and exact coding models, a file that decodes to the same pixels on
     any machine; False: the float32 network, faster, but a file that decodes only on
@@ -73,26 +76,33 @@ class BitsBackCodec(Codec):
                method: str = "auto", seed_images: int | None = None,
                exact: bool = True) -> Encoded:
         """Compress ``images``; see the class docstring for the options."""
-        from ddpmcodec.codec.lossless import webp
         model = self.model
         self._exact = bool(exact)
         images, batch_size = start_encode(images, model, batch_size)
         if method not in METHODS:
             raise DDPMCodecError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-        webp_ok = webp.supports(model.image_shape)
-        if method == "webp" and not webp_ok:
-            raise DDPMCodecError(f"WebP-lossless codes 1 or 3 channels, the model's images "
-                                 f"have {model.image_shape[0]}")
+        classical_ok = classical.supports(model.image_shape)
+        if method in ("webp", "classical") and not classical_ok:
+            raise DDPMCodecError(f"the classical codecs code 1 or 3 channels, the model's "
+                                 f"images have {model.image_shape[0]}")
         if seed_images is not None and not 0 <= seed_images < len(images):
             raise DDPMCodecError(f"seed_images must be in 0..{len(images) - 1}, got {seed_images}")
-        if seed_images and not webp_ok:
-            raise DDPMCodecError("seed images are WebP-lossless, which codes 1 or 3 channels")
+        if seed_images and not classical_ok:
+            raise DDPMCodecError("seed images are coded classically, which codes 1 or 3 channels")
         n = len(images)
-        compare = method == "webp" or (method == "auto" and webp_ok and n <= AUTO_COMPARE_MAX)
-        with Timer() as webp_timer:
-            streams = [webp.webp_stream(im) for im in images] if compare else []
         if method == "webp":
+            with Timer() as webp_timer:
+                streams = [webp.webp_stream(im) for im in images]
             return webp.encoded(images, streams, webp_timer.seconds)
+        codecs = classical.default_codecs()
+        # the classical streams cost ~50 ms an image, the bits-back file seconds: always
+        # weighed; one image has no seed, so its bits-back file pays its whole dip
+        # (~7 bits/dim) in initial bits and is never the shorter
+        compare = method == "classical" or (method == "auto" and classical_ok)
+        with Timer() as classical_timer:
+            streams = [classical.classical_stream(im, codecs) for im in images] if compare else []
+        if method == "classical" or (compare and n == 1):
+            return classical.encoded(images, streams, classical_timer.seconds)
         diffusion = self._chain(chain, steps)
         header = new_header("lossless", model, n, batch_size, seed, diffusion.timesteps,
                             container.pixel_checksum(images), exact=self._exact)
@@ -101,20 +111,20 @@ class BitsBackCodec(Codec):
         dip = dip_bits(grids, header.dims)
         with Timer() as timer, deterministic(model.device, header.num_threads):
             if seed_images is None:
-                seed_images = seed_count(images, streams, dip) if webp_ok else 0
+                seed_images = seed_count(images, streams, dip, codecs) if classical_ok else 0
             for i in range(len(streams), seed_images):
-                streams.append(webp.webp_stream(images[i]))
+                streams.append(classical.classical_stream(images[i], codecs))
             seeds = streams[:seed_images]
             enc = self._encode_bitsback(images, diffusion, grids, header, seeds, dip,
                                         (grid_log2, support_sigmas), progress)
-        enc.stats.seconds = timer.seconds + webp_timer.seconds
+        enc.stats.seconds = timer.seconds + classical_timer.seconds
         enc.stats.extra["bitsback_file_bytes"] = len(enc.data)
         if compare:
-            alt = webp.encoded(images, streams, enc.stats.seconds)
-            enc.stats.extra["webp_file_bytes"] = len(alt.data)
+            alt = classical.encoded(images, streams, enc.stats.seconds)
+            enc.stats.extra["classical_file_bytes"] = len(alt.data)
             if len(alt.data) < len(enc.data):
                 alt.stats.extra.update({k: enc.stats.extra[k] for k in (
-                    "bitsback_file_bytes", "webp_file_bytes")})
+                    "bitsback_file_bytes", "classical_file_bytes")})
                 return alt
         return enc
 
@@ -155,13 +165,14 @@ class BitsBackCodec(Codec):
         rule, values = variance_rule_of(diffusion, model)
         params = LosslessParams(*grid, W, P, variance_rule=rule, variances=values,
                                 seed_lengths=tuple(len(s) for s in seeds), layout=layout,
-                                terminator=terminator)
+                                terminator=terminator, classical_seeds=any(
+                                    classical.stream_codec(s) == "jxl" for s in seeds))
         header = dataclasses.replace(header, params=params.pack())
         try:
             params.validate(header).check_payload(header, len(final) - P)
         except DDPMCodecError as exc:  # not seen in practice: a decoder would refuse the file
             raise DDPMCodecError(f"cannot write a bits-back file of these images ({exc}); "
-                                 f"use --method webp") from None
+                                 f"use --method classical") from None
         payload = np.ascontiguousarray(final[P:], dtype="<u4").tobytes()
         data = container.pack(header, payload)
         net_bits = stack.ans.num_valid_bits() - coder.valid_bits(init)
@@ -248,11 +259,10 @@ class BitsBackCodec(Codec):
 
     # -- decoding --------------------------------------------------------------------------
     def decode(self, data: bytes, *, progress: bool = False) -> Decoded:
-        from ddpmcodec.codec.lossless import webp
         from ddpmcodec.progress import progress_bar
         header, payload = container.unpack(data)
-        if header.mode == "webp-lossless":  # the encoder's fallback: no network needed
-            return webp.WebPLosslessCodec(self.model).decode(data)
+        if header.model_free:  # the encoder's fallback: no network needed
+            return get_codec(header.mode)(self.model).decode(data)
         check_compatible(header, self.model, self.mode)
         self._exact = is_exact(header)
         params = LosslessParams.unpack(header.params, header)

@@ -13,14 +13,15 @@ from ddpmcodec.codec.container.chains import (
 from ddpmcodec.errors import DDPMCodecError
 
 PARAMS_VERSION = 3           # 3: compact, WebP seeds and a batch layout; 1 and 2 still decode
-DEFAULT_STEPS = 10           # the default chain: K dp-chosen steps with analytic variances
+DEFAULT_STEPS = 32           # the default chain: K dp-chosen steps with analytic variances
+                             # (the shortest whose files are below JPEG-XL's at 16 images and
+                             # more, benchmarks/results/lossless_defaults_test600-799.json)
 DEFAULT_TRAJECTORY = "dp"
 DEFAULT_VARIANCE = "analytic"
 DEFAULT_BATCH = 16           # images per network call at most (the CPU's best throughput)
 DEFAULT_GRID_LOG2 = 2        # 4..8 grid points per (smaller) standard deviation
 DEFAULT_SUPPORT_SIGMAS = 5.0  # alphabet half-width in standard deviations
-METHODS = ("auto", "bitsback", "webp")
-AUTO_COMPARE_MAX = 64        # method auto weighs the all-WebP file up to this many images
+METHODS = ("auto", "bitsback", "classical", "webp")
 MAX_HALF = (1 << 18) - 1     # largest alphabet half-width
 EXCESS_MAX = (1 << 20) - 1   # largest escape excess, in grid points
 # What a payload must hold, checked before any array is made (see LosslessParams.check_payload).
@@ -28,6 +29,7 @@ DIMS_PER_PAYLOAD_BIT = 16    # a bits-back image costs at least 1/16 bit per dim
 STACK_SLACK_WORDS = 2        # the final stack is at most this much shorter than the initial
 PREFIX_MARGIN_WORDS = 8      # regenerated words below the stored ones that a decoder holds
 _FLAG_GRID, _FLAG_SUPPORT, _FLAG_SEEDS, _FLAG_LAYOUT, _FLAG_TERMINATOR = 1, 2, 4, 8, 16
+_FLAG_CLASSICAL_SEEDS = 32  # seeds may be JPEG-XL streams (readers before it refuse the file)
 
 
 # -- parameters in the header ------------------------------------------------------------
@@ -42,11 +44,13 @@ class LosslessParams:
         are regenerated instead of stored (P <= W).
     variance_rule, variances: the chain's reverse variance (container.chains.VARIANCE_RULES; explicit
         variances, version 3: quantized to 1/256 of a doubling, the values both sides use).
-    seed_lengths: byte lengths of the WebP-lossless streams of images 0..m-1, which sit on
+    seed_lengths: byte lengths of the classical streams of images 0..m-1, which sit on
         the stack above the seeded words (empty: no seeds).
     layout: batch sizes of the bits-back images m..N-1 in encoding order (empty: the
         header's batch size throughout).
     terminator: a word 1 follows the seed streams (their last word was zero).
+    classical_seeds: the seeds are stored classical streams (JPEG-XL or WebP-lossless,
+        :mod:`.classical`); unset, WebP-lossless streams only (files before JPEG-XL seeds).
     bound_bits, elbo_bits: the encoder's bound and sampled -ELBO (versions 1 and 2 only;
         version 3 leaves them out of the file: NaN).
     """
@@ -62,10 +66,11 @@ class LosslessParams:
     seed_lengths: tuple = ()
     layout: tuple = ()
     terminator: bool = False
+    classical_seeds: bool = False
     version: int = PARAMS_VERSION
 
     def pack(self) -> bytes:
-        """Version 3: u8 version, u8 flags, [u8 grid_log2], [v support in sixteenths], v W,
+        """Version 3: u8 version, u8 flags (the seeds' kind among them), [u8 grid_log2], [v support in sixteenths], v W,
         v P, the variance rule (u8; explicit: K signed varints, the first quantized log2
         variance and then differences), [v m, m v seed lengths], [v runs, (v size, v count)
         per run of equal batch sizes]. Fields at their defaults cost nothing but a flag."""
@@ -73,7 +78,8 @@ class LosslessParams:
                  | (_FLAG_SUPPORT if self.support_sigmas != DEFAULT_SUPPORT_SIGMAS else 0)
                  | (_FLAG_SEEDS if self.seed_lengths else 0)
                  | (_FLAG_LAYOUT if self.layout else 0)
-                 | (_FLAG_TERMINATOR if self.terminator else 0))
+                 | (_FLAG_TERMINATOR if self.terminator else 0)
+                 | (_FLAG_CLASSICAL_SEEDS if self.classical_seeds else 0))
         w = BlobWriter().u8(PARAMS_VERSION).u8(flags)
         if flags & _FLAG_GRID:
             w.u8(self.grid_log2)
@@ -103,7 +109,7 @@ class LosslessParams:
             p = cls(*fields, rule, None if values is None else tuple(values), version=version)
         elif version == PARAMS_VERSION:
             flags = r.u8("flags")
-            if flags >= 32:
+            if flags >= 64:
                 raise DDPMCodecError(f"lossless parameters: unknown flags {flags}")
             grid = r.u8("grid_log2") if flags & _FLAG_GRID else DEFAULT_GRID_LOG2
             support = (r.bounded("support_sigmas", r.uvar("support_sigmas"), 32, 640) / 16
@@ -123,7 +129,8 @@ class LosslessParams:
                 layout = tuple(size for size, count in runs for _ in range(count))
             p = cls(grid, support, W, P, variance_rule=rule, variances=values,
                     seed_lengths=seeds, layout=layout,
-                    terminator=bool(flags & _FLAG_TERMINATOR), version=version)
+                    terminator=bool(flags & _FLAG_TERMINATOR),
+                    classical_seeds=bool(flags & _FLAG_CLASSICAL_SEEDS), version=version)
         else:
             raise DDPMCodecError(f"lossless parameters version {version} is not supported")
         r.end()
@@ -148,6 +155,8 @@ class LosslessParams:
                                  "images")
         if not self.layout and m:
             raise DDPMCodecError("lossless parameters: seeds without a batch layout")
+        if self.classical_seeds and not m:
+            raise DDPMCodecError("lossless parameters: classical seeds without seeds")
         if self.version < PARAMS_VERSION:
             for name in ("bound_bits", "elbo_bits"):
                 if not math.isfinite(getattr(self, name)):

@@ -1,5 +1,6 @@
-"""What the stack starts with: seeded pseudo-random words, and the WebP-lossless streams
-of the first images (HiLLoC's seeds) that serve as its initial bits."""
+"""What the stack starts with: seeded pseudo-random words, and the classical streams
+(JPEG-XL or WebP-lossless) of the first images (HiLLoC's seeds) that serve as its initial
+bits."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,15 +37,16 @@ def initial_words(seed: int, n: int, start: int = 0) -> np.ndarray:
     return words
 
 
-def seed_count(images, streams, dip: float) -> int:
-    """The fewest first images whose WebP-lossless streams carry one image's dip (a seed
-    costs its WebP size minus its bits-back size, ~0.5 bits/dim; an uncovered dip bit
-    costs one bit). At most N - 1."""
-    from ddpmcodec.codec.lossless.webp import webp_stream
+def seed_count(images, streams, dip: float, codecs) -> int:
+    """The fewest first images whose classical streams (of ``codecs``, appended to
+    ``streams`` as they are made) carry one image's dip (a seed costs its classical size
+    minus its bits-back size, ~0.2-0.5 bits/dim; an uncovered dip bit costs one bit). At
+    most N - 1."""
+    from ddpmcodec.codec.lossless.classical import classical_stream
     m, bits = 0, 0
     while m < len(images) - 1 and bits < dip:
         if m == len(streams):
-            streams.append(webp_stream(images[m]))
+            streams.append(classical_stream(images[m], codecs))
         bits += 8 * len(streams[m])
         m += 1
     return m
@@ -65,7 +67,9 @@ def read_seeds(rest: np.ndarray, base: np.ndarray, params: LosslessParams, shape
     """What the decoder's stack holds at the end: the seeded words ``base`` (all of
     them, or the top ones its stack started on), then the seeds' words. Returns the seed
     images (uint8 [1, H, W, C] each)."""
+    from ddpmcodec.codec.lossless.classical import classical_image
     from ddpmcodec.codec.lossless.webp import webp_image
+    decode = classical_image if params.classical_seeds else webp_image
     W, total = len(base), sum(params.seed_lengths)
     expected = -(-total // 4) + int(params.terminator)
     if len(rest) != W + expected or not np.array_equal(rest[:W], base):
@@ -80,7 +84,7 @@ def read_seeds(rest: np.ndarray, base: np.ndarray, params: LosslessParams, shape
     out, a = [], 0
     c, h, w = shape
     for n in params.seed_lengths:
-        out.append(webp_image(blob[a:a + n], shape).reshape(1, h, w, c))
+        out.append(decode(blob[a:a + n], shape).reshape(1, h, w, c))
         a += n
     return out
 

@@ -31,7 +31,8 @@ import numpy as np
 from ddpmcodec.codec import container
 from ddpmcodec.codec.api import Codec, CodecStats, Decoded, Encoded, Timer
 from ddpmcodec.codec.checks import check_images
-from ddpmcodec.codec.container import BlobReader, BlobWriter
+from ddpmcodec.codec.lossless import streams as _streams
+from ddpmcodec.codec.lossless.streams import pack_streams  # noqa: F401 - the file's layout
 from ddpmcodec.errors import DDPMCodecError
 
 WEBP_METHOD = 6  # libwebp's slowest and strongest lossless effort
@@ -124,31 +125,9 @@ def webp_image(stream: bytes, image_shape) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def pack_streams(streams: list[bytes]) -> bytes:
-    """Lengths of all streams but the last (varints), then the streams."""
-    w = BlobWriter()
-    for s in streams[:-1]:
-        w.uvar(len(s))
-    for s in streams:
-        w.raw(s)
-    return w.getvalue()
-
-
-def unpack_streams(data: bytes, count: int, what: str = "WebP streams") -> list[bytes]:
-    """The ``count`` streams of :func:`pack_streams`; each holds at least a VP8L header, so
-    a payload too short for ``count`` of them is refused before anything is read."""
-    least = (VP8L_HEADER_BYTES + 1) * count - 1
-    if len(data) < least:
-        raise DDPMCodecError(f"corrupt file: {len(data)} bytes cannot hold {count} "
-                             f"WebP-lossless streams (at least {least})")
-    r = BlobReader(data, what)
-    lengths = [r.bounded("stream length", r.uvar("stream length"), VP8L_HEADER_BYTES, len(data))
-               for _ in range(count - 1)]
-    streams = [r.raw(n, "stream") for n in lengths]
-    if r.remaining < VP8L_HEADER_BYTES:
-        raise DDPMCodecError(f"corrupt file: {what} are truncated")
-    streams.append(r.raw(r.remaining, "stream"))
-    return streams
+def unpack_streams(data: bytes, count: int) -> list[bytes]:
+    """The ``count`` VP8L streams of a webp-lossless payload (each at least its header)."""
+    return _streams.unpack_streams(data, count, "WebP-lossless streams", VP8L_HEADER_BYTES)
 
 
 class WebPLosslessCodec(Codec):

@@ -33,7 +33,7 @@ class ProgressiveCodec(Codec):
                psnr: float | None = None, check_bits: int = DEFAULT_CHECK_BITS,
                generator: str = DEFAULT_GENERATOR, search_device: str | None = None,
                search_workers: int | None = None, budget_rule: str = "layout",
-               exact: bool = True) -> Encoded:
+               exact: bool = True, lossless: bool = False) -> Encoded:
         """Compress ``images`` (uint8 NHWC). ``steps`` = K coded latents (default 16) on
         :func:`coded_schedule`, or the latents of ``chain`` (a Diffusion on the model's
         schedule from t = 0 to T - 1, whose reverse variance the ``model`` proposal uses).
@@ -62,6 +62,11 @@ class ProgressiveCodec(Codec):
         it ends with a 32-bit check of the last step's mean reconstruction. False: the
         float32 network (faster; the file decodes only on this kind of device with this
         thread count and software stack).
+
+        ``lossless`` (exact files, no target): after the last coded step the pixels follow
+        under the discretized decoder p(x0 | x_1) (:mod:`.pixels`): every prefix decodes as
+        it would without them, the whole file decodes to the exact pixels, and its 32-bit
+        check is that of the pixels.
         """
         return encode(
             self.model, images, steps=steps, batch_size=batch_size, seed=seed,
@@ -70,7 +75,7 @@ class ProgressiveCodec(Codec):
             variance=variance, chain=chain, max_bytes=max_bytes, bpp=bpp, psnr=psnr,
             check_bits=check_bits, generator=generator,
             options=EncodeOptions(search_device, search_workers, budget_rule, keep_latents),
-            exact=exact)
+            exact=exact, lossless=lossless)
 
     def decode(self, data: bytes, *, progress: bool = False, upto_step: int | None = None,
                max_bytes: int | None = None, recon: str = "mean",
@@ -80,7 +85,9 @@ class ProgressiveCodec(Codec):
         ``recon`` (mean, sample or flow; the latter two run ``recon_steps`` network steps
         from the reached latent to t = 0). Without ``max_bytes``, ``data`` is the whole
         file: one whose stream ends before its last coded step (or before the
-        ``upto_step``-th) is cut or damaged, and an error, not a shorter prefix."""
+        ``upto_step``-th) is cut or damaged, and an error, not a shorter prefix. A lossless
+        file whose bytes hold its pixel layer decodes to its exact pixels (any ``recon``;
+        stats.extra["lossless"] says so)."""
         from ddpmcodec.progress import progress_bar
         check_recons([recon])
         src = open_source(self.model, data, upto_step, max_bytes)
@@ -95,12 +102,17 @@ class ProgressiveCodec(Codec):
                     latents.append(x.clone())
             check_decoded_any(src, len(data) if max_bytes is None else min(len(data), max_bytes))
             diffusion = chain_for(header, model, src.params.chain_rule, src.params.chain_variances)
-            x0_hat = reconstruct(model, diffusion, x, k, header.batches(), recon, recon_steps,
-                                 header.seed, src.exact)
-            images = from_model_space(x0_hat)
-            if src.pixel_check is not None:
-                _verify_check(src, images if recon == "mean" else from_model_space(
-                    reconstruct(model, diffusion, x, k, header.batches(), exact=True)))
+            if src.pixels is not None:
+                images = src.pixels
+                if src.pixel_check is not None:
+                    _verify_check(src, images)
+            else:
+                x0_hat = reconstruct(model, diffusion, x, k, header.batches(), recon,
+                                     recon_steps, header.seed, src.exact)
+                images = from_model_space(x0_hat)
+                if src.pixel_check is not None:
+                    _verify_check(src, images if recon == "mean" else from_model_space(
+                        reconstruct(model, diffusion, x, k, header.batches(), exact=True)))
         verified = src.pixel_check is not None
         if src.packets is not None and src.complete and recon == "mean":
             verify_pixels(images, header)
@@ -109,7 +121,8 @@ class ProgressiveCodec(Codec):
                            float("nan"), timer.seconds,
                            {"steps_decoded": src.steps, "t": int(header.timesteps[k]) + 1,
                             "bytes_used": src.hsize + src.used, "complete": bool(src.complete),
-                            "recon": recon, "pixels_verified": verified})
+                            "recon": "lossless" if src.pixels is not None else recon,
+                            "pixels_verified": verified, "lossless": src.pixels is not None})
         if keep_latents:
             stats.extra["latents"] = latents
         return Decoded(images, header, stats)
@@ -136,7 +149,12 @@ class ProgressiveCodec(Codec):
                           for r in recons}
                 out.append({"step": s + 1, "t": int(header.timesteps[k]) + 1,
                             "bytes_used": src.hsize + used, "images": images})
-            if src.pixel_check is not None:  # read after the last step
+            if src.pixels is not None:  # a lossless file: one more point, the exact pixels
+                _verify_check(src, src.pixels)
+                out.append({"step": header.num_steps, "t": 0, "lossless": True,
+                            "bytes_used": src.hsize + src.used,
+                            "images": {r: src.pixels for r in recons}})
+            elif src.pixel_check is not None:  # read after the last step
                 _verify_check(src, images["mean"] if "mean" in images else from_model_space(
                     reconstruct(model, diffusion, x, k, header.batches(), exact=True)))
                 out[-1]["bytes_used"] = src.hsize + src.used
@@ -145,7 +163,8 @@ class ProgressiveCodec(Codec):
 
 
 def _verify_check(src, mean_images: np.ndarray) -> None:
-    """An exact file's pixel check against the mean reconstruction after its last step."""
+    """An exact file's pixel check against the mean reconstruction after its last step
+    (a lossless file's: against its decoded pixels)."""
     if pixel_check(mean_images) != src.pixel_check:
         raise DDPMCodecError(
             "decoding failed: the decoded pixels do not match the file's 32-bit pixel check "

@@ -27,6 +27,7 @@ from ddpmcodec.codec.progressive.levels import level_kl_hint, level_octave_probs
 from ddpmcodec.codec.progressive.params import (
     LEVELS_PER_NAT, LEVELS_PER_NAT_COMPACT, MAX_LATENT_VALUES, MAX_LEVEL_EXPONENT,
     MAX_LEVEL_NATS, PIXEL_CHECK_BYTES, ProgressiveParams)
+from ddpmcodec.codec.progressive.pixels import decoder_p, read_pixels
 from ddpmcodec.codec.progressive.steps import step_plan
 from ddpmcodec.errors import DDPMCodecError
 
@@ -48,6 +49,7 @@ class Source:
     steps: int = 0   # coded steps decoded so far
     used: int = 0    # payload bytes that hold them
     pixel_check: bytes | None = None  # an exact file's, read after its last coded step
+    pixels: np.ndarray | None = None  # a lossless file's exact pixels (uint8 NHWC), once read
 
     @property
     def exact(self) -> bool:
@@ -119,8 +121,8 @@ def open_source(model, data: bytes, upto_step: int | None, max_bytes: int | None
 def decoded_steps(model, src: "Source", bar=None):
     """Yield (coded step s, latents x float64 [N, C, H, W], chain step k of x, payload
     bytes that hold the steps so far), each verified against the encoder's check; set
-    ``src.complete`` when the file's last step was read. Run inside
-    :func:`deterministic`."""
+    ``src.complete`` when the file's last step was read, and ``src.pixels`` when a
+    lossless file's pixels were. Run inside :func:`deterministic`."""
     header, params = src.header, src.params
     diffusion = chain_for(header, model, params.chain_rule, params.chain_variances)
     n, dims, K = header.num_images, header.dims, header.num_steps
@@ -163,6 +165,15 @@ def decoded_steps(model, src: "Source", bar=None):
         src.steps, src.used = s + 1, used
         yield s, x, K - 1 - s, used
     if src.packets is None and src.limit == K:
+        if params.lossless:
+            mean, std, _ = decoder_p(model, diffusion, x, batches)
+            try:
+                pixels = read_pixels(stream, mean, std, header.image_shape)
+            except arith.Exhausted:  # a prefix: its coded steps
+                src.ended(f"inside the lossless layer after coded step {K}")
+                return
+            src.pixels = pixels
+            src.used = stream.bytes_used()
         finish(src, stream)
 
 

@@ -22,6 +22,7 @@ from ddpmcodec.codec.progressive.levels import (
 from ddpmcodec.codec.progressive.params import (
     DEFAULT_STEPS, LEVELS_PER_NAT_COMPACT, MAX_LATENT_VALUES, MAX_LEVEL_EXPONENT,
     PIXEL_CHECK_BYTES, ProgressiveParams, coded_schedule)
+from ddpmcodec.codec.progressive.pixels import decoder_p, write_pixels
 from ddpmcodec.codec.progressive.reconstruct import rmse_per_image
 from ddpmcodec.codec.progressive.steps import network_p_on_device, private_rng, q_target, step_plan
 from ddpmcodec.codec.progressive.targets import budget_of, psnr_of
@@ -181,9 +182,15 @@ def _code_steps(c: _Coding, K: int, timesteps, budget, orig: np.ndarray, bar):
 def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, progress: bool,
            channel: ch.ChannelParams, variance: str, chain, max_bytes, bpp, psnr,
            check_bits: int, generator: str, options: EncodeOptions,
-           exact: bool = True) -> Encoded:
+           exact: bool = True, lossless: bool = False) -> Encoded:
     """:meth:`ProgressiveCodec.encode` (which documents the options)."""
     from ddpmcodec.progress import progress_bar
+    if lossless and not exact:
+        raise DDPMCodecError("a progressive file that ends lossless is coded with the exact "
+                             "network; leave out --float32")
+    if lossless and any(v is not None for v in (max_bytes, bpp, psnr)):
+        raise DDPMCodecError("a progressive file that ends lossless codes every step: give "
+                             "no --bpp, --psnr or --max-bytes (decode a prefix instead)")
     images, batch_size = start_encode(images, model, batch_size)
     n = len(images)
     if n * images[0].size > MAX_LATENT_VALUES:
@@ -197,7 +204,7 @@ def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, prog
                                   search_workers=ch.check_search_workers(options.search_workers))
     params = ProgressiveParams(channel, variance, generator, ch.generator_check(generator),
                                *variance_rule_of(diffusion, model),
-                               check_bits=int(check_bits)).validate()
+                               check_bits=int(check_bits), lossless=bool(lossless)).validate()
     header = container.compact(new_header("progressive", model, n, batch_size, seed,
                                           timesteps, bytes(container.checksum_bytes()),
                                           params.pack_compact(), exact=exact))
@@ -210,10 +217,15 @@ def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, prog
         coded = len(step_rows)
         if coded < K:
             write_more(c.stream, False)
-        final = (plan.pred_x0 if plan is not None and plan.pred_x0 is not None
-                 and reached is not None else
-                 network_p_on_device(model, diffusion, x, K - coded, header.batches(),
-                                     exact)["pred_x0"])
+        layer = None
+        if lossless:  # the pixels under p(x0 | x_1), after the last coded step
+            mean, std, final = decoder_p(model, diffusion, x, header.batches())
+            layer = {"ideal_bits": write_pixels(c.stream, images, mean, std)}
+        else:
+            final = (plan.pred_x0 if plan is not None and plan.pred_x0 is not None
+                     and reached is not None else
+                     network_p_on_device(model, diffusion, x, K - coded, header.batches(),
+                                         exact)["pred_x0"])
     step_rows[-1]["rmse"] = rmse_per_image(final, orig)
     payload = c.stream.finish()
     if n > 8 * len(payload):  # only a file cut to its first step can be this short
@@ -227,7 +239,10 @@ def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, prog
         end = arith.prefix_bytes(payload, cp)
         row["packet_bytes"], row["prefix_bytes"] = end - prev, hsize + end
         prev = end
-    if exact:  # what the decoder of the whole file checks its mean reconstruction by
+    if layer is not None:  # the decoder of the whole file checks the exact pixels
+        payload += pixel_check(images)
+        layer.update(bytes=len(payload) - prev, file_bytes=hsize + len(payload))
+    elif exact:  # what the decoder of the whole file checks its mean reconstruction by
         payload += pixel_check(from_model_space(final.clamp(-1.0, 1.0)))
         step_rows[-1]["packet_bytes"] += PIXEL_CHECK_BYTES  # prefix_bytes: where it decodes
     kl_total = float(sum(im["kl_bits"] for row in step_rows for im in row["images"]))
@@ -237,7 +252,8 @@ def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, prog
                         "coded_steps": coded, "target_reached": reached,
                         "params": dataclasses.asdict(params.channel) | {
                             "variance": variance, "budget_rule": options.budget_rule,
-                            "search_workers": options.search_workers}})
+                            "search_workers": options.search_workers},
+                        "lossless": layer})
     if options.keep_latents:
         stats.extra["latents"] = latents
         stats.extra["reconstruction"] = from_model_space(final)

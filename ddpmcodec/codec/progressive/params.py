@@ -67,6 +67,7 @@ class ProgressiveParams:
     coded_steps: int | None = None  # packets in a format 2 file (None: every step)
     version: int = PARAMS_VERSION
     check_bits: int = DEFAULT_CHECK_BITS  # format 3: bits of each coded step's latent check
+    lossless: bool = False  # format 3, exact files: the pixels follow the last coded step
 
     def __post_init__(self):
         # the channel simulates with the generator the file names
@@ -78,6 +79,8 @@ class ProgressiveParams:
         self.channel.validate()
         if self.variance not in VARIANCES:
             raise DDPMCodecError(f"--variance must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
+        if self.lossless and self.coded_steps is not None:
+            raise DDPMCodecError("progressive parameters: a lossless file codes every step")
         if not 1 <= self.check_bits <= MAX_CHECK_BITS:
             raise DDPMCodecError(f"--check-bits must be between 1 and {MAX_CHECK_BITS}, "
                                  f"got {self.check_bits}")
@@ -111,8 +114,8 @@ class ProgressiveParams:
         """Version 3: u8 version, u8 flags, [v chunk bits x4], [v margin x4], [u8 max_log2],
         u8 proposal variance, u8 generator code, u16 generator check, the chain's variance
         rule (explicit: quantized log2 variances, container.chains.pack_log2_variances), [v coded
-        steps (format 2)], [u8 check bits (format 3)]. Fields at their defaults cost
-        nothing but a flag."""
+        steps (format 2)], [u8 check bits (format 3)]; flag 32: the file ends lossless.
+        Fields at their defaults cost nothing but a flag."""
         c = self.channel
         quarter = lambda v: int(round(4 * v))  # noqa: E731
         if abs(quarter(c.chunk_bits) / 4 - c.chunk_bits) > 1e-12 or \
@@ -124,7 +127,8 @@ class ProgressiveParams:
                  | (2 if c.margin_bits != DEFAULT_MARGIN_BITS else 0)
                  | (4 if c.max_log2 != DEFAULT_MAX_LOG2 else 0)
                  | (8 if self.coded_steps is not None else 0)
-                 | (16 if self.check_bits != DEFAULT_CHECK_BITS else 0))
+                 | (16 if self.check_bits != DEFAULT_CHECK_BITS else 0)
+                 | (32 if self.lossless else 0))
         w = BlobWriter().u8(PARAMS_VERSION).u8(flags)
         if flags & 1:
             w.uvar(quarter(c.chunk_bits))
@@ -147,7 +151,7 @@ class ProgressiveParams:
         version = r.u8("params version")
         if version == PARAMS_VERSION:
             flags = r.u8("flags")
-            if flags >= 32:
+            if flags >= 64:
                 raise DDPMCodecError(f"progressive parameters: unknown flags {flags}")
             chunk = r.bounded("chunk bits", r.uvar("chunk bits"), 0, 1 << 16) / 4 if flags & 1 \
                 else DEFAULT_CHUNK_BITS
@@ -164,7 +168,8 @@ class ProgressiveParams:
                      if flags & 16 else DEFAULT_CHECK_BITS)
             r.end()
             return cls(ch.ChannelParams(chunk, margin, max_log2), VARIANCES[var],
-                       GENERATORS[gen - 1], crc, rule, values, coded, version, check).validate()
+                       GENERATORS[gen - 1], crc, rule, values, coded, version, check,
+                       bool(flags & 32)).validate()
         if version not in (1, 2):
             raise DDPMCodecError(f"progressive parameters version {version} is not supported")
         chunk = r.u16("chunk bits") / 4

@@ -1,0 +1,128 @@
+"""Classical lossless streams: per image the shorter of its JPEG-XL codestream
+(:mod:`.jxl`) and its WebP-lossless VP8L stream (:mod:`.webp`), as the lossless codec's
+model-free file and as the seeds of its bits-back stack.
+
+A stored stream says what it is by its first byte: a VP8L stream starts with its
+signature 0x2F; a JPEG-XL codestream starts with ``FF 0A`` and is stored without the
+``FF`` (so it starts with 0x0A, and one byte of every stream is saved). Both decode bit
+for bit on any machine, the model-free file needs no network.
+
+:class:`ClassicalLosslessCodec` is the model-free mode ``classical-lossless``: N stored
+streams, the lengths of all but the last as varints, in a format 5 file (8 bytes of
+container for one CIFAR-sized image, the 4-byte checksum of the decoded pixels among them).
+Its one-image file is the image's JPEG-XL codestream plus 7 bytes (or its VP8L stream plus
+8, when that is shorter).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ddpmcodec.codec import container
+from ddpmcodec.codec.api import Codec, CodecStats, Decoded, Encoded, Timer
+from ddpmcodec.codec.checks import check_images
+from ddpmcodec.codec.lossless import jxl, webp
+from ddpmcodec.codec.lossless.streams import pack_streams, unpack_streams
+from ddpmcodec.errors import DDPMCodecError
+
+STREAM_CODECS = ("jxl", "webp")
+_JXL_STORED = jxl.JXL_SIGNATURE[1]   # 0x0A: a JPEG-XL codestream without its first byte
+_VP8L = 0x2F
+LEAST_STREAM_BYTES = 2               # a stored stream: at least its first byte and one more
+
+
+def default_codecs() -> tuple:
+    """Both stream codecs, or WebP-lossless alone where imagecodecs has no libjxl."""
+    return STREAM_CODECS if jxl.available() else ("webp",)
+
+
+def supports(image_shape) -> bool:
+    """Both codecs code 8-bit grey or RGB images."""
+    return int(image_shape[0]) in (1, 3)
+
+
+def classical_stream(image: np.ndarray, codecs=STREAM_CODECS) -> bytes:
+    """The shortest stored stream of one uint8 [H, W, C] image over ``codecs`` (ties: the
+    first named)."""
+    best = None
+    for name in codecs:
+        if name == "jxl":
+            s = jxl.jxl_stream(image)[1:]
+        elif name == "webp":
+            s = webp.webp_stream(image)
+        else:
+            raise DDPMCodecError(f"unknown stream codec {name!r}; known: {', '.join(STREAM_CODECS)}")
+        if best is None or len(s) < len(best):
+            best = s
+    return best
+
+
+def stream_codec(stored: bytes) -> str:
+    """"jxl" or "webp", from a stored stream's first byte."""
+    if len(stored) and stored[0] == _JXL_STORED:
+        return "jxl"
+    if len(stored) and stored[0] == _VP8L:
+        return "webp"
+    raise DDPMCodecError("corrupt file: a classical stream is neither JPEG-XL nor WebP-lossless")
+
+
+def classical_image(stored: bytes, image_shape) -> np.ndarray:
+    """Decode a stored stream to uint8 [H, W, C] of ``image_shape`` (C, H, W)."""
+    if stream_codec(stored) == "jxl":
+        return jxl.jxl_image(jxl.JXL_SIGNATURE[:1] + bytes(stored), image_shape)
+    return webp.webp_image(stored, image_shape)
+
+
+class ClassicalLosslessCodec(Codec):
+    """The model-free mode: every image its shortest classical stream. ``model`` may be
+    None. encode option ``codecs``: the stream codecs to choose from (default both)."""
+
+    mode = "classical-lossless"
+
+    def encode(self, images: np.ndarray, *, codecs=None, progress: bool = False,
+               **options) -> Encoded:
+        images = np.ascontiguousarray(images) if self.model is None else check_images(images,
+                                                                                     self.model)
+        if images.dtype != np.uint8 or images.ndim != 4 or not supports((images.shape[-1],)):
+            raise DDPMCodecError(f"classical lossless takes uint8 [N, H, W, 1 or 3] images, "
+                                 f"got {images.dtype} {images.shape}")
+        with Timer() as timer:
+            streams = [classical_stream(im, codecs or default_codecs()) for im in images]
+        return encoded(images, streams, timer.seconds)
+
+    def decode(self, data: bytes, *, progress: bool = False, **options) -> Decoded:
+        header, payload = container.unpack(data)
+        if header.mode != self.mode:
+            raise DDPMCodecError(f"this is a {header.mode} file, not a {self.mode} one")
+        with Timer() as timer:
+            streams = unpack_streams(payload, header.num_images, "classical streams",
+                                     LEAST_STREAM_BYTES)
+            c, h, w = header.image_shape
+            images = np.empty((header.num_images, h, w, c), dtype=np.uint8)
+            for i, s in enumerate(streams):
+                images[i] = classical_image(s, header.image_shape)
+        if container.pixel_checksum(images, len(header.pixel_checksum)) != header.pixel_checksum:
+            raise DDPMCodecError("corrupt file: the decoded pixels do not match the file's "
+                                 "checksum")
+        return Decoded(images, header, _stats(header, len(data), len(payload), timer.seconds,
+                                              streams))
+
+
+def encoded(images: np.ndarray, streams: list[bytes], seconds: float) -> Encoded:
+    """The classical-lossless file (format 5) of ``images`` from their stored streams."""
+    n, h, w, c = images.shape
+    header = container.model_free_header("classical-lossless", (c, h, w), n,
+                                         container.pixel_checksum(images))
+    payload = pack_streams(streams)
+    data = container.pack(header, payload)
+    return Encoded(data, header, _stats(header, len(data), len(payload), seconds, streams))
+
+
+def _stats(header, file_bytes: int, payload_bytes: int, seconds: float, streams) -> CodecStats:
+    kinds = [stream_codec(s) for s in streams]
+    return CodecStats(mode="classical-lossless", num_images=header.num_images, dims=header.dims,
+                      num_steps=0, payload_bits=8 * payload_bytes,
+                      header_bits=8 * (file_bytes - payload_bytes), initial_bits=0.0,
+                      bound_bits=float("nan"), seconds=seconds,
+                      side_bits=8 * payload_bytes, net_images=0,
+                      extra={"method": "classical-lossless", "jxl_streams": kinds.count("jxl"),
+                             "webp_streams": kinds.count("webp")})
