@@ -20,7 +20,6 @@ those of this machine's cores.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -32,24 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def classical_bits(images: np.ndarray) -> dict:
-    from PIL import Image
-    out = {"webp_lossless": [], "png": [], "jpegxl": []}
-    try:
-        import imagecodecs
-    except ImportError:
-        imagecodecs = None
-    for im in images:
-        b = io.BytesIO()
-        Image.fromarray(im).save(b, "WEBP", lossless=True, method=6, quality=100)
-        out["webp_lossless"].append(8 * len(b.getvalue()))
-        b = io.BytesIO()
-        Image.fromarray(im).save(b, "PNG", optimize=True)
-        out["png"].append(8 * len(b.getvalue()))
-        if imagecodecs is not None:
-            out["jpegxl"].append(8 * len(imagecodecs.jpegxl_encode(im, lossless=True, effort=9)))
-    if imagecodecs is None:
-        out.pop("jpegxl")
-    return out
+    from ddpmcodec.pipelines.lossless_baselines import classical_lossless_bits
+    return classical_lossless_bits(images)
 
 
 def run_files(codec, images: np.ndarray, per_file: int, label: str, chain=None) -> dict:

@@ -20,7 +20,8 @@ DEFAULT_RECON = RECONS[0]
 
 
 def decode(
-    file: Annotated[Path, typer.Argument(help="a file written by `ddpmcodec encode`",
+    file: Annotated[Path, typer.Argument(help="a file written by `ddpmcodec encode`, or a "
+                                              "folder of its shards (with --image)",
                                          show_default=False)],
     out: Annotated[Path, Opt("--out", "-o", help="OUT.npz: one uint8 NHWC 'images' array; "
                              "otherwise a folder of PNGs")],
@@ -42,6 +43,9 @@ def decode(
         "--device", help="cpu, cuda[:N] or auto: where the network runs for a file of the "
                          "exact network (the same pixels on any); a --float32 file decodes "
                          "on the kind of device that wrote it")] = None,
+    image: Annotated[Optional[int], Opt(
+        "--image", help="a shard folder: decode the shard that holds image I (0-based) and "
+                        "write that image")] = None,
     as_json: Json = False, quiet: Quiet = False,
 ):
     """Decompress a file written by `ddpmcodec encode`, with the model that wrote it.
@@ -49,6 +53,8 @@ def decode(
     error, never a wrong image. A progressive file (or, with --bytes N, its first N bytes)
     decodes to the last whole coded step, its latents checked bit for bit."""
     from ddpmcodec.codec.container import read_file, read_header, unpack_prefix
+    if file.is_dir() or image is not None:
+        return _decode_from_shards(file, out, image, ckpt, device, quiet, as_json)
     data = read_file(file)
     header = unpack_prefix(data)[0]  # a progressive file may be cut short
     if header.mode == "progressive" and upto_step is not None and max_bytes is not None:
@@ -110,3 +116,38 @@ def decode(
     emit(summary, as_json, [
         f"decoded {s.num_images} image(s) from {file} ({header.mode}, {how}) into {out}; "
         f"{check}"] + stats_lines(s))
+
+
+def _decode_from_shards(folder: Path, out: Path, image, ckpt, device, quiet: bool,
+                        as_json: bool) -> None:
+    """The shard of a shard folder that holds image ``image``, decoded; that image written."""
+    if image is None:
+        raise DDPMCodecError(f"{folder} is a folder: give --image I to decode the shard that "
+                             f"holds image I, or decode one of its shard files")
+    if not folder.is_dir():
+        raise DDPMCodecError(f"--image applies to a shard folder; {folder} is not one")
+    from ddpmcodec.codec.api import decode_bytes
+    from ddpmcodec.codec.container import read_file, read_header
+    from ddpmcodec.codec.reproducibility import decode_device
+    from ddpmcodec.io.data import save_images
+    from ddpmcodec.io.models import load_model
+    from ddpmcodec.pipelines.shards import read_manifest, shard_of_image
+    manifest = read_manifest(folder)
+    shard = shard_of_image(manifest, image)
+    data = read_file(folder / shard["file"])
+    header = read_header(data)
+    requested = resolve_device(device) if device is not None else None
+    model = (None if header.model_free
+             else load_model(ckpt, decode_device(header, requested), lazy=True))
+    dec = decode_bytes(model, data, **({} if header.model_free else {"progress": not quiet}))
+    if len(dec.images) != shard["count"]:
+        raise DDPMCodecError(f"{shard['file']} holds {len(dec.images)} images, its manifest "
+                             f"says {shard['count']}")
+    pick = dec.images[image - shard["first"]:image - shard["first"] + 1]
+    written = save_images(pick, out, names=[f"{image:06d}"])
+    summary = {"folder": str(folder), "shard": shard["file"], "image": image,
+               "out": str(out), "mode": header.mode, "files_written": len(written),
+               "seconds": dec.stats.seconds}
+    emit(summary, as_json, [f"decoded {shard['file']} ({shard['count']} images, "
+                            f"{header.mode}) and wrote image {image} to {out}"])
+

@@ -37,6 +37,7 @@ from ddpmcodec.cli.common import (
 from ddpmcodec.codec.lossless import params as lossless_params
 from ddpmcodec.codec.progressive import params as progressive_params
 from ddpmcodec.errors import DDPMCodecError
+from ddpmcodec.pipelines.defaults import SHARD_SIZE as DEFAULT_SHARD_SIZE
 
 Opt = typer.Option
 # the codecs' own defaults (torch-free modules), so that --help states what the code does
@@ -132,6 +133,19 @@ def encode(
         "--search-workers", help="progressive: processes that search candidates at once on "
                                  "the CPU (default: one per CPU; Linux); the file is the "
                                  "same for any number")] = None,
+    dataset: Annotated[Optional[str], Opt(
+        "--dataset", help="cifar10: the data set itself (downloaded to $DDPMCODEC_DATA, "
+                          "~/.cache/ddpmcodec/data by default) instead of PATH")] = None,
+    split: Annotated[str, Opt("--split", help="--dataset: train or test")] = "test",
+    shard_size: Annotated[Optional[int], Opt(
+        "--shard-size", help=f"a data set into a folder -o of shard files of N images each "
+                             f"(resumable: run the same command again after an interruption; "
+                             f"default {DEFAULT_SHARD_SIZE} with --workers or --dataset)")] = None,
+    workers: Annotated[int, Opt(
+        "--workers", help="shards: processes that code shards at once (each loads the "
+                          "model; under torchrun, per rank)")] = 1,
+    overwrite: Annotated[bool, Opt(
+        "--overwrite", help="shards: start the folder afresh instead of resuming it")] = False,
     as_json: Json = False, quiet: Quiet = False,
 ):
     if batch_size < 1:
@@ -148,8 +162,19 @@ def encode(
                                                        search_device, search_workers)):
         raise DDPMCodecError("--bpp, --psnr, --max-bytes, --check-bits, --search-device and "
                              "--search-workers apply to --progressive")
-    if out.is_dir():
-        raise DDPMCodecError(f"-o {out} is a folder; give the path of the file to write")
+    if shard_size is None and (dataset is not None or workers != 1):
+        shard_size = DEFAULT_SHARD_SIZE
+    if shard_size is None and overwrite:
+        raise DDPMCodecError("--overwrite applies to shard folders (--shard-size)")
+    if dataset is not None and paths:
+        raise DDPMCodecError("give PATH or --dataset, not both")
+    if shard_size is not None and (bpp, psnr, max_bytes) != (None, None, None):
+        raise DDPMCodecError("--bpp, --psnr and --max-bytes apply to single files, not shards")
+    if shard_size is None and out.is_dir():
+        raise DDPMCodecError(f"-o {out} is a folder; give the path of the file to write "
+                             f"(or --shard-size N to write shards into it)")
+    if shard_size is not None and out.exists() and not out.is_dir():
+        raise DDPMCodecError(f"-o {out} is a file; shards go into a folder")
     # torch and the codecs only now: a mistake in the options above is named at once
     from ddpmcodec.codec.api import get_codec
     from ddpmcodec.io.atomic import write_bytes_atomic
@@ -159,8 +184,26 @@ def encode(
     model = load_model(ckpt, device, lazy=True)  # diffusers only if the float32 network runs
     # the chain (and its calibration) is checked before the data is read
     chain = _chain(model, progressive, steps, trajectory, variance, timesteps, calibration)
-    images = load_images([str(p) for p in paths] if paths else SAMPLE_IMAGES, None, "test",
-                         num_images)
+    if dataset is not None:
+        images = load_images(None, dataset, split, num_images)
+    else:
+        images = load_images([str(p) for p in paths] if paths else SAMPLE_IMAGES, None,
+                             "test", num_images)
+    if shard_size is not None:
+        opts = ({"steps": steps if chain is None else None, "batch_size": batch_size,
+                 "seed": seed, "chain": chain, "exact": not float32, "lossless": lossless,
+                 **{k: v for k, v in (("chunk_bits", chunk_bits), ("margin_bits", margin),
+                                      ("check_bits", check_bits)) if v is not None}}
+                if progressive else
+                {"steps": steps if chain is None else None, "batch_size": batch_size,
+                 "seed": seed, "grid_log2": grid_log2, "support_sigmas": support_sigmas,
+                 "chain": chain, "method": method, "seed_images": seed_images,
+                 "exact": not float32})
+        if progressive and chain is not None and variance not in (None, "model"):
+            opts["variance"] = "model"
+        _encode_shards(model, ckpt, device, images, out, "progressive" if progressive
+                       else "lossless", opts, shard_size, workers, overwrite, quiet, as_json)
+        return
     if progressive:
         opts = {k: v for k, v in (("chunk_bits", chunk_bits), ("margin_bits", margin),
                                   ("bpp", bpp), ("psnr", psnr), ("max_bytes", max_bytes),
@@ -195,6 +238,30 @@ def encode(
     emit(summary, as_json, [
         f"wrote {out}: {s.num_images} image(s), lossless, {how}, model "
         f"{model.fingerprint}; {_decodes_where(enc.header)}"] + stats_lines(s))
+
+
+def _encode_shards(model, ckpt, device, images, out: Path, mode: str, opts: dict,
+                   shard_size: int, workers: int, overwrite: bool, quiet: bool,
+                   as_json: bool) -> None:
+    from ddpmcodec.pipelines.shards import ShardJob, encode_dataset
+    job = ShardJob(mode, opts, None if ckpt is None else str(ckpt), str(device))
+    summary = encode_dataset(model, images, out, job, shard_size, workers, overwrite,
+                             progress=not quiet)
+    if summary is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    classical = ", ".join(f"{name} {summary[f'{key}_bpd']:.4f}" for key, name in (
+        ("jpegxl", "JPEG-XL"), ("webp_lossless", "WebP-lossless"), ("png", "PNG"))
+        if f"{key}_bpd" in summary)
+    bound = ("" if summary["bound_bpd"] is None else
+             f"; bits-back images: net {summary['net_bpd']:.4f}, bound "
+             f"{summary['bound_bpd']:.4f} bits/dim")
+    emit(summary, as_json, [
+        f"wrote {summary['shards']} shard(s) of {summary['num_images']} image(s) into {out} "
+        f"({mode}): whole files {summary['file_bpd']:.4f} bits/dim{bound}",
+        f"  the same images, one file each: {classical}"
+        + (f" (ours {summary['vs_jpegxl']:.4f}x JPEG-XL)" if "vs_jpegxl" in summary else ""),
+        f"  decode one: ddpmcodec decode {out} --image I -o OUT (a folder or .npz) "
+        f"(or a shard file itself); summary: {out / 'summary.json'}"])
 
 
 def _decodes_where(header) -> str:
