@@ -14,8 +14,9 @@ from ddpmcodec.errors import DDPMCodecError
 
 PARAMS_VERSION = 3           # 3: compact, WebP seeds and a batch layout; 1 and 2 still decode
 DEFAULT_STEPS = 32           # the default chain: K dp-chosen steps with analytic variances
-                             # (the shortest whose files are below JPEG-XL's at 16 images and
-                             # more, benchmarks/results/lossless_defaults_test600-799.json)
+                             # (the shortest measured below 0.98x JPEG-XL's files: K table in
+                             # benchmarks/results/lossless_k_table_test600-631.json; files of
+                             # 16 and 200 in lossless_defaults_test600-799.json)
 DEFAULT_TRAJECTORY = "dp"
 DEFAULT_VARIANCE = "analytic"
 DEFAULT_BATCH = 16           # images per network call at most (the CPU's best throughput)
