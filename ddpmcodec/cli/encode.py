@@ -134,8 +134,9 @@ def encode(
                                  "the CPU (default: one per CPU; Linux); the file is the "
                                  "same for any number")] = None,
     dataset: Annotated[Optional[str], Opt(
-        "--dataset", help="cifar10: the data set itself (downloaded to $DDPMCODEC_DATA, "
-                          "~/.cache/ddpmcodec/data by default) instead of PATH")] = None,
+        "--dataset", help="cifar10: the data set itself (from $DDPMCODEC_DATA, default "
+                          "~/.cache/ddpmcodec; downloaded there when online) instead of "
+                          "PATH")] = None,
     split: Annotated[str, Opt("--split", help="--dataset: train or test")] = "test",
     shard_size: Annotated[Optional[int], Opt(
         "--shard-size", help=f"a data set into a folder -o of shard files of N images each "

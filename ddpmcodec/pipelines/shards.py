@@ -106,6 +106,8 @@ def shard_done(folder: Path, shard: dict) -> bool:
 def _open(folder: Path, manifest: dict, overwrite: bool) -> None:
     """Create the folder, or check that it was started with this manifest."""
     folder.mkdir(parents=True, exist_ok=True)
+    for tmp in folder.glob(".tmp-shard-*"):  # a killed run's unfinished write (before any
+        tmp.unlink()                         # rank starts again: see encode_dataset)
     path = folder / MANIFEST
     if path.exists() and not overwrite:
         old = read_manifest(folder)
