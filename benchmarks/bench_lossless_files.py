@@ -31,11 +31,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def classical_bits(images: np.ndarray) -> dict:
-    from ddpmcodec.pipelines.lossless_baselines import classical_lossless_bits
-    return classical_lossless_bits(images)
-
-
 def run_files(codec, images: np.ndarray, per_file: int, label: str, chain=None) -> dict:
     from ddpmcodec.codec.api import decode_bytes
     rows = []
@@ -182,7 +177,8 @@ def main(argv=None) -> int:
         from ddpmcodec.io.chain_choice import ChainOptions, select_chain
         chain = select_chain(model, ChainOptions(a.steps, "dp", "analytic"))[0]
     dims = int(np.prod(images.shape[1:]))
-    base = classical_bits(images)
+    from ddpmcodec.pipelines.lossless_baselines import classical_lossless_bits
+    base = classical_lossless_bits(images)
     results = {"command": "python " + shlex.join([sys.argv[0]] + (argv or sys.argv[1:])),
                "data": a.data, "first": a.first, "count": len(images),
                "model": model.fingerprint, "threads": torch.get_num_threads(),

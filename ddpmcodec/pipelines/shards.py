@@ -93,8 +93,13 @@ def shard_of_image(manifest: dict, image: int) -> dict:
     return manifest["shards"][image // manifest["shard_size"]]
 
 
+def record_path(folder: Path, shard: dict) -> Path:
+    """The JSON record beside a shard's file."""
+    return Path(folder) / (Path(shard["file"]).stem + ".json")
+
+
 def shard_done(folder: Path, shard: dict) -> bool:
-    meta, data = folder / (shard["file"][:-5] + ".json"), folder / shard["file"]
+    meta, data = record_path(folder, shard), folder / shard["file"]
     if not (meta.is_file() and data.is_file()):
         return False
     try:
@@ -152,7 +157,7 @@ def code_shard(codec, job: ShardJob, folder: Path, shard: dict, images: np.ndarr
             "net_bits": float(s.actual_bits) if s.net_dims else 0.0,
             "encode_s": seconds, "classical_bits": {
                 k: int(sum(v)) for k, v in classical_lossless_bits(images).items()}}
-    write_json_atomic(folder / (shard["file"][:-5] + ".json"), meta)
+    write_json_atomic(record_path(folder, shard), meta)
     return meta
 
 
@@ -226,7 +231,7 @@ def summarise(folder) -> dict:
     if missing:
         raise DDPMCodecError(f"{len(missing)} shard(s) are not done yet ({missing[0]}, ...); "
                              f"run the same command again to finish them")
-    metas = [json.loads((folder / (s["file"][:-5] + ".json")).read_text())
+    metas = [json.loads(record_path(folder, s).read_text())
              for s in manifest["shards"]]
     dims = sum(m["dims"] for m in metas)
     net = sum(m["net_dims"] for m in metas)
