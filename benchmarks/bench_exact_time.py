@@ -6,8 +6,8 @@ and as whole `ddpmcodec` processes (cold start included: interpreter, imports, m
     python benchmarks/bench_exact_time.py --image 600 --repeats 3 \
         --json benchmarks/results/exact_time_cpu.json
 
-The lossless codec codes with method bitsback (one image alone would be stored as
-WebP-lossless by method auto). The results file is rewritten after every measurement.
+The lossless codec codes with method bitsback (one image alone would be stored as its
+classical stream by method auto). The results file is rewritten after every measurement.
 """
 from __future__ import annotations
 
