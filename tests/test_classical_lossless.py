@@ -12,6 +12,7 @@ import pytest
 from ddpmcodec.codec import container
 from ddpmcodec.codec.api import decode_bytes, get_codec
 from ddpmcodec.codec.lossless import classical, jxl, webp
+from ddpmcodec.codec.lossless.streams import pack_streams, unpack_streams
 from ddpmcodec.errors import DDPMCodecError
 
 imagecodecs = pytest.importorskip("imagecodecs")
@@ -92,8 +93,8 @@ def test_damaged_streams_and_headers_are_clear_errors(test_images):
     header, payload = container.unpack(enc.data)
     head = enc.data[:len(enc.data) - len(payload)]
     with pytest.raises(DDPMCodecError, match="checksum"):  # the images swapped
-        streams = classical.unpack_streams(payload, 2, "s", classical.LEAST_STREAM_BYTES)
-        codec.decode(head + classical.pack_streams(streams[::-1]))
+        streams = unpack_streams(payload, 2, "s", classical.LEAST_STREAM_BYTES)
+        codec.decode(head + pack_streams(streams[::-1]))
     # a written field equal to its preset is not the canonical form
     odd = container.MAGIC + bytes([container.FORMAT_CLASSICAL << 4 | 4, 3, 3, 32, 32, 2])
     with pytest.raises(DDPMCodecError, match="preset"):

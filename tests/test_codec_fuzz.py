@@ -330,12 +330,13 @@ def forge_webp(rng, data: bytes, images: np.ndarray) -> bytes:
     """A webp-lossless or classical-lossless file with other streams, counts or checksums
     behind valid checks."""
     from ddpmcodec.codec.lossless import classical, webp
+    from ddpmcodec.codec.lossless.streams import unpack_streams
     header, payload = container.unpack(data)
     if header.mode == "webp-lossless":
         streams, make = webp.unpack_streams(payload, header.num_images), webp.webp_stream
     else:
-        streams = classical.unpack_streams(payload, header.num_images, "streams",
-                                           classical.LEAST_STREAM_BYTES)
+        streams = unpack_streams(payload, header.num_images, "streams",
+                                 classical.LEAST_STREAM_BYTES)
         make = classical.classical_stream
     kind = rng.integers(0, 5)
     if kind == 0:  # a flipped bit in a stream

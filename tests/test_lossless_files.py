@@ -19,6 +19,7 @@ from ddpmcodec.codec.api import decode_bytes
 from ddpmcodec.codec.lossless.codec import BitsBackCodec
 from ddpmcodec.codec.lossless.params import DEFAULT_STEPS, LosslessParams
 from ddpmcodec.codec.lossless.seeds import initial_words, read_seeds as _read_seeds, seed_words
+from ddpmcodec.codec.lossless.streams import unpack_streams
 from ddpmcodec.errors import DDPMCodecError
 
 
@@ -140,8 +141,8 @@ def _streams_decode_to(payload: bytes, header, images) -> bool:
         if header.mode == "webp-lossless":
             streams, image = webp.unpack_streams(payload, header.num_images), webp.webp_image
         else:
-            streams = classical.unpack_streams(payload, header.num_images, "streams",
-                                               classical.LEAST_STREAM_BYTES)
+            streams = unpack_streams(payload, header.num_images, "streams",
+                                     classical.LEAST_STREAM_BYTES)
             image = classical.classical_image
         return all(np.array_equal(image(st, header.image_shape), im)
                    for st, im in zip(streams, images))

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddpmcodec.codec import container
-from ddpmcodec.codec.api import Codec, CodecStats, Decoded, Encoded, Timer
-from ddpmcodec.codec.checks import check_images
 from ddpmcodec.codec.lossless import jxl, webp
-from ddpmcodec.codec.lossless.streams import pack_streams, unpack_streams
+from ddpmcodec.codec.lossless.streams import StreamsCodec
 from ddpmcodec.errors import DDPMCodecError
 
 STREAM_CODECS = ("jxl", "webp")
@@ -72,57 +69,21 @@ def classical_image(stored: bytes, image_shape) -> np.ndarray:
     return webp.webp_image(stored, image_shape)
 
 
-class ClassicalLosslessCodec(Codec):
-    """The model-free mode: every image its shortest classical stream. ``model`` may be
-    None. encode option ``codecs``: the stream codecs to choose from (default both)."""
+class ClassicalLosslessCodec(StreamsCodec):
+    """The model-free mode: every image its shortest classical stream. encode option
+    ``codecs``: the stream codecs to choose from (default both)."""
 
     mode = "classical-lossless"
+    what = "classical streams"
+    least_stream_bytes = LEAST_STREAM_BYTES
 
-    def encode(self, images: np.ndarray, *, codecs=None, progress: bool = False,
-               **options) -> Encoded:
-        images = np.ascontiguousarray(images) if self.model is None else check_images(images,
-                                                                                     self.model)
-        if images.dtype != np.uint8 or images.ndim != 4 or not supports((images.shape[-1],)):
-            raise DDPMCodecError(f"classical lossless takes uint8 [N, H, W, 1 or 3] images, "
-                                 f"got {images.dtype} {images.shape}")
-        with Timer() as timer:
-            streams = [classical_stream(im, codecs or default_codecs()) for im in images]
-        return encoded(images, streams, timer.seconds)
+    def stream(self, image: np.ndarray, *, codecs=None, **options) -> bytes:
+        return classical_stream(image, codecs or default_codecs())
 
-    def decode(self, data: bytes, *, progress: bool = False, **options) -> Decoded:
-        header, payload = container.unpack(data)
-        if header.mode != self.mode:
-            raise DDPMCodecError(f"this is a {header.mode} file, not a {self.mode} one")
-        with Timer() as timer:
-            streams = unpack_streams(payload, header.num_images, "classical streams",
-                                     LEAST_STREAM_BYTES)
-            c, h, w = header.image_shape
-            images = np.empty((header.num_images, h, w, c), dtype=np.uint8)
-            for i, s in enumerate(streams):
-                images[i] = classical_image(s, header.image_shape)
-        if container.pixel_checksum(images, len(header.pixel_checksum)) != header.pixel_checksum:
-            raise DDPMCodecError("corrupt file: the decoded pixels do not match the file's "
-                                 "checksum")
-        return Decoded(images, header, _stats(header, len(data), len(payload), timer.seconds,
-                                              streams))
+    image = staticmethod(classical_image)
 
-
-def encoded(images: np.ndarray, streams: list[bytes], seconds: float) -> Encoded:
-    """The classical-lossless file (format 5) of ``images`` from their stored streams."""
-    n, h, w, c = images.shape
-    header = container.model_free_header("classical-lossless", (c, h, w), n,
-                                         container.pixel_checksum(images))
-    payload = pack_streams(streams)
-    data = container.pack(header, payload)
-    return Encoded(data, header, _stats(header, len(data), len(payload), seconds, streams))
-
-
-def _stats(header, file_bytes: int, payload_bytes: int, seconds: float, streams) -> CodecStats:
-    kinds = [stream_codec(s) for s in streams]
-    return CodecStats(mode="classical-lossless", num_images=header.num_images, dims=header.dims,
-                      num_steps=0, payload_bits=8 * payload_bytes,
-                      header_bits=8 * (file_bytes - payload_bytes), initial_bits=0.0,
-                      bound_bits=float("nan"), seconds=seconds,
-                      side_bits=8 * payload_bytes, net_images=0,
-                      extra={"method": "classical-lossless", "jxl_streams": kinds.count("jxl"),
-                             "webp_streams": kinds.count("webp")})
+    @classmethod
+    def extra(cls, streams: list[bytes]) -> dict:
+        kinds = [stream_codec(s) for s in streams]
+        return {"method": cls.mode, "jxl_streams": kinds.count("jxl"),
+                "webp_streams": kinds.count("webp")}

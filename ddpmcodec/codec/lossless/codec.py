@@ -93,7 +93,7 @@ class BitsBackCodec(Codec):
         if method == "webp":
             with Timer() as webp_timer:
                 streams = [webp.webp_stream(im) for im in images]
-            return webp.encoded(images, streams, webp_timer.seconds)
+            return webp.WebPLosslessCodec.file(images, streams, webp_timer.seconds)
         codecs = classical.default_codecs()
         # the classical streams cost ~50 ms an image, the bits-back file seconds: always
         # weighed; one image has no seed, so its bits-back file pays its whole dip
@@ -102,7 +102,7 @@ class BitsBackCodec(Codec):
         with Timer() as classical_timer:
             streams = [classical.classical_stream(im, codecs) for im in images] if compare else []
         if method == "classical" or (compare and n == 1):
-            return classical.encoded(images, streams, classical_timer.seconds)
+            return classical.ClassicalLosslessCodec.file(images, streams, classical_timer.seconds)
         diffusion = self._chain(chain, steps)
         header = new_header("lossless", model, n, batch_size, seed, diffusion.timesteps,
                             container.pixel_checksum(images), exact=self._exact)
@@ -120,7 +120,7 @@ class BitsBackCodec(Codec):
         enc.stats.seconds = timer.seconds + classical_timer.seconds
         enc.stats.extra["bitsback_file_bytes"] = len(enc.data)
         if compare:
-            alt = classical.encoded(images, streams, enc.stats.seconds)
+            alt = classical.ClassicalLosslessCodec.file(images, streams, enc.stats.seconds)
             enc.stats.extra["classical_file_bytes"] = len(alt.data)
             if len(alt.data) < len(enc.data):
                 alt.stats.extra.update({k: enc.stats.extra[k] for k in (

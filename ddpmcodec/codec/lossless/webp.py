@@ -28,9 +28,6 @@ import struct
 
 import numpy as np
 
-from ddpmcodec.codec import container
-from ddpmcodec.codec.api import Codec, CodecStats, Decoded, Encoded, Timer
-from ddpmcodec.codec.checks import check_images
 from ddpmcodec.codec.lossless import streams as _streams
 from ddpmcodec.codec.lossless.streams import pack_streams  # noqa: F401 - the file's layout
 from ddpmcodec.errors import DDPMCodecError
@@ -130,55 +127,14 @@ def unpack_streams(data: bytes, count: int) -> list[bytes]:
     return _streams.unpack_streams(data, count, "WebP-lossless streams", VP8L_HEADER_BYTES)
 
 
-class WebPLosslessCodec(Codec):
-    """The model-free mode: every image a WebP-lossless stream. ``model`` may be None."""
+class WebPLosslessCodec(_streams.StreamsCodec):
+    """The model-free mode: every image a WebP-lossless stream."""
 
     mode = "webp-lossless"
+    what = "WebP-lossless streams"
+    least_stream_bytes = VP8L_HEADER_BYTES
 
-    def encode(self, images: np.ndarray, *, steps=None, batch_size: int = 1, seed: int = 0,
-               progress: bool = False, **options) -> Encoded:
-        images = np.ascontiguousarray(images) if self.model is None else check_images(images,
-                                                                                     self.model)
-        if images.dtype != np.uint8 or images.ndim != 4 or not supports((images.shape[-1],)):
-            raise DDPMCodecError(f"WebP-lossless takes uint8 [N, H, W, 1 or 3] images, got "
-                                 f"{images.dtype} {images.shape}")
-        with Timer() as timer:
-            streams = [webp_stream(im) for im in images]
-        return encoded(images, streams, timer.seconds)
+    def stream(self, image: np.ndarray, **options) -> bytes:
+        return webp_stream(image)
 
-    def decode(self, data: bytes, *, progress: bool = False, **options) -> Decoded:
-        header, payload = container.unpack(data)
-        if header.mode != self.mode:
-            raise DDPMCodecError(f"this is a {header.mode} file, not a {self.mode} one")
-        with Timer() as timer:
-            streams = unpack_streams(payload, header.num_images)
-            c, h, w = header.image_shape
-            images = np.empty((header.num_images, h, w, c), dtype=np.uint8)
-            for i, s in enumerate(streams):
-                images[i] = webp_image(s, header.image_shape)
-        # format 4 checks the decoded pixels (format 2 checked its payload's CRC-32)
-        if header.pixel_checksum and container.pixel_checksum(
-                images, len(header.pixel_checksum)) != header.pixel_checksum:
-            raise DDPMCodecError("corrupt file: the decoded pixels do not match the file's "
-                                 "checksum")
-        return Decoded(images, header, _stats(header, len(data), len(payload), timer.seconds))
-
-
-def encoded(images: np.ndarray, streams: list[bytes], seconds: float) -> Encoded:
-    """The webp-lossless file of ``images`` from their streams (format 4: the header holds
-    the pixels' checksum)."""
-    n, h, w, c = images.shape
-    header = container.model_free_header("webp-lossless", (c, h, w), n,
-                                         container.pixel_checksum(images))
-    payload = pack_streams(streams)
-    data = container.pack(header, payload)
-    return Encoded(data, header, _stats(header, len(data), len(payload), seconds))
-
-
-def _stats(header, file_bytes: int, payload_bytes: int, seconds: float) -> CodecStats:
-    return CodecStats(mode="webp-lossless", num_images=header.num_images, dims=header.dims,
-                      num_steps=0, payload_bits=8 * payload_bytes,
-                      header_bits=8 * (file_bytes - payload_bytes), initial_bits=0.0,
-                      bound_bits=float("nan"), seconds=seconds,
-                      side_bits=8 * payload_bytes, net_images=0,
-                      extra={"method": "webp-lossless"})
+    image = staticmethod(webp_image)
