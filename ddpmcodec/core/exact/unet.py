@@ -94,35 +94,45 @@ class ExactUNet:
         """Convolution of integer x [B, H, W, I] (channels last), or a linear layer on
         [..., I]: round(sum of products / 2^s) + b, as [B, Ho, Wo, O] or [..., O]."""
         w, inv, b = self._conv_t(layer)
-        x = x.clamp(-layer.act_max, layer.act_max)
         if layer.w.ndim == 2:
             lead = x.shape[:-1]
-            out = self._row_blocks(x.reshape(-1, x.shape[-1]), w, inv, b, [0])
-            return out.reshape(*lead, -1)
+            x = x.clamp(-layer.act_max, layer.act_max).reshape(-1, x.shape[-1])
+            return self._row_blocks(x, w, inv, b, [0]).reshape(*lead, -1)
         _, _, kh, kw = layer.w.shape
         p, s = layer.padding, layer.stride
+        if s == 1 and kh == kw == 2 * p + 1 and not layer.pad_right:  # "same" convolutions
+            return self._conv_shared_pad(x, layer.act_max, w, inv, b, kh, p)
+        x = x.clamp(-layer.act_max, layer.act_max)
         if layer.pad_right:
             x = F.pad(x, (0, 0, 0, 1, 0, 1))
         elif p:
             x = F.pad(x, (0, 0, p, p, p, p))
         B, H, W, C = x.shape
         Ho, Wo = (H - kh) // s + 1, (W - kw) // s + 1
-        if s == 1:
-            # stride 1 on the whole padded grid: with the pixels as rows of one matrix,
-            # tap (i, j) reads the rows i W + j further on, so each tap is one product
-            # with no column matrix (the rows past the valid outputs are garbage)
-            rows = x.reshape(B * H * W, C)
-            extra = (kh - 1) * W + kw - 1
-            if extra:
-                rows = torch.cat([rows, rows.new_zeros(extra, C)])
-            offsets = [i * W + j for i in range(kh) for j in range(kw)]
-            acc = self._row_blocks(rows, w, inv, b, offsets, B * H * W)
-            return acc.reshape(B, H, W, -1)[:, :Ho, :Wo]
         # im2col, channels last: a plain sum of products, never FFT or Winograd
         cols = torch.cat([x[:, i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s, :]
                           for i in range(kh) for j in range(kw)], dim=3)
         out = self._row_blocks(cols.reshape(B * Ho * Wo, -1), w, inv, b, [0])
         return out.reshape(B, Ho, Wo, -1)
+
+    def _conv_shared_pad(self, x, act_max, w, inv, b, k: int, p: int) -> torch.Tensor:
+        """A stride-1 k x k convolution with padding p = (k - 1) / 2 of x [B, H, W, C], on
+        the pixels as rows of one matrix, so each tap is one product with no column
+        matrix. p zero rows above each image and p zero columns left of each row serve
+        also as the bottom padding of the image before and the right padding of the row
+        before: the grid is (H + p) x (W + p), not (H + 2p) x (W + 2p), and fewer garbage
+        rows are computed (for the embedded model 10% fewer products in all: 1.68 G
+        multiply-adds an image, not 1.86). Output (i, j) of image b is row
+        (b (H + p) + i) (W + p) + j, and tap (di, dj) reads the row di (W + p) + dj
+        further on. x is clamped to +-act_max as it is written into the rows (one pass)."""
+        B, H, W, C = x.shape
+        Hp, Wp = H + p, W + p
+        extra = (k - 1) * Wp + k - 1
+        rows = (x.new_zeros if p else x.new_empty)(B * Hp * Wp + extra, C)
+        torch.clamp(x, -act_max, act_max, out=rows[:B * Hp * Wp].view(B, Hp, Wp, C)[:, p:, p:])
+        offsets = [i * Wp + j for i in range(k) for j in range(k)]
+        acc = self._row_blocks(rows, w, inv, b, offsets, B * Hp * Wp)
+        return acc.reshape(B, Hp, Wp, -1)[:, :H, :W]
 
     @staticmethod
     def _row_blocks(rows: torch.Tensor, w: torch.Tensor, inv: torch.Tensor, b: torch.Tensor,
@@ -154,7 +164,7 @@ class ExactUNet:
         G = norm.groups
         xg = x.reshape(B, -1, G, C // G)
         N = xg.shape[1] * xg.shape[3]
-        num = 2.0 * xg.sum((1, 3)) + N                      # mean = floor((2 S + N) / 2N)
+        num = 2.0 * _group_sum(xg) + N                      # mean = floor((2 S + N) / 2N)
         mu = torch.floor(num / (2 * N))
         r = num - mu * (2 * N)
         mu = mu - (r < 0).to(mu.dtype) + (r >= 2 * N).to(mu.dtype)
@@ -167,17 +177,19 @@ class ExactUNet:
 
     @staticmethod
     def _sum_squares(d: torch.Tensor, N: int) -> torch.Tensor:
-        """sum of d^2 over dims (1, 3), correctly rounded to float64 (exact below 2^53).
+        """sum of d^2 [B, HW, G, C/G] over dims (1, 3), correctly rounded to float64 (exact below 2^53).
         Small deviations sum directly; larger ones as d = hi 2^S + lo, where
         hi^2 2^2S + 2 hi lo 2^S is exact and adding lo^2 rounds once."""
-        if float(d.abs().max()) * float(d.abs().max()) * N < 2.0 ** 53:
-            return (d * d).sum((1, 3))
+        lo, hi = torch.aminmax(d)
+        m = max(-float(lo), float(hi))
+        if m * m * N < 2.0 ** 53:
+            return _group_sum(d * d)
         S = spec.GROUP_SPLIT_BITS
         dh = torch.floor(d * 2.0 ** -S)
         dl = d - dh * 2.0 ** S
-        v_hi = (dh * dh).sum((1, 3))
-        v_mid = (dh * dl).sum((1, 3))
-        v_lo = (dl * dl).sum((1, 3))
+        v_hi = _group_sum(dh * dh)
+        v_mid = _group_sum(dh * dl)
+        v_lo = _group_sum(dl * dl)
         return (v_hi * 2.0 ** (2 * S) + v_mid * 2.0 ** (S + 1)) + v_lo
 
     def _lookup(self, table: tuple, u: torch.Tensor) -> torch.Tensor:
@@ -186,15 +198,18 @@ class ExactUNet:
         (T, T[i+1] - T[i] with 0 last), so each point needs two gathers, not three."""
         values, steps = table
         D = float(1 << (_F - spec.TABLE_BITS))
-        i = torch.floor(u * (1.0 / D))
-        f = u.sub_(i * D)                 # u is a temporary of the caller's
+        i = torch.mul(u, 1.0 / D).floor_()
+        f = u.sub_(i, alpha=D)            # u is a temporary of the caller's
         i = i.to(torch.long).reshape(-1)
-        lo = values.index_select(0, i).view(f.shape)
-        return steps.index_select(0, i).view(f.shape).mul_(f).mul_(1.0 / D).add_(0.5).floor_().add_(lo)
+        # floor(s f / D + 1/2) + T[i] as one floor of T[i] + 1/2 + s f / D: every product
+        # and partial sum is a multiple of 1/2D far below 2^53 / 2D, so exact in any order
+        # (fused or not)
+        base = values.index_select(0, i).view(f.shape).add_(0.5)
+        return base.addcmul_(steps.index_select(0, i).view(f.shape), f, value=1.0 / D).floor_()
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
         L = float(spec.SILU_RANGE << _F)
-        y = self._lookup(self._silu, x.clamp(-L, L) + L)
+        y = self._lookup(self._silu, x.clamp(-L, L).add_(L))
         return torch.where(x > L, x, y)
 
     def attention(self, x: torch.Tensor, a: dict) -> torch.Tensor:
@@ -279,6 +294,13 @@ class ExactUNet:
                 for a in range(0, x.shape[0], max(step, 1))]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out * 2.0 ** -spec.OUTPUT_FRAC_BITS
+
+
+def _group_sum(t: torch.Tensor) -> torch.Tensor:
+    """[B, HW, G, C/G] summed over dims 1 and 3, as [B, G]: over the pixels first (a
+    reduction along contiguous rows, several times faster than both dims at once); the
+    sums are of integers below 2^53, so the order changes no bit."""
+    return t.sum(1).sum(-1)
 
 
 def quantize_input(x: torch.Tensor) -> torch.Tensor:
