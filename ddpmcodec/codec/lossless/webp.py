@@ -51,11 +51,6 @@ def _require_webp(what: str) -> None:
         raise DDPMCodecError(_NO_WEBP.format(what=what))
 
 
-def supports(image_shape) -> bool:
-    """WebP holds 8-bit RGB; a grey image travels as R = G = B."""
-    return int(image_shape[0]) in (1, 3)
-
-
 def webp_stream(image: np.ndarray) -> bytes:
     """The VP8L bitstream of one uint8 [H, W, C] image (C = 1 or 3), WebP-lossless."""
     from PIL import Image

@@ -180,8 +180,8 @@ class ExactUNet:
 
     @staticmethod
     def _sum_squares(d: torch.Tensor, N: int) -> torch.Tensor:
-        """sum of d^2 [B, HW, G, C/G] over dims (1, 3), correctly rounded to float64 (exact below 2^53).
-        Small deviations sum directly; larger ones as d = hi 2^S + lo, where
+        """sum of d^2 [B, HW, G, C/G] over dims (1, 3), correctly rounded to float64
+        (exact below 2^53). Small deviations sum directly; larger ones as d = hi 2^S + lo, where
         hi^2 2^2S + 2 hi lo 2^S is exact and adding lo^2 rounds once."""
         lo, hi = torch.aminmax(d)
         m = max(-float(lo), float(hi))
