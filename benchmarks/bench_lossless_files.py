@@ -177,11 +177,14 @@ def main(argv=None) -> int:
         from ddpmcodec.io.chain_choice import ChainOptions, select_chain
         chain = select_chain(model, ChainOptions(a.steps, "dp", "analytic"))[0]
     dims = int(np.prod(images.shape[1:]))
+    from ddpmcodec.pipelines.bench import _device_name
     from ddpmcodec.pipelines.lossless_baselines import classical_lossless_bits
     base = classical_lossless_bits(images)
     results = {"command": "python " + shlex.join([sys.argv[0]] + (argv or sys.argv[1:])),
                "data": a.data, "first": a.first, "count": len(images),
                "model": model.fingerprint, "threads": torch.get_num_threads(),
+               "cpu": _device_name("cpu"),
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "steps": a.steps or codec_default_steps(),
                "date": time.strftime("%Y-%m-%d"), "classical_bits": base, "runs": {}, "table": []}
     limits = {int(k): int(v) for k, v in (item.split("=") for item in a.limit)}

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from ddpmcodec.cli import main
@@ -172,3 +173,45 @@ def test_nll_bench_train_calibrate_help_state_their_defaults(capsys):
 def test_full_chain_is_the_default_where_it_is(command, capsys):
     """nll and bench do run the full chain without --steps (encode does not: above)."""
     assert "(default: the full chain)" in options(render(capsys, command))["--steps"]
+
+
+# -- model-free lossless files: written and read without torch ---------------------------
+MODEL_FREE = r"""
+import json, sys
+from ddpmcodec.cli import main
+runs = [a.split("|") for a in sys.argv[2:]]
+codes = [main(a) for a in runs]
+heavy = [m for m in ("torch", "diffusers", "ddpmcodec.io.models") if m in sys.modules]
+with open(sys.argv[1], "w") as f:
+    json.dump({"codes": codes, "heavy": heavy}, f)
+"""
+
+
+def test_model_free_lossless_files_need_no_torch(tmp_path, embedded_model):
+    """A one-image lossless file at the defaults (its classical file), --method classical and
+    --method webp files of two images: encoded and decoded in a fresh interpreter that never
+    imports torch or loads the model, to the same bytes as the codec writes with the model
+    loaded, and back to the exact pixels."""
+    from ddpmcodec.codec.api import get_codec
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    images[1] = images[1] // 16 * 16          # a compressible one beside a noisy one
+    np.savez(tmp_path / "one.npz", images=images[1:])
+    np.savez(tmp_path / "two.npz", images=images)
+    cases = {"one": ("one.npz", []), "classical": ("two.npz", ["--method", "classical"]),
+             "webp": ("two.npz", ["--method", "webp"])}
+    argvs = []
+    for name, (src, extra) in cases.items():
+        argvs.append("|".join(["encode", src, "-o", f"{name}.ddpm", "--lossless", "-q", *extra]))
+        argvs.append("|".join(["decode", f"{name}.ddpm", "-o", f"{name}_dec.npz", "-q"]))
+    proc = subprocess.run([sys.executable, "-c", MODEL_FREE, "report.json", *argvs],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["codes"] == [0] * len(argvs) and report["heavy"] == [], report
+    codec = get_codec("lossless")(embedded_model)
+    for name, (src, extra) in cases.items():
+        x = np.load(tmp_path / src)["images"]
+        method = extra[1] if extra else "auto"
+        assert (tmp_path / f"{name}.ddpm").read_bytes() == codec.encode(x, method=method).data
+        assert np.array_equal(np.load(tmp_path / f"{name}_dec.npz")["images"], x)

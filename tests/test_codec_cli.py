@@ -109,8 +109,9 @@ def test_errors_are_one_line(capsys, tmp_path, tiny_ckpt, test_npz):
     code, _, err = run(capsys, "encode", tmp_path / "nope.npz", "-o", f, "--ckpt", tiny_ckpt,
                        "--trajectory", "even")
     assert code == 1 and "no such file" in err
-    # the default chain of a model without a calibration says how to make one
-    code, _, err = run(capsys, "encode", test_npz, "-n", 1, "-o", f, "--ckpt", tiny_ckpt)
+    # the default chain of a model without a calibration says how to make one (two
+    # images: one alone is its classical file, which needs no chain)
+    code, _, err = run(capsys, "encode", test_npz, "-n", 2, "-o", f, "--ckpt", tiny_ckpt)
     assert code == 1 and "ddpmcodec calibrate" in err and err.count("\n") == 1
     code, _, err = run(capsys, "encode", test_npz, "-n", 1, "-o", f, "--progressive",
                        "--method", "webp", "--ckpt", tiny_ckpt)

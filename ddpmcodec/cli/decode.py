@@ -63,18 +63,18 @@ def decode(
             v is not None for v in (upto_step, max_bytes, recon, recon_steps)):
         raise DDPMCodecError("--upto-step, --bytes, --recon and --recon-steps apply to "
                              f"progressive files; {file} is a {header.mode} file")
-    # torch and the codecs only now: a mistake in the options above is named at once
+    # the codecs only now: a mistake in the options above is named at once; torch and the
+    # model only for a file that needs them (a model-free file decodes without either)
     from ddpmcodec.codec.api import get_codec
+    from ddpmcodec.codec.checks import is_exact
     from ddpmcodec.codec.reproducibility import decode_device
     from ddpmcodec.io.data import save_images
-    from ddpmcodec.io.models import load_model
-    from ddpmcodec.codec.checks import is_exact
     if device is not None and not header.model_free and not is_exact(header):
         raise DDPMCodecError(f"--device: {file} was written with --float32 and decodes only on "
                              f"{header.device_kind}; leave --device out")
     requested = resolve_device(device) if device is not None else None
     if header.mode == "progressive":
-        model = load_model(ckpt, decode_device(header, requested), lazy=True)
+        model = _model(ckpt, decode_device(header, requested))
         recon = recon or DEFAULT_RECON
         dec = get_codec("progressive")(model).decode(
             data, progress=not quiet, upto_step=upto_step, max_bytes=max_bytes, recon=recon,
@@ -100,8 +100,7 @@ def decode(
         return
     header = read_header(data)  # a complete file: every CRC checked before any work
     # a model-free file (the lossless codec's classical fallback) needs no model
-    model = (None if header.model_free
-             else load_model(ckpt, decode_device(header, requested), lazy=True))
+    model = None if header.model_free else _model(ckpt, decode_device(header, requested))
     dec = get_codec(header.mode)(model).decode(data, progress=not quiet)
     written = save_images(dec.images, out)
     s = dec.stats
@@ -130,15 +129,13 @@ def _decode_from_shards(folder: Path, out: Path, image, ckpt, device, quiet: boo
     from ddpmcodec.codec.container import read_file, read_header
     from ddpmcodec.codec.reproducibility import decode_device
     from ddpmcodec.io.data import save_images
-    from ddpmcodec.io.models import load_model
     from ddpmcodec.pipelines.shards import read_manifest, shard_of_image
     manifest = read_manifest(folder)
     shard = shard_of_image(manifest, image)
     data = read_file(folder / shard["file"])
     header = read_header(data)
     requested = resolve_device(device) if device is not None else None
-    model = (None if header.model_free
-             else load_model(ckpt, decode_device(header, requested), lazy=True))
+    model = None if header.model_free else _model(ckpt, decode_device(header, requested))
     dec = decode_bytes(model, data, **({} if header.model_free else {"progress": not quiet}))
     if len(dec.images) != shard["count"]:
         raise DDPMCodecError(f"{shard['file']} holds {len(dec.images)} images, its manifest "
@@ -151,3 +148,8 @@ def _decode_from_shards(folder: Path, out: Path, image, ckpt, device, quiet: boo
     emit(summary, as_json, [f"decoded {shard['file']} ({shard['count']} images, "
                             f"{header.mode}) and wrote image {image} to {out}"])
 
+
+def _model(ckpt, device):
+    """The checkpoint's model (lazy: diffusers only if the float32 network runs)."""
+    from ddpmcodec.io.models import load_model
+    return load_model(ckpt, device, lazy=True)

@@ -180,16 +180,33 @@ def encode(
     from ddpmcodec.codec.api import get_codec
     from ddpmcodec.io.atomic import write_bytes_atomic
     from ddpmcodec.io.data import SAMPLE_IMAGES, load_images
+
+    def read_images():
+        if dataset is not None:
+            return load_images(None, dataset, split, num_images)
+        return load_images([str(p) for p in paths] if paths else SAMPLE_IMAGES, None,
+                           "test", num_images)
+    images = None
+    if (not progressive and shard_size is None and dataset is None and method != "bitsback"
+            and seed_images is None and not float32 and device == "cpu"
+            and (steps, trajectory, variance, timesteps, calibration) == (None,) * 5):
+        # a file that may need no network (WebP-lossless, classical, one image): written
+        # without loading torch or the model, which is most of a one-image command's time
+        from ddpmcodec.codec.lossless.classical import model_free_file
+        from ddpmcodec.io.checkpoints import checkpoint_image_shape
+        images = read_images()
+        enc = model_free_file(images.images, method, checkpoint_image_shape(ckpt))
+        if enc is not None:
+            write_bytes_atomic(out, enc.data)
+            _lossless_summary(enc, out, None, as_json)
+            return
     from ddpmcodec.io.models import load_model
     device = resolve_device(device)
     model = load_model(ckpt, device, lazy=True)  # diffusers only if the float32 network runs
     # the chain (and its calibration) is checked before the data is read
     chain = _chain(model, progressive, steps, trajectory, variance, timesteps, calibration)
-    if dataset is not None:
-        images = load_images(None, dataset, split, num_images)
-    else:
-        images = load_images([str(p) for p in paths] if paths else SAMPLE_IMAGES, None,
-                             "test", num_images)
+    if images is None:
+        images = read_images()
     if shard_size is not None:
         opts = ({"steps": steps if chain is None else None, "batch_size": batch_size,
                  "seed": seed, "chain": chain, "exact": not float32, "lossless": lossless,
@@ -226,9 +243,15 @@ def encode(
         seed=seed, progress=not quiet, grid_log2=grid_log2, support_sigmas=support_sigmas,
         chain=chain, method=method, seed_images=seed_images, exact=not float32)
     write_bytes_atomic(out, enc.data)
+    _lossless_summary(enc, out, model, as_json)
+
+
+def _lossless_summary(enc, out: Path, model, as_json: bool) -> None:
+    """Print what a lossless encode wrote (``model`` None: a file made without it)."""
     s = enc.stats
+    fingerprint = None if model is None else model.fingerprint  # the model loaded, if any
     summary = {"file": str(out), "mode": "lossless", "method": s.extra["method"],
-               "fingerprint": model.fingerprint, "num_images": s.num_images,
+               "fingerprint": fingerprint, "num_images": s.num_images,
                "num_steps": s.num_steps, "device_kind": enc.header.device_kind,
                **stats_summary(s)}
     how = {"bitsback": f"{s.num_steps}-step chain, {s.extra.get('seed_images')} classical "
@@ -236,9 +259,11 @@ def encode(
            "classical-lossless": f"as classical streams ({s.extra.get('jxl_streams')} JPEG-XL, "
                                  f"{s.extra.get('webp_streams')} WebP-lossless; shorter here)",
            }.get(s.extra["method"], "as WebP-lossless streams")
+    whose = ("no model needed to decode" if enc.header.model_free
+             else f"model {fingerprint}")
     emit(summary, as_json, [
-        f"wrote {out}: {s.num_images} image(s), lossless, {how}, model "
-        f"{model.fingerprint}; {_decodes_where(enc.header)}"] + stats_lines(s))
+        f"wrote {out}: {s.num_images} image(s), lossless, {how}, {whose}; "
+        f"{_decodes_where(enc.header)}"] + stats_lines(s))
 
 
 def _encode_shards(model, ckpt, device, images, out: Path, mode: str, opts: dict,

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ddpmcodec.errors import DDPMCodecError
 from ddpmcodec.io.atomic import atomic_path, save_npz_atomic
@@ -181,12 +180,14 @@ def check_fits(images: np.ndarray, image_shape: tuple[int, int, int]) -> None:
 
 def to_model_space(images: np.ndarray, device=None) -> torch.Tensor:
     """uint8 [N,H,W,C] -> float64 [N,C,H,W] in [-1, 1]."""
+    import torch  # here: reading and writing images needs no torch (a model-free file)
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device=device, dtype=torch.float64)
     return x.permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 def from_model_space(x: torch.Tensor) -> np.ndarray:
     """[-1, 1] [N,C,H,W] -> uint8 [N,H,W,C], rounded to the nearest level and clipped."""
+    import torch
     x = ((x.detach().to(torch.float64) + 1.0) * 127.5).round().clamp(0, 255)
     return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 

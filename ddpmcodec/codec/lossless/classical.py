@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ddpmcodec.codec.api import Encoded, Timer
 from ddpmcodec.codec.lossless import jxl, webp
 from ddpmcodec.codec.lossless.streams import StreamsCodec
 from ddpmcodec.errors import DDPMCodecError
@@ -87,3 +88,28 @@ class ClassicalLosslessCodec(StreamsCodec):
         kinds = [stream_codec(s) for s in streams]
         return {"method": cls.mode, "jxl_streams": kinds.count("jxl"),
                 "webp_streams": kinds.count("webp")}
+
+
+def model_free_file(images: np.ndarray, method: str, image_shape) -> Encoded | None:
+    """The lossless codec's file of uint8 [N, H, W, C] ``images`` (of the model's
+    ``image_shape``, C, H, W) where ``method`` writes it without the network, else None:
+    webp, the WebP-lossless file; classical, the classical file; auto of one image, the
+    classical file too (one image has no seed, so its bits-back file would pay a whole dip,
+    ~7 bits/dim, in initial bits: never the shorter). Needs neither the model nor torch,
+    so a command that writes such a file starts at once."""
+    from ddpmcodec.io.data import check_fits
+    check_fits(images, image_shape)
+    ok = supports(image_shape)
+    if method in ("webp", "classical") and not ok:
+        raise DDPMCodecError(f"the classical codecs code 1 or 3 channels, the model's "
+                             f"images have {image_shape[0]}")
+    if method == "webp":
+        with Timer() as timer:
+            streams = [webp.webp_stream(im) for im in images]
+        return webp.WebPLosslessCodec.file(images, streams, timer.seconds)
+    if method == "classical" or (method == "auto" and ok and len(images) == 1):
+        codecs = default_codecs()
+        with Timer() as timer:
+            streams = [classical_stream(im, codecs) for im in images]
+        return ClassicalLosslessCodec.file(images, streams, timer.seconds)
+    return None

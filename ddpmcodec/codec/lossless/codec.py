@@ -19,7 +19,7 @@ from ddpmcodec.codec.lossless.grids import (
 from ddpmcodec.codec.lossless.params import (
     DEFAULT_BATCH, DEFAULT_GRID_LOG2, DEFAULT_SUPPORT_SIGMAS, METHODS,
     PREFIX_MARGIN_WORDS, LosslessParams, default_chain, max_initial_words)
-from ddpmcodec.codec.lossless import classical, webp
+from ddpmcodec.codec.lossless import classical
 from ddpmcodec.codec.lossless.seeds import (
     common_prefix, read_seeds, seed_count, initial_words, seed_words)
 from ddpmcodec.codec.lossless.stack import ChainStack
@@ -82,27 +82,20 @@ class BitsBackCodec(Codec):
         if method not in METHODS:
             raise DDPMCodecError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         classical_ok = classical.supports(model.image_shape)
-        if method in ("webp", "classical") and not classical_ok:
-            raise DDPMCodecError(f"the classical codecs code 1 or 3 channels, the model's "
-                                 f"images have {model.image_shape[0]}")
         if seed_images is not None and not 0 <= seed_images < len(images):
             raise DDPMCodecError(f"seed_images must be in 0..{len(images) - 1}, got {seed_images}")
         if seed_images and not classical_ok:
             raise DDPMCodecError("seed images are coded classically, which codes 1 or 3 channels")
         n = len(images)
-        if method == "webp":
-            with Timer() as webp_timer:
-                streams = [webp.webp_stream(im) for im in images]
-            return webp.WebPLosslessCodec.file(images, streams, webp_timer.seconds)
+        model_free = classical.model_free_file(images, method, model.image_shape)
+        if model_free is not None:  # webp, classical, or one image
+            return model_free
         codecs = classical.default_codecs()
         # the classical streams cost ~50 ms an image, the bits-back file seconds: always
-        # weighed; one image has no seed, so its bits-back file pays its whole dip
-        # (~7 bits/dim) in initial bits and is never the shorter
-        compare = method == "classical" or (method == "auto" and classical_ok)
+        # weighed
+        compare = method == "auto" and classical_ok
         with Timer() as classical_timer:
             streams = [classical.classical_stream(im, codecs) for im in images] if compare else []
-        if method == "classical" or (compare and n == 1):
-            return classical.ClassicalLosslessCodec.file(images, streams, classical_timer.seconds)
         diffusion = self._chain(chain, steps)
         header = new_header("lossless", model, n, batch_size, seed, diffusion.timesteps,
                             container.pixel_checksum(images), exact=self._exact)
