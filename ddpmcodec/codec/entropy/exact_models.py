@@ -33,15 +33,22 @@ _TABLED_STDS = 16
 def _rows(lower: np.ndarray, upper: np.ndarray, z: np.ndarray) -> np.ndarray:
     """[n, e + 1] bin masses from the tail masses (lower, upper) [n, e] at e inner
     edges z (increasing along a row; only their signs are read); the outer bins run to
-    -inf and +inf. Each bin comes from the smaller tails of its two edges."""
-    n = len(z)
-    inf, zero, one = np.full((n, 1), np.inf), np.zeros((n, 1)), np.ones((n, 1))
-    z_lo, z_hi = np.hstack([-inf, z]), np.hstack([z, inf])
-    lower_lo, upper_lo = np.hstack([zero, lower]), np.hstack([one, upper])
-    lower_hi, upper_hi = np.hstack([lower, one]), np.hstack([upper, zero])
-    return np.maximum(np.where(z_lo > 0, upper_lo - upper_hi,
-                               np.where(z_hi < 0, lower_hi - lower_lo,
-                                        (1.0 - upper_hi) - lower_lo)), 0.0)
+    -inf and +inf. Each bin comes from the smaller tails of its two edges: above both
+    edges upper_lo - upper_hi, below both lower_hi - lower_lo, else (1 - upper_hi) -
+    lower_lo (an outer bin's missing tails are 0, its missing edge at -inf or +inf),
+    clipped at 0. Written bin by bin into one array (no padded copies of the inputs:
+    these arrays are [pixels, 256])."""
+    n, e = z.shape
+    out = np.empty((n, e + 1))
+    inner = out[:, 1:e]
+    # every bin first as if it straddled zero, then those wholly above or below replaced
+    np.subtract(1.0 - upper[:, 1:], lower[:, :-1], out=inner)
+    np.copyto(inner, upper[:, :-1] - upper[:, 1:], where=z[:, :-1] > 0)
+    np.copyto(inner, lower[:, 1:] - lower[:, :-1], where=z[:, 1:] < 0)
+    # (z_lo > 0 is tested before z_hi < 0; both cannot hold for increasing edges)
+    out[:, 0] = np.where(z[:, 0] < 0, lower[:, 0] - 0.0, (1.0 - upper[:, 0]) - 0.0)
+    out[:, e] = np.where(z[:, -1] > 0, upper[:, -1] - 0.0, (1.0 - 0.0) - lower[:, -1])
+    return np.maximum(out, 0.0, out=out)
 
 
 @functools.lru_cache(maxsize=256)

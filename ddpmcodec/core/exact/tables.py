@@ -29,6 +29,19 @@ def softmax_exp_table() -> np.ndarray:
     return np.rint(exp_basic(x) * 2.0 ** spec.SOFTMAX_EXP_BITS).astype(np.int64)
 
 
+def at_every_step(table: np.ndarray) -> np.ndarray:
+    """A table's linear interpolation, as the network defines it, at every 2^-FRAC_BITS:
+    int64 [(len(table) - 2) 2^D + 1], D = FRAC_BITS - TABLE_BITS, entry u holding
+    T[i] + round((T[i+1] - T[i]) f / 2^D) for u = i 2^D + f (halves rounded up), in exact
+    integer arithmetic. One gather per point instead of an interpolation of two."""
+    t = np.asarray(table, dtype=np.int64)
+    D = 1 << (spec.FRAC_BITS - spec.TABLE_BITS)
+    u = np.arange((len(t) - 2) * D + 1, dtype=np.int64)
+    i, f = u // D, u % D
+    step = t[i + 1] - t[i]
+    return t[i] + (2 * step * f + D) // (2 * D)
+
+
 def tables_digest() -> str:
     """16 hex digits of SHA-256 over both tables (the same on every machine)."""
     h = hashlib.sha256()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ddpmcodec.core.exact import spec
 from ddpmcodec.core.exact.functions import decimal_sin_cos
 from ddpmcodec.core.exact.quantize import IntLinear, IntNorm, Plan
-from ddpmcodec.core.exact.tables import silu_table, softmax_exp_table
+from ddpmcodec.core.exact.tables import at_every_step, silu_table, softmax_exp_table
 
 _F = spec.FRAC_BITS
 ROW_BLOCK = 4096                # output rows per block of a convolution (speed only)
@@ -67,9 +67,15 @@ class ExactUNet:
     def _on_device(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(self.device)
 
-    def _table(self, t: np.ndarray) -> tuple:
-        t = np.asarray(t, dtype=np.int64)
-        return self._on_device(t), self._on_device(np.append(np.diff(t), 0))
+    def _table(self, t: np.ndarray) -> torch.Tensor:
+        """The table interpolated at every 2^-F (:func:`at_every_step`): a lookup is then
+        one gather instead of an interpolation of two, the same integers. Held in float32
+        where every entry is below 2^24 (silu's, 12.6 MB: half the cache misses of
+        float64; exactly converted back), else float64 (the exponential's, 21 MB)."""
+        t = at_every_step(t)
+        if np.abs(t).max() < 2 ** 24:
+            return torch.from_numpy(t.astype(np.float32)).to(self.device)
+        return self._on_device(t)
 
     def _norm_t(self, norm: IntNorm):
         key = id(norm)
@@ -78,7 +84,11 @@ class ExactUNet:
         return self._layers[key]
 
     def _conv_t(self, layer: IntLinear):
-        """(weights as [kh kw I, O] for NHWC columns, 2^-s [O], bias [O]) on the device."""
+        """(weights as [kh kw I, O] for NHWC columns, 2^-s [O], bias [O], start [O] or
+        None) on the device. start = (b + 1/2) 2^s, an integer below 2^52 where s >= 1:
+        a sum begun there ends at sum + (b + 1/2) 2^s, exact (below 2^53), and
+        floor(that 2^-s) = floor(sum 2^-s + 1/2) + b, so the rounding takes two passes over
+        the output instead of four (the same integers)."""
         key = id(layer)
         if key not in self._layers:
             w = layer.w
@@ -89,22 +99,26 @@ class ExactUNet:
             # column-major [K, O]: BLAS reads each output's weights contiguously (faster
             # on MKL for these shapes; the sums are exact, so the layout changes no bit)
             w = self._on_device(w).t().contiguous().t()
+            shift = -np.frexp(layer.inv_scale)[1] + 1          # inv_scale = 2^-shift
+            start = np.ldexp(layer.bias + 0.5, shift)
+            ok = shift.min() >= 1 and np.abs(start).max() < 2.0 ** spec.SUM_BITS
             self._layers[key] = (w, self._on_device(layer.inv_scale),
-                                 self._on_device(layer.bias))
+                                 self._on_device(layer.bias),
+                                 self._on_device(start) if ok else None)
         return self._layers[key]
 
     def conv(self, x: torch.Tensor, layer: IntLinear) -> torch.Tensor:
         """Convolution of integer x [B, H, W, I] (channels last), or a linear layer on
         [..., I]: round(sum of products / 2^s) + b, as [B, Ho, Wo, O] or [..., O]."""
-        w, inv, b = self._conv_t(layer)
+        lt = self._conv_t(layer)
         if layer.w.ndim == 2:
             lead = x.shape[:-1]
             x = x.clamp(-layer.act_max, layer.act_max).reshape(-1, x.shape[-1])
-            return self._row_blocks(x, w, inv, b, [0]).reshape(*lead, -1)
+            return self._row_blocks(x, lt, [0]).reshape(*lead, -1)
         _, _, kh, kw = layer.w.shape
         p, s = layer.padding, layer.stride
         if s == 1 and kh == kw == 2 * p + 1 and not layer.pad_right:  # "same" convolutions
-            return self._conv_shared_pad(x, layer.act_max, w, inv, b, kh, p)
+            return self._conv_shared_pad(x, layer.act_max, lt, kh, p)
         x = x.clamp(-layer.act_max, layer.act_max)
         if layer.pad_right:
             x = F.pad(x, (0, 0, 0, 1, 0, 1))
@@ -115,10 +129,10 @@ class ExactUNet:
         # im2col, channels last: a plain sum of products, never FFT or Winograd
         cols = torch.cat([x[:, i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s, :]
                           for i in range(kh) for j in range(kw)], dim=3)
-        out = self._row_blocks(cols.reshape(B * Ho * Wo, -1), w, inv, b, [0])
+        out = self._row_blocks(cols.reshape(B * Ho * Wo, -1), lt, [0])
         return out.reshape(B, Ho, Wo, -1)
 
-    def _conv_shared_pad(self, x, act_max, w, inv, b, k: int, p: int) -> torch.Tensor:
+    def _conv_shared_pad(self, x, act_max, lt: tuple, k: int, p: int) -> torch.Tensor:
         """A stride-1 k x k convolution with padding p = (k - 1) / 2 of x [B, H, W, C], on
         the pixels as rows of one matrix, so each tap is one product with no column
         matrix. p zero rows above each image and p zero columns left of each row serve
@@ -134,17 +148,19 @@ class ExactUNet:
         rows = (x.new_zeros if p else x.new_empty)(B * Hp * Wp + extra, C)
         torch.clamp(x, -act_max, act_max, out=rows[:B * Hp * Wp].view(B, Hp, Wp, C)[:, p:, p:])
         offsets = [i * Wp + j for i in range(k) for j in range(k)]
-        acc = self._row_blocks(rows, w, inv, b, offsets, B * Hp * Wp)
+        acc = self._row_blocks(rows, lt, offsets, B * Hp * Wp)
         return acc.reshape(B, Hp, Wp, -1)[:, :H, :W]
 
     @staticmethod
-    def _row_blocks(rows: torch.Tensor, w: torch.Tensor, inv: torch.Tensor, b: torch.Tensor,
-                    offsets: list, R: int | None = None) -> torch.Tensor:
+    def _row_blocks(rows: torch.Tensor, lt: tuple, offsets: list,
+                    R: int | None = None) -> torch.Tensor:
         """round(sum over taps k of rows[off_k + r] . w_k / 2^s) + b for r < R, as [R, O]:
-        w holds one [C, O] block per offset. Done ROW_BLOCK output rows at a time, every
-        tap's product added in place and rounded while the block is in cache: BLAS runs
-        the products of a 32x32 batch faster in blocks than on all rows at once, and an
-        exact sum is the same in any order, so the blocking changes no bit."""
+        ``lt`` = (w, 2^-s, b, start) of :meth:`_conv_t`, w one [C, O] block per offset.
+        Done ROW_BLOCK output rows at a time, every tap's product added in place and
+        rounded while the block is in cache: BLAS runs the products of a 32x32 batch
+        faster in blocks than on all rows at once, and an exact sum is the same in any
+        order, so the blocking changes no bit."""
+        w, inv, b, start = lt
         C = rows.shape[1]
         R = rows.shape[0] if R is None else R
         out = rows.new_empty(R, w.shape[1])
@@ -152,10 +168,17 @@ class ExactUNet:
         for a in range(0, R, ROW_BLOCK):
             n = min(ROW_BLOCK, R - a)
             o = out[a:a + n]
-            torch.mm(rows[a + offsets[0]:a + offsets[0] + n], taps[0], out=o)
+            first = rows[a + offsets[0]:a + offsets[0] + n]
+            if start is None:
+                torch.mm(first, taps[0], out=o)
+            else:
+                torch.addmm(start, first, taps[0], out=o)
             for off, tap in zip(offsets[1:], taps[1:]):
                 o.addmm_(rows[a + off:a + off + n], tap)
-            o.mul_(inv).add_(0.5).floor_().add_(b)
+            if start is None:
+                o.mul_(inv).add_(0.5).floor_().add_(b)
+            else:
+                o.mul_(inv).floor_()
         return out
 
     def group_norm(self, x: torch.Tensor, norm: IntNorm) -> torch.Tensor:
@@ -195,20 +218,11 @@ class ExactUNet:
         v_lo = _group_sum(dl * dl)
         return (v_hi * 2.0 ** (2 * S) + v_mid * 2.0 ** (S + 1)) + v_lo
 
-    def _lookup(self, table: tuple, u: torch.Tensor) -> torch.Tensor:
-        """Linear interpolation in an integer table at u >= 0 (integers at 2^-F, the
-        table every 2^-TABLE_BITS): T[i] + round((T[i+1] - T[i]) f / 2^D). ``table`` is
-        (T, T[i+1] - T[i] with 0 last), so each point needs two gathers, not three."""
-        values, steps = table
-        D = float(1 << (_F - spec.TABLE_BITS))
-        i = torch.mul(u, 1.0 / D).floor_()
-        f = u.sub_(i, alpha=D)            # u is a temporary of the caller's
-        i = i.to(torch.long).reshape(-1)
-        # floor(s f / D + 1/2) + T[i] as one floor of T[i] + 1/2 + s f / D: every product
-        # and partial sum is a multiple of 1/2D far below 2^53 / 2D, so exact in any order
-        # (fused or not)
-        base = values.index_select(0, i).view(f.shape).add_(0.5)
-        return base.addcmul_(steps.index_select(0, i).view(f.shape), f, value=1.0 / D).floor_()
+    @staticmethod
+    def _lookup(table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The table's linear interpolation (every 2^-TABLE_BITS) at integers u >= 0 (at
+        2^-F): T[i] + round((T[i+1] - T[i]) f / 2^D), precomputed for every u."""
+        return table.index_select(0, u.to(torch.long).reshape(-1)).view(u.shape).to(u.dtype)
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
         L = float(spec.SILU_RANGE << _F)
