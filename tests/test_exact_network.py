@@ -91,6 +91,29 @@ def test_embedded_network_equals_the_int64_oracle():
     assert np.array_equal(got.astype(np.int64), want)
 
 
+def test_silu_and_group_norm_equal_the_oracle_at_their_limits():
+    """Both branches of each: silu wholly inside its table (no clamp) and beyond both of
+    its ends; group norm with small deviations (the direct sum of squares) and with
+    inputs beyond the clamp (the split sum), on a non-contiguous input as the shared-pad
+    convolutions give."""
+    _, plan = _tiny_plan()
+    net = ExactUNet(plan)
+    rng = np.random.default_rng(3)
+    L = spec.SILU_RANGE << spec.FRAC_BITS
+    for scale in (L // 8, 4 * L):
+        x = rng.integers(-scale, scale, (2, 4, 4, 32))
+        got = net.silu(torch.from_numpy(x.astype(np.float64)))
+        assert np.array_equal(got.numpy().astype(np.int64), exact_oracle.silu(x)), scale
+    norm = plan.norm_out
+    C = len(norm.gamma)
+    for scale in (1 << 20, 4 * spec.ACT_MAX):
+        x = rng.integers(-scale, scale, (2, 5, 5, C))
+        view = torch.from_numpy(x.astype(np.float64))[:, :4, :4]
+        got = net.group_norm(view, norm).numpy().astype(np.int64)
+        want = exact_oracle.group_norm(x[:, :4, :4].transpose(0, 3, 1, 2), norm)
+        assert np.array_equal(got, want.transpose(0, 2, 3, 1)), scale
+
+
 def test_output_does_not_depend_on_batch_size_or_threads():
     _, plan = _tiny_plan(2)
     net = ExactUNet(plan)

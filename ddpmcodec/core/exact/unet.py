@@ -185,7 +185,10 @@ class ExactUNet:
         """GroupNorm of integer x [B, H, W, C]: integer mean (rounded), the sum of squared
         deviations rounded once, then correctly rounded IEEE operations and a floor."""
         gamma, beta = self._norm_t(norm)
-        x = x.clamp(-spec.ACT_MAX, spec.ACT_MAX)
+        lo, hi = torch.aminmax(x)
+        m = max(-float(lo), float(hi))
+        if m > spec.ACT_MAX:  # clamped only where something lies beyond (rare): a read, not a copy
+            x, m = x.clamp(-spec.ACT_MAX, spec.ACT_MAX), spec.ACT_MAX
         B, C = x.shape[0], x.shape[-1]
         G = norm.groups
         xg = x.reshape(B, -1, G, C // G)
@@ -195,20 +198,20 @@ class ExactUNet:
         r = num - mu * (2 * N)
         mu = mu - (r < 0).to(mu.dtype) + (r >= 2 * N).to(mu.dtype)
         d = xg - mu[:, None, :, None]
-        var = self._sum_squares(d, N) / N
+        var = self._sum_squares(d, N, m + float(mu.abs().max())) / N
         rstd = 1.0 / torch.sqrt(var + norm.eps)
         factor = rstd[:, :, None] * gamma.reshape(1, G, -1)  # [B, G, C/G]
         y = d.mul_(factor[:, None]).add_(beta.reshape(1, 1, G, -1)).add_(0.5).floor_()
         return y.reshape(x.shape)
 
     @staticmethod
-    def _sum_squares(d: torch.Tensor, N: int) -> torch.Tensor:
+    def _sum_squares(d: torch.Tensor, N: int, bound: float) -> torch.Tensor:
         """sum of d^2 [B, HW, G, C/G] over dims (1, 3), correctly rounded to float64
-        (exact below 2^53). Small deviations sum directly; larger ones as d = hi 2^S + lo, where
-        hi^2 2^2S + 2 hi lo 2^S is exact and adding lo^2 rounds once."""
-        lo, hi = torch.aminmax(d)
-        m = max(-float(lo), float(hi))
-        if m * m * N < 2.0 ** 53:
+        (exact below 2^53); ``bound`` >= max |d|. Small deviations sum directly; larger
+        ones as d = hi 2^S + lo, where hi^2 2^2S + 2 hi lo 2^S is exact and adding lo^2
+        rounds once. Both give the exact sum wherever the direct one is exact, so a
+        looser bound changes no bit."""
+        if bound * bound * N < 2.0 ** 53:
             return _group_sum(d * d)
         S = spec.GROUP_SPLIT_BITS
         dh = torch.floor(d * 2.0 ** -S)
@@ -226,6 +229,9 @@ class ExactUNet:
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
         L = float(spec.SILU_RANGE << _F)
+        lo, hi = torch.aminmax(x)
+        if -float(lo) <= L and float(hi) <= L:  # all inside the table (nearly always)
+            return self._lookup(self._silu, x + L)
         y = self._lookup(self._silu, x.clamp(-L, L).add_(L))
         return torch.where(x > L, x, y)
 
