@@ -7,7 +7,8 @@ and as whole `ddpmcodec` processes (cold start included: interpreter, imports, m
         --json benchmarks/results/exact_time_cpu.json
 
 The lossless codec codes with method bitsback (one image alone would be stored as its
-classical stream by method auto). The results file is rewritten after every measurement.
+classical stream by method auto); the defaults' one-image file, the classical one, is
+timed as whole processes too. The results file is rewritten after every measurement.
 """
 from __future__ import annotations
 
@@ -61,10 +62,11 @@ def main(argv=None) -> int:
     from ddpmcodec.codec.api import get_codec
     from ddpmcodec.io.atomic import write_json_atomic
     from ddpmcodec.io.models import load_model
+    from ddpmcodec.pipelines.bench import _device_name
     image = np.load(a.data)["images"][a.image:a.image + 1]
     model = load_model(None)
     out = {"command": "python benchmarks/bench_exact_time.py " + " ".join(argv or sys.argv[1:]),
-           "image": a.image, "threads": torch.get_num_threads(),
+           "image": a.image, "threads": torch.get_num_threads(), "cpu": _device_name("cpu"),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "in_process": {},
            "cli": {}}
 
@@ -95,6 +97,13 @@ def main(argv=None) -> int:
                 out["cli"][f"{mode}/{'exact' if exact else 'float32'}"] = {
                     "encode_s": enc_s, "decode_s": dec_s}
                 save()
+        # what `ddpmcodec encode --lossless` writes of one image: its classical file
+        f = os.path.join(tmp, "default.ddpm")
+        enc_s = _cli(["encode", png, "-o", f, "--lossless", "--quiet"], a.repeats)
+        dec_s = _cli(["decode", f, "-o", os.path.join(tmp, "out.npz"), "--quiet"], a.repeats)
+        out["cli"]["lossless/defaults (the classical file)"] = {
+            "encode_s": enc_s, "decode_s": dec_s, "bytes": os.path.getsize(f)}
+        save()
     print("| codec / network | in-process encode s | decode s | CLI encode s | CLI decode s |"
           " file bytes |\n|---|---|---|---|---|---|")
     for key, r in out["in_process"].items():
@@ -102,6 +111,9 @@ def main(argv=None) -> int:
         print(f"| {key} | {r['encode_s']:.2f} | {r['decode_s']:.2f} | "
               f"{c.get('encode_s', float('nan')):.2f} | {c.get('decode_s', float('nan')):.2f} | "
               f"{r['bytes']} |")
+    for key, c in out["cli"].items():
+        if key not in out["in_process"]:
+            print(f"| {key} | | | {c['encode_s']:.2f} | {c['decode_s']:.2f} | {c['bytes']} |")
     for mode in MODES:
         e, f = out["in_process"][f"{mode}/exact"], out["in_process"][f"{mode}/float32"]
         print(f"{mode}: exact / float32 in-process: encode {e['encode_s'] / f['encode_s']:.2f}x, "
