@@ -88,15 +88,19 @@ def read_json(path: Path) -> dict:
         raise DDPMCodecError(f"unreadable {path.name} in {path.parent}: {exc}") from None
 
 
+def image_shape_of(config: dict) -> tuple[int, int, int]:
+    """(C, H, W) of the images a UNet2DModel config takes."""
+    size = config["sample_size"]
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return (int(config["in_channels"]), int(h), int(w))
+
+
 def checkpoint_image_shape(ckpt: str | os.PathLike | None = None) -> tuple[int, int, int]:
     """(C, H, W) of the images the checkpoint's UNet takes, from its config.json alone
     (what :attr:`~ddpmcodec.io.models.LoadedModel.image_shape` gives once it is loaded)."""
     folder = unet_folder(resolve_checkpoint(ckpt))
-    config = read_json(folder / "config.json")
     try:
-        size = config["sample_size"]
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return (int(config["in_channels"]), int(h), int(w))
+        return image_shape_of(read_json(folder / "config.json"))
     except (KeyError, TypeError, ValueError):
         raise DDPMCodecError(f"{folder / 'config.json'} gives no image size "
                              f"(sample_size, in_channels)") from None

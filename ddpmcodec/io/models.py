@@ -26,6 +26,7 @@ from ddpmcodec.io.checkpoints import (  # noqa: F401 - DEFAULT_CHECKPOINT, WEIGH
     DEFAULT_CHECKPOINT,
     WEIGHTS_NAME,
     download_checkpoint as _download,
+    image_shape_of,
     read_json as _read_json,
     resolve_checkpoint as _resolve,
     unet_folder as _unet_folder,
@@ -116,10 +117,7 @@ class LoadedModel:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        cfg = self.unet_config()
-        size = cfg["sample_size"]
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return (cfg["in_channels"], h, w)
+        return image_shape_of(self.unet_config())
 
     def denoiser(self):
         """(x_t, original timestep indices) -> network output, under no_grad."""

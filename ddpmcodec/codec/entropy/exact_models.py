@@ -46,8 +46,8 @@ def _rows(lower: np.ndarray, upper: np.ndarray, z: np.ndarray) -> np.ndarray:
     np.copyto(inner, upper[:, :-1] - upper[:, 1:], where=z[:, :-1] > 0)
     np.copyto(inner, lower[:, 1:] - lower[:, :-1], where=z[:, 1:] < 0)
     # (z_lo > 0 is tested before z_hi < 0; both cannot hold for increasing edges)
-    out[:, 0] = np.where(z[:, 0] < 0, lower[:, 0] - 0.0, (1.0 - upper[:, 0]) - 0.0)
-    out[:, e] = np.where(z[:, -1] > 0, upper[:, -1] - 0.0, (1.0 - 0.0) - lower[:, -1])
+    out[:, 0] = np.where(z[:, 0] < 0, lower[:, 0], 1.0 - upper[:, 0])
+    out[:, e] = np.where(z[:, -1] > 0, upper[:, -1], 1.0 - lower[:, -1])
     return np.maximum(out, 0.0, out=out)
 
 
