@@ -55,6 +55,7 @@ class ExactUNet:
         self.device = torch.device(device)
         self._silu = self._table(silu_table())
         self._exp = self._table(softmax_exp_table())
+        self._silu_bound = float(self._silu.abs().max())  # largest |silu| the table gives
         self._layers = {}
         self._temb_cache = {}
         # images per evaluation at most (None: all at once): results do not depend on it,
@@ -80,7 +81,7 @@ class ExactUNet:
     def _norm_t(self, norm: IntNorm):
         key = id(norm)
         if key not in self._layers:
-            self._layers[key] = (self._on_device(norm.gamma), self._on_device(norm.beta))
+            self._layers[key] = self._on_device(norm.beta)  # gamma is read on the host
         return self._layers[key]
 
     def _conv_t(self, layer: IntLinear):
@@ -110,15 +111,17 @@ class ExactUNet:
     def conv(self, x: torch.Tensor, layer: IntLinear) -> torch.Tensor:
         """Convolution of integer x [B, H, W, I] (channels last), or a linear layer on
         [..., I]: round(sum of products / 2^s) + b, as [B, Ho, Wo, O] or [..., O]."""
-        lt = self._conv_t(layer)
+        lt, same = self._conv_t(layer), self._same_conv(layer)
+        if x.dtype != torch.float64 and not same:
+            x = x.to(torch.float64)
         if layer.w.ndim == 2:
             lead = x.shape[:-1]
             x = x.clamp(-layer.act_max, layer.act_max).reshape(-1, x.shape[-1])
             return self._row_blocks(x, lt, [0]).reshape(*lead, -1)
         _, _, kh, kw = layer.w.shape
+        if same:
+            return self._conv_shared_pad(x, layer.act_max, lt, kh, layer.padding)
         p, s = layer.padding, layer.stride
-        if s == 1 and kh == kw == 2 * p + 1 and not layer.pad_right:  # "same" convolutions
-            return self._conv_shared_pad(x, layer.act_max, lt, kh, p)
         x = x.clamp(-layer.act_max, layer.act_max)
         if layer.pad_right:
             x = F.pad(x, (0, 0, 0, 1, 0, 1))
@@ -131,6 +134,15 @@ class ExactUNet:
                           for i in range(kh) for j in range(kw)], dim=3)
         out = self._row_blocks(cols.reshape(B * Ho * Wo, -1), lt, [0])
         return out.reshape(B, Ho, Wo, -1)
+
+    @staticmethod
+    def _same_conv(layer: IntLinear) -> bool:
+        """A stride-1 k x k convolution padded by (k - 1) / 2 on every side."""
+        if layer.w.ndim != 4:
+            return False
+        _, _, kh, kw = layer.w.shape
+        return (layer.stride == 1 and kh == kw == 2 * layer.padding + 1
+                and not layer.pad_right)
 
     def _conv_shared_pad(self, x, act_max, lt: tuple, k: int, p: int) -> torch.Tensor:
         """A stride-1 k x k convolution with padding p = (k - 1) / 2 of x [B, H, W, C], on
@@ -145,8 +157,16 @@ class ExactUNet:
         B, H, W, C = x.shape
         Hp, Wp = H + p, W + p
         extra = (k - 1) * Wp + k - 1
-        rows = (x.new_zeros if p else x.new_empty)(B * Hp * Wp + extra, C)
-        torch.clamp(x, -act_max, act_max, out=rows[:B * Hp * Wp].view(B, Hp, Wp, C)[:, p:, p:])
+        rows = torch.empty(B * Hp * Wp + extra, C, dtype=torch.float64, device=x.device)
+        grid = rows[:B * Hp * Wp].view(B, Hp, Wp, C)
+        if p:  # only the padding is zeroed: the rest is written once, below
+            grid[:, :p].zero_()
+            grid[:, p:, :p].zero_()
+            rows[B * Hp * Wp:].zero_()
+        if x.dtype == torch.float32 and act_max >= self._silu_bound:
+            grid[:, p:, p:].copy_(x)  # silu's values: within +-act_max, exact in float64
+        else:
+            torch.clamp(x.to(torch.float64), -act_max, act_max, out=grid[:, p:, p:])
         offsets = [i * Wp + j for i in range(k) for j in range(k)]
         acc = self._row_blocks(rows, lt, offsets, B * Hp * Wp)
         return acc.reshape(B, Hp, Wp, -1)[:, :H, :W]
@@ -184,7 +204,7 @@ class ExactUNet:
     def group_norm(self, x: torch.Tensor, norm: IntNorm) -> torch.Tensor:
         """GroupNorm of integer x [B, H, W, C]: integer mean (rounded), the sum of squared
         deviations rounded once, then correctly rounded IEEE operations and a floor."""
-        gamma, beta = self._norm_t(norm)
+        beta = self._norm_t(norm)
         lo, hi = torch.aminmax(x)
         m = max(-float(lo), float(hi))
         if m > spec.ACT_MAX:  # clamped only where something lies beyond (rare): a read, not a copy
@@ -193,16 +213,21 @@ class ExactUNet:
         G = norm.groups
         xg = x.reshape(B, -1, G, C // G)
         N = xg.shape[1] * xg.shape[3]
-        num = 2.0 * _group_sum(xg) + N                      # mean = floor((2 S + N) / 2N)
-        mu = torch.floor(num / (2 * N))
+        # the [B, G] statistics in numpy: the same IEEE operations as torch's, without a
+        # kernel launch each (a dozen tiny ones took a fifth of a group norm's time)
+        num = 2.0 * _host(_group_sum(xg)) + N               # mean = floor((2 S + N) / 2N)
+        mu = np.floor(num / (2 * N))
         r = num - mu * (2 * N)
-        mu = mu - (r < 0).to(mu.dtype) + (r >= 2 * N).to(mu.dtype)
-        d = xg - mu[:, None, :, None]
-        var = self._sum_squares(d, N, m + float(mu.abs().max())) / N
-        rstd = 1.0 / torch.sqrt(var + norm.eps)
-        factor = rstd[:, :, None] * gamma.reshape(1, G, -1)  # [B, G, C/G]
-        y = d.mul_(factor[:, None]).add_(beta.reshape(1, 1, G, -1)).add_(0.5).floor_()
-        return y.reshape(x.shape)
+        mu = mu - (r < 0) + (r >= 2 * N)
+        # mu per channel, [B, 1, C]: a broadcast along whole rows of channels runs
+        # vectorized, one along groups of C/G (often 2) does not (2x slower here)
+        mu_c = self._on_device(np.repeat(mu, C // G, axis=1))[:, None, :]
+        d = (x.reshape(B, -1, C) - mu_c).view(xg.shape)
+        var = _host(self._sum_squares(d, N, m + float(np.abs(mu).max()))) / N
+        rstd = 1.0 / np.sqrt(var + norm.eps)
+        factor = rstd[:, :, None] * norm.gamma.reshape(1, G, -1)  # [B, G, C/G]
+        y = d.mul_(self._on_device(factor).view(B, 1, G, -1)).add_(beta.view(1, 1, G, -1))
+        return y.add_(0.5).floor_().reshape(x.shape)
 
     @staticmethod
     def _sum_squares(d: torch.Tensor, N: int, bound: float) -> torch.Tensor:
@@ -222,17 +247,25 @@ class ExactUNet:
         return (v_hi * 2.0 ** (2 * S) + v_mid * 2.0 ** (S + 1)) + v_lo
 
     @staticmethod
-    def _lookup(table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """The table's linear interpolation (every 2^-TABLE_BITS) at integers u >= 0 (at
-        2^-F): T[i] + round((T[i+1] - T[i]) f / 2^D), precomputed for every u."""
-        return table.index_select(0, u.to(torch.long).reshape(-1)).view(u.shape).to(u.dtype)
+    def _lookup(table: torch.Tensor, u: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """The table's linear interpolation (every 2^-TABLE_BITS) at integers u + offset >= 0
+        (at 2^-F, below 2^31): T[i] + round((T[i+1] - T[i]) f / 2^D), precomputed for
+        every u; in the table's dtype (silu's float32: exact integers below 2^24). The
+        index in int32: half the bytes of int64 to write and to read."""
+        i = u.to(torch.int32)
+        if offset:
+            i.add_(offset)
+        return table.index_select(0, i.reshape(-1)).view(u.shape)
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
-        L = float(spec.SILU_RANGE << _F)
+        """silu of integer x by table. Inside the table (nearly always) the values come
+        back as float32, which a "same" convolution reads as it writes its rows (one
+        conversion pass fewer); every other reader converts them to float64 first."""
+        L = spec.SILU_RANGE << _F
         lo, hi = torch.aminmax(x)
-        if -float(lo) <= L and float(hi) <= L:  # all inside the table (nearly always)
-            return self._lookup(self._silu, x + L)
-        y = self._lookup(self._silu, x.clamp(-L, L).add_(L))
+        if -float(lo) <= L and float(hi) <= L:
+            return self._lookup(self._silu, x, L)
+        y = self._lookup(self._silu, x.clamp(-L, L), L).to(x.dtype)
         return torch.where(x > L, x, y)
 
     def attention(self, x: torch.Tensor, a: dict) -> torch.Tensor:
@@ -246,7 +279,7 @@ class ExactUNet:
         v = split(self.conv(h, a["v"]).clamp_(-v_max, v_max))
         s = (q @ k.transpose(-1, -2)).mul_(2.0 ** -_F).add_(0.5).floor_()   # [B, h, T, T]
         gap = (s.amax(-1, keepdim=True) - s).clamp_(max=float(spec.SOFTMAX_EXP_RANGE << _F))
-        e = self._lookup(self._exp, gap)
+        e = self._lookup(self._exp, gap).to(gap.dtype)
         z = e.sum(-1, keepdim=True)
         p = e.mul_(2.0 ** spec.PROB_BITS).div_(z).add_(0.5).floor_()
         o = (p @ v).mul_(2.0 ** -spec.PROB_BITS).add_(0.5).floor_()          # [B, h, T, d]
@@ -271,7 +304,7 @@ class ExactUNet:
                 f = torch.tensor([time_features(tp["channels"], tp["shift"], tp["flip"], int(ti))],
                                  dtype=torch.float64, device=self.device)
                 e = self.conv(self.silu(self.conv(f, tp["l1"])), tp["l2"])
-                self._temb_cache[ti] = self.silu(e)[0]
+                self._temb_cache[ti] = self.silu(e)[0].to(torch.float64)
             rows.append(self._temb_cache[ti])
         return torch.stack(rows)
 
@@ -317,6 +350,11 @@ class ExactUNet:
                 for a in range(0, x.shape[0], max(step, 1))]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out * 2.0 ** -spec.OUTPUT_FRAC_BITS
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A small float64 tensor as a numpy array (a view on the CPU)."""
+    return t.cpu().numpy()
 
 
 def _group_sum(t: torch.Tensor) -> torch.Tensor:
