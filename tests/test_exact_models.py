@@ -39,7 +39,9 @@ def test_per_latent_stds_give_the_tables_numbers():
     for s in np.unique(levels)[:6]:
         sel = levels == s
         assert np.array_equal(direct[sel], em.gaussian_rows(frac[sel], levels[sel], 30))
-    mean = rng.uniform(-1.1, 1.1, n)
+    # means beyond the levels too, to the clip at -64 and 319 levels (the tables' ends)
+    mean = np.concatenate([rng.uniform(-1.1, 1.1, n - 8),
+                           [-1.51, -1.5, -2.0, 1.51, 1.5, 2.0, -1.0, 1.0]])
     std = 0.004 + rng.integers(0, 40, n) / 4000.0
     direct = em.pixel_rows(mean, std)
     assert np.allclose(direct.sum(axis=1), 1.0, atol=1e-12)

@@ -113,13 +113,32 @@ def pixel_rows(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         return _rows(lower, upper, r - j[:, None])
     out = np.empty((len(mean), 256))
     for k, s in enumerate(stds):
-        sel = np.nonzero(inverse.reshape(-1) == k)[0]
-        lower_t, upper_t = _pixel_edges(float(s))
-        # edge between levels i and i + 1 lies r = i - c levels above the centre
-        r = levels[None, :] - c[sel, None] + _PIXEL_REACH                  # [m, 255]
-        rows = idx[sel, None]
-        lower, upper = lower_t[rows, r], upper_t[rows, r]
-        z = (levels[None, :] - c[sel, None] + 0.5).astype(np.float64)      # sign of the edge
-        z = z - (idx[sel, None] - OFFSET_STEPS // 2) / OFFSET_STEPS
-        out[sel] = _rows(lower, upper, z)
+        first, windows, last = _pixel_bins(float(s))
+        sel = slice(None) if len(stds) == 1 else np.nonzero(inverse.reshape(-1) == k)[0]
+        rows, q = idx[sel], _PIXEL_REACH - c[sel]  # edge 0 (levels 0 | 1) is column q
+        out[sel, 1:255] = windows[rows * first.shape[1] + q]  # the bins from edge q on
+        out[sel, 0] = first[rows, q]
+        out[sel, 255] = last[rows, q + 254]
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _pixel_bins(std_levels: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bins of :func:`pixel_rows` by (offset row j, column q of an edge) for a std of
+    ``std_levels`` levels: [J, E] the lowest level's bin (everything below edge q) and
+    the highest level's (everything above it), and the 254 inner bins from edge q on as
+    row j E + q of a [J E - 253, 254] window view of the bins between edges q and q + 1
+    (columns q >= E - 254 run into the next row: never read). Each bin is the same
+    expression of the same tail masses as :func:`_rows` evaluates for a whole row, so
+    the numbers are the same; a pixel's row is then three gathers (one a block of 254),
+    not two gathers of tails and their differences."""
+    lower, upper = _pixel_edges(std_levels)
+    J, E = lower.shape
+    j = np.arange(-OFFSET_STEPS // 2, OFFSET_STEPS // 2 + 1, dtype=np.float64) / OFFSET_STEPS
+    z = (np.arange(-_PIXEL_REACH, _PIXEL_REACH)[None, :] + 0.5) - j[:, None]  # sign of each edge
+    pairs = np.zeros((J, E))                                 # bin between edges q and q + 1
+    pairs[:, :E - 1] = _rows(lower, upper, z)[:, 1:E]
+    first = np.maximum(np.where(z < 0, lower, 1.0 - upper), 0.0)
+    last = np.maximum(np.where(z > 0, upper, 1.0 - lower), 0.0)
+    windows = np.lib.stride_tricks.sliding_window_view(pairs.reshape(-1), 254)
+    return first, windows, last
