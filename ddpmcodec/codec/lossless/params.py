@@ -13,10 +13,10 @@ from ddpmcodec.codec.container.chains import (
 from ddpmcodec.errors import DDPMCodecError
 
 PARAMS_VERSION = 3           # 3: compact, WebP seeds and a batch layout; 1 and 2 still decode
-DEFAULT_STEPS = 32           # the default chain: K dp-chosen steps with analytic variances
-                             # (the shortest measured below 0.98x JPEG-XL's files: K table in
-                             # benchmarks/results/lossless_k_table_test600-631.json; files of
-                             # 16 and 200 in lossless_defaults_test600-799.json)
+DEFAULT_STEPS = 28           # the default chain: K dp-chosen steps with analytic variances
+                             # (files of 16 and 200 images below 0.98x JPEG-XL's at above 0.5
+                             # images/s on a 2-core CPU: K table and files in benchmarks/
+                             # results/lossless_defaults_test600-799_k28_xeon.json)
 DEFAULT_TRAJECTORY = "dp"
 DEFAULT_VARIANCE = "analytic"
 DEFAULT_BATCH = 16           # images per network call at most (the CPU's best throughput)
