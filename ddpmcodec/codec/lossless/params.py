@@ -14,7 +14,7 @@ from ddpmcodec.errors import DDPMCodecError
 
 PARAMS_VERSION = 3           # 3: compact, WebP seeds and a batch layout; 1 and 2 still decode
 DEFAULT_STEPS = 28           # the default chain: K dp-chosen steps with analytic variances
-                             # (files of 16 and 200 images below 0.98x JPEG-XL's at above 0.5
+                             # (files of 16 and 200 images below 0.98x JPEG-XL's, 0.498-0.55
                              # images/s on a 2-core CPU: K table and files in benchmarks/
                              # results/lossless_defaults_test600-799_k28_xeon.json)
 DEFAULT_TRAJECTORY = "dp"
