@@ -49,7 +49,7 @@ def files(tmp_path_factory, test_npz):
         np.savez(tmp / f"{mode}.npz", images=imgs)
         enc = get_codec(mode)(model).encode(imgs, **encode_options(model,
                                                                    {"options": OPTIONS[mode]}))
-        assert enc.header.device_kind == "exact-v1" and enc.header.num_threads == 0
+        assert enc.header.device_kind == "exact-v2" and enc.header.num_threads == 0
         (tmp / f"{mode}.ddpm").write_bytes(enc.data)
         recon = (imgs if mode == "lossless"
                  else get_codec(mode)(model).decode(enc.data).images)

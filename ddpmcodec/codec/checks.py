@@ -26,7 +26,7 @@ def check_compatible(header: Header, model, mode: str | None = None) -> None:
     if header.num_timesteps != model.diffusion.num_steps:
         raise DDPMCodecError(f"the file's chain has T={header.num_timesteps}, the model's "
                              f"T={model.diffusion.num_steps}")
-    if header.device_kind == container.EXACT_NETWORK:
+    if header.device_kind in container.EXACT_KINDS:
         return  # the exact network: the same numbers on every device and thread count
     here = device_kind(model.device)
     if header.device_kind != here:
@@ -71,9 +71,19 @@ def new_header(mode: str, model, num_images: int, batch_size: int, seed: int, ti
                   kind, threads, pixel_checksum, params).validate()
 
 
+def with_exact_v1_note(message: str, header: Header) -> str:
+    """A decoding failure's message, with why an exact-v1 file may fail on this machine."""
+    if header.device_kind != container.EXACT_V1:
+        return message
+    return (f"{message}. This is an exact-v1 file: its chain's constants took torch.sqrt's "
+            f"square roots, whose last bit depends on the processor (MKL's vector math), so "
+            f"it decodes where those roots are the writer's (its kind of processor); files "
+            f"written now (exact-v2) decode on any")
+
+
 def is_exact(header: Header) -> bool:
     """Whether a file was coded with the exact network (and decodes anywhere)."""
-    return header.device_kind == container.EXACT_NETWORK
+    return header.device_kind in container.EXACT_KINDS
 
 
 def check_images(images: np.ndarray, model) -> np.ndarray:

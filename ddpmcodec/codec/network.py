@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import contextlib
 
-from ddpmcodec.codec.container import EXACT_NETWORK, Header
+from ddpmcodec.codec.container import EXACT_KINDS, EXACT_NETWORK, Header
 from ddpmcodec.codec.container.chains import log2_variance_codes, variances_of_codes
+
+
+def chain_roots(kind: str) -> str:
+    """How the chain of a file of device kind ``kind`` takes its constants' square roots:
+    correctly rounded in exact-v2 files (the same bits everywhere), by torch.sqrt in every
+    earlier kind (exact-v1 and float32 files were coded so, and decode so)."""
+    return "ieee" if kind == EXACT_NETWORK else "torch"
 
 
 def chain_for(header: Header, model, rule: str = "model", variances=None):
     """The (respaced) Diffusion of the file's chain, with the file's variance rule
     (``model``: the checkpoint's; ``explicit``: the K variances the file holds, as the
-    values of their codes; an exact file's by IEEE operations)."""
-    if header.device_kind == EXACT_NETWORK and variances is not None:
+    values of their codes; an exact file's by IEEE operations) and the file's roots
+    (:func:`chain_roots`)."""
+    if header.device_kind in EXACT_KINDS and variances is not None:
         variances = variances_of_codes(log2_variance_codes(variances), exact=True)
-    if header.timesteps == tuple(range(model.diffusion.num_steps)):
-        chain = model.diffusion
+    full = model.diffusion.with_roots(chain_roots(header.device_kind))
+    if header.timesteps == tuple(range(full.num_steps)):
+        chain = full
     else:
-        chain = model.diffusion.respace(header.timesteps)
+        chain = full.respace(header.timesteps)
     if rule == "model":
         return chain
     return chain.with_variance(rule, variances)
@@ -34,7 +43,8 @@ def variance_rule_of(chain, model) -> tuple[str, tuple | None]:
 
 def quantized_chain(chain, model):
     """``chain`` with explicit variances replaced by what a compact file stores (the
-    encoder codes with exactly what the decoder will read)."""
+    encoder codes with exactly what the decoder will read, roots included)."""
+    chain = chain.with_roots("torch")  # as float32 files always had them
     rule, values = variance_rule_of(chain, model)
     if rule != "explicit":
         return chain
@@ -167,7 +177,9 @@ def exact_network_p(model, diffusion, x, k: int, batches) -> dict:
 
 def exact_chain(chain, model):
     """``chain`` with explicit variances replaced by what an exact file stores, computed
-    without libm (:func:`variances_of_codes` with ``exact``)."""
+    without libm (:func:`variances_of_codes` with ``exact``), and its roots correctly
+    rounded."""
+    chain = chain.with_roots(chain_roots(EXACT_NETWORK))
     rule, values = variance_rule_of(chain, model)
     if rule != "explicit":
         return chain

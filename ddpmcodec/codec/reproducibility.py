@@ -77,7 +77,7 @@ def decode_device(header: Header, requested=None):
     (default the CPU), else the one its header's device kind requires."""
     import torch
     kind = header.device_kind
-    if kind == container.EXACT_NETWORK:
+    if kind in container.EXACT_KINDS:
         return torch.device(requested or "cpu")
     if kind.startswith("cpu"):
         here = device_kind("cpu")

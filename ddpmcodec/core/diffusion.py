@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
+import numpy as np
 import torch
 
 from ddpmcodec.core.exact.functions import decimal_pi
@@ -90,6 +91,19 @@ def cosine_betas(num: int, s: float = 0.008, cap: float = 0.999) -> list[float]:
         return [min(float(1 - a[i + 1] / a[i]), cap) for i in range(num)]
 
 
+# How a chain's constants take square roots: "ieee", correctly rounded (numpy's root is the
+# processor's IEEE instruction), the same bits on every machine; "torch", torch.sqrt, which
+# on the CPU goes through MKL's vector math, whose last bit depends on the processor (about
+# 1% of float64 roots differ from IEEE's on an AMD EPYC, others on an Intel Xeon). Files
+# written before exact-v2 were coded with "torch" and are decoded with it.
+ROOTS = ("ieee", "torch")
+
+
+def ieee_sqrt(t: torch.Tensor) -> torch.Tensor:
+    """The correctly rounded square root of a float64 CPU tensor (a new tensor)."""
+    return torch.from_numpy(np.sqrt(t.numpy()))
+
+
 def spaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
     """``steps`` evenly spaced original indices in 0..T-1, always including 0 and T-1."""
     if not 1 <= steps <= num_timesteps:
@@ -121,6 +135,7 @@ class Diffusion:
     timesteps: torch.Tensor = None  # long [K]
     schedule: dict = field(default_factory=dict)  # how the original schedule was made
     reverse_variance: torch.Tensor = None  # float64 [K], only with variance_type "explicit"
+    roots: str = "ieee"  # square roots of the constants: "ieee" or "torch" (see ROOTS)
 
     def __post_init__(self):
         if self.variance_type not in VARIANCE_TYPES:
@@ -139,21 +154,24 @@ class Diffusion:
             v = self.reverse_variance = torch.as_tensor(self.reverse_variance, dtype=torch.float64)
             if v.shape != (len(b),) or not bool((torch.isfinite(v) & (v > 0)).all()):
                 raise DDPMCodecError(f"reverse_variance must hold {len(b)} positive finite values")
+        if self.roots not in ROOTS:
+            raise DDPMCodecError(f"unknown square roots {self.roots!r}; choose one of {ROOTS}")
+        sqrt = ieee_sqrt if self.roots == "ieee" else torch.sqrt
         a = 1.0 - b
         self.alphas_cumprod = torch.cumprod(a, 0)
         self.alphas_cumprod_prev = torch.cat([b.new_ones(1), self.alphas_cumprod[:-1]])
-        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
-        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
-        self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
-        self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
+        self.sqrt_alphas_cumprod = sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = sqrt(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = sqrt(1.0 / self.alphas_cumprod - 1.0)
         # q(x_{k-1} | x_k, x0)
         self.posterior_variance = b * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         # posterior_variance[0] is 0; the official code clips its log with the next value
         pv1 = self.posterior_variance[1] if len(b) > 1 else b[0]
         self.posterior_log_variance_clipped = torch.log(
             torch.cat([pv1.reshape(1), self.posterior_variance[1:]]))
-        self.posterior_mean_coef1 = b * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * a.sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef1 = b * sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * sqrt(a) / (1.0 - self.alphas_cumprod)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -184,12 +202,21 @@ class Diffusion:
             raise DDPMCodecError("respace a chain with a variance rule, not explicit variances")
         abar = self.alphas_cumprod[ts]
         prev = torch.cat([abar.new_ones(1), abar[:-1]])
-        return Diffusion(1.0 - abar / prev, self.variance_type, ts, dict(self.schedule))
+        return Diffusion(1.0 - abar / prev, self.variance_type, ts, dict(self.schedule),
+                         roots=self.roots)
 
     def with_variance(self, variance_type: str, reverse_variance=None) -> "Diffusion":
         """The same chain with another reverse-variance rule (or explicit variances [K])."""
         return Diffusion(self.betas, variance_type, self.timesteps, dict(self.schedule),
-                         reverse_variance)
+                         reverse_variance, self.roots)
+
+    def with_roots(self, roots: str) -> "Diffusion":
+        """The same chain with its constants' square roots taken by ``roots`` (self if
+        they already are)."""
+        if roots == self.roots:
+            return self
+        return Diffusion(self.betas, self.variance_type, self.timesteps, dict(self.schedule),
+                         self.reverse_variance, roots)
 
     def with_steps(self, steps: int | None) -> "Diffusion":
         """Respaced to ``steps`` evenly spaced steps (``None`` or T: the full chain)."""

@@ -60,10 +60,12 @@ and checks itself, so the container adds no length and no checksum to it)::
     1     device code    as in format 2 (0: spelt out)       } unless bit 6 is set;
     v     num_threads                                        } then one byte,
                                                                code << 5 | threads
+                                                               (code 0: exact-v2)
     1     the low byte of the CRC-16 of every byte before it
     ...   payload, to the end of the file
 
-The encoder sets bit 6 whenever it can (a device of DEVICE_KINDS, fewer than 32 threads);
+The encoder sets bit 6 whenever it can (a device of DEVICE_KINDS up to code 7, or
+exact-v2, and fewer than 32 threads);
 files without it (before bit 6 existed) still read. A single-image file at the defaults
 has 8 bytes of header. The model id is 2 bytes
 because the codec checks every coded step's latents (a wrong model that shares the id,

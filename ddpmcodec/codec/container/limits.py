@@ -41,8 +41,14 @@ GEOMETRIC_OFFSET = 3.0
 FINGERPRINT_BYTES = 8               # format 1 held the whole fingerprint
 # device kinds with a one-byte code in format 2 (code = index + 1); others are spelt out
 DEVICE_KINDS = ("cpu:DEFAULT", "cpu:AVX2", "cpu:AVX512", "cpu:ZVECTOR", "cpu:VSX", "cpu:SVE256",
-                "exact-v1")
-# The device-kind field of an exact file names its network instead of a device: exact-v1
-# numbers are the same everywhere, so such a file has no device and no thread count (0).
-EXACT_NETWORK = "exact-v1"
+                "exact-v1", "exact-v2")
+# The device-kind field of an exact file names its numbers instead of a device: they are the
+# same everywhere, so such a file has no device and no thread count (0). exact-v2: the
+# exact-v1 network, and the chain's constants (sqrt(abar), the posterior's coefficients)
+# correctly rounded. exact-v1 files took those roots from torch.sqrt, MKL's vector math,
+# whose last bit depends on the processor (an Intel Xeon's and an AMD EPYC's differ in
+# one of a 16-step chain's): they decode where the writer's roots are computed again.
+EXACT_NETWORK = "exact-v2"
+EXACT_V1 = "exact-v1"
+EXACT_KINDS = (EXACT_V1, EXACT_NETWORK)
 MAX_FILE_BYTES = 1 << 34  # refuse to read anything larger into memory

@@ -7,7 +7,7 @@ from ddpmcodec.codec.container.fields import BlobReader, BlobWriter
 from ddpmcodec.codec.container.header import Header
 from ddpmcodec.codec.container.host import device_code, device_of_code, read_device, write_device
 from ddpmcodec.codec.container.limits import (
-    COMPACT_ID_BYTES, COMPACT_MODES, COMPACT_SHAPE, COMPACT_TIMESTEPS, FORMAT_COMPACT,
+    COMPACT_ID_BYTES, COMPACT_MODES, COMPACT_SHAPE, COMPACT_TIMESTEPS, EXACT_NETWORK, FORMAT_COMPACT,
     MAX_BATCH, MAX_IMAGES, MAX_PARAMS_BYTES, MAX_SEED, MAX_SIDE, MAX_THREADS, MAX_TIMESTEPS)
 from ddpmcodec.errors import DDPMCodecError
 
@@ -40,8 +40,11 @@ def write_body(h: Header) -> bytes:
     if h.params:
         flags |= _F_PARAMS
         fields.varblob(h.params)
-    code = device_code(h.device_kind)
-    host = 0 < code < 1 << (8 - _HOST_THREAD_BITS) and h.num_threads < 1 << _HOST_THREAD_BITS
+    # host code 0 (never written before exact-v2, whose one-byte code, 8, does not fit in
+    # the byte's 3 bits) stands for exact-v2
+    code = 0 if h.device_kind == EXACT_NETWORK else device_code(h.device_kind)
+    host = ((code > 0 or h.device_kind == EXACT_NETWORK) and code < 1 << (8 - _HOST_THREAD_BITS)
+            and h.num_threads < 1 << _HOST_THREAD_BITS)
     w = BlobWriter().raw(bytes.fromhex(h.fingerprint)).u8(flags | (_F_HOST if host else 0))
     w.raw(fields.getvalue())
     if host:
@@ -71,7 +74,8 @@ def read_body(r: BlobReader, mode: str) -> Header:
     params = r.varblob("params", MAX_PARAMS_BYTES) if flags & _F_PARAMS else b""
     if flags & _F_HOST:
         host = r.u8("device kind and threads")
-        dev, threads = device_of_code(host >> _HOST_THREAD_BITS), host & ((1 << _HOST_THREAD_BITS) - 1)
+        code, threads = host >> _HOST_THREAD_BITS, host & ((1 << _HOST_THREAD_BITS) - 1)
+        dev = EXACT_NETWORK if code == 0 else device_of_code(code)
     else:
         dev = read_device(r)
         threads = r.bounded("num_threads", r.uvar("num_threads"), 0, MAX_THREADS)

@@ -11,7 +11,8 @@ import torch
 from ddpmcodec.codec import container
 from ddpmcodec.codec.api import Codec, CodecStats, Decoded, Encoded, Timer, get_codec
 from ddpmcodec.codec.checks import (
-    check_chain, check_compatible, is_exact, new_header, start_encode, verify_pixels)
+    check_chain, check_compatible, is_exact, new_header, start_encode, verify_pixels,
+    with_exact_v1_note)
 from ddpmcodec.codec.container import Header
 from ddpmcodec.codec.entropy import coder
 from ddpmcodec.codec.lossless.grids import (
@@ -252,11 +253,17 @@ class BitsBackCodec(Codec):
 
     # -- decoding --------------------------------------------------------------------------
     def decode(self, data: bytes, *, progress: bool = False) -> Decoded:
-        from ddpmcodec.progress import progress_bar
         header, payload = container.unpack(data)
         if header.model_free:  # the encoder's fallback: no network needed
             return get_codec(header.mode)(self.model).decode(data)
         check_compatible(header, self.model, self.mode)
+        try:
+            return self._decode(header, payload, len(data), progress)
+        except DDPMCodecError as exc:
+            raise DDPMCodecError(with_exact_v1_note(str(exc), header)) from None
+
+    def _decode(self, header, payload: bytes, file_bytes: int, progress: bool) -> Decoded:
+        from ddpmcodec.progress import progress_bar
         self._exact = is_exact(header)
         params = LosslessParams.unpack(header.params, header)
         if len(payload) % 4:
@@ -287,7 +294,7 @@ class BitsBackCodec(Codec):
             seeds = read_seeds(rest, base, params, shape)
         images = verify_pixels(np.concatenate(seeds + decoded[::-1]), header)
         net_bits = coder.valid_bits(final) - coder.valid_bits(rest)
-        stats = _stats(header, params, len(payload), len(data), net_bits, timer.seconds)
+        stats = _stats(header, params, len(payload), file_bytes, net_bits, timer.seconds)
         return Decoded(images, header, stats)
 
     @staticmethod

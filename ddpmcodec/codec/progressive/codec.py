@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddpmcodec.codec.api import Codec, CodecStats, Decoded, Encoded, Timer
-from ddpmcodec.codec.checks import verify_pixels
+from ddpmcodec.codec.checks import verify_pixels, with_exact_v1_note
 from ddpmcodec.codec.network import chain_for
 from ddpmcodec.codec.progressive import channel as ch
 from ddpmcodec.codec.progressive.decoder import check_decoded_any, decoded_steps, open_source
@@ -166,6 +166,6 @@ def _verify_check(src, mean_images: np.ndarray) -> None:
     """An exact file's pixel check against the mean reconstruction after its last step
     (a lossless file's: against its decoded pixels)."""
     if pixel_check(mean_images) != src.pixel_check:
-        raise DDPMCodecError(
+        raise DDPMCodecError(with_exact_v1_note(
             "decoding failed: the decoded pixels do not match the file's 32-bit pixel check "
-            "(the file is corrupt)")
+            "(the file is corrupt)", src.header))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ddpmcodec.codec import container
-from ddpmcodec.codec.checks import check_compatible, is_exact
+from ddpmcodec.codec.checks import check_compatible, is_exact, with_exact_v1_note
 from ddpmcodec.codec.entropy import arith, coder
 from ddpmcodec.codec.network import chain_for
 from ddpmcodec.codec.progressive import channel as ch
@@ -157,10 +157,10 @@ def decoded_steps(model, src: "Source", bar=None):
         ok = (latent_crc(x, params.framing) == crc if src.packets is not None
               else latent_check(x, params.check_bits) == got[1])
         if not ok:
-            raise DDPMCodecError(
+            raise DDPMCodecError(with_exact_v1_note(
                 f"decoding failed at coded step {s + 1}: the latents do not match the "
                 f"encoder's (corrupt file, or a different device, library or model "
-                f"evaluated the network)")
+                f"evaluated the network)", header))
         used = ends[s] if src.packets is not None else stream.bytes_used()
         src.steps, src.used = s + 1, used
         yield s, x, K - 1 - s, used

@@ -77,7 +77,8 @@ def coded_chain(model, steps: int | None, chain, exact: bool = False) -> tuple[i
     if chain is None:
         K = DEFAULT_STEPS if steps is None else int(steps)
         timesteps = coded_schedule(T, min(K, T))
-        return K, timesteps, model.diffusion.respace(timesteps)
+        chain = model.diffusion.respace(timesteps)
+        return K, timesteps, exact_chain(chain, model) if exact else quantized_chain(chain, model)
     check_chain(chain, model)
     if steps is not None and steps != chain.num_steps:
         raise DDPMCodecError(f"--steps {steps} disagrees with the {chain.num_steps}-step chain")
