@@ -6,7 +6,7 @@ change of the code (or a processor) that moved one bit fails here.
 tests/data holds, made with the embedded model from images 600-601 of
 ../shared/data/cifar10-test-800.npz:
 
-* exact-v2-*: by revision 7c1f0e5+ (the first exact-v2 encoder) on an AMD EPYC (AVX-512,
+* exact-v2-*: by revision ffbb117 (the first exact-v2 encoder) on an AMD EPYC (AVX-512,
   MKL's AMD code path): lossless bits-back on the default chain's kind in 10 steps
   (``-lossless-K10``), progressive at the defaults of image 600 (``-progressive``), and
   the two images with the progressive file's mean reconstruction (``-pixels.npz``). Test
