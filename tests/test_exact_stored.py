@@ -127,3 +127,22 @@ def test_stored_exact_v1_files_decode_with_their_writers_roots(v1, embedded_mode
             decode_bytes(embedded_model, v1["progressive"])
     monkeypatch.setattr(progressive_decoder, "chain_for", _writers_chain)
     assert np.array_equal(decode_bytes(embedded_model, v1["progressive"]).images, v1["mean"])
+
+
+def test_exact_decode_does_not_load_torchs_compiler():
+    """An exact file needs no deterministic-algorithms switch, whose first use imports
+    torch's compiler (1.6 s of a cold one-image decode): a fresh process decodes the
+    stored progressive file without it."""
+    import json
+    import subprocess
+    import sys
+    script = (
+        "import json, sys\n"
+        "from ddpmcodec.codec.api import decode_bytes\n"
+        "from ddpmcodec.io.models import load_model\n"
+        f"data = open({str(DATA / 'exact-v2-progressive.ddpm')!r}, 'rb').read()\n"
+        "decode_bytes(load_model(lazy=True), data)\n"
+        "print(json.dumps([m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules]))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

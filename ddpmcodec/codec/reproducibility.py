@@ -99,11 +99,15 @@ def decode_device(header: Header, requested=None):
 
 
 @contextlib.contextmanager
-def deterministic(device, num_threads: int = 0):
+def deterministic(device, num_threads: int = 0, exact: bool = False):
     """Torch settings under which the network gives the same bits on every run of the same
     device kind: deterministic algorithms, cuDNN without benchmarking, no TF32, and (on
     ``num_threads`` CPU threads (0: leave as is; more than this machine's CPUs: refused,
-    :func:`check_threads`). The previous settings are restored."""
+    :func:`check_threads`). The previous settings are restored.
+
+    ``exact`` (a file of the exact network, whose numbers no algorithm choice moves):
+    torch's deterministic-algorithms switch is left alone, because setting it imports
+    torch's compiler (1.6 s of a one-image decode's cold start)."""
     import torch
     check_threads(num_threads)
     saved = (torch.are_deterministic_algorithms_enabled(),
@@ -111,7 +115,8 @@ def deterministic(device, num_threads: int = 0):
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
              torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
              torch.get_num_threads())
-    torch.use_deterministic_algorithms(True)
+    if not exact:
+        torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.allow_tf32 = False
@@ -121,7 +126,8 @@ def deterministic(device, num_threads: int = 0):
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        if not exact:
+            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
          torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved[2:6]
         torch.set_num_threads(saved[6])

@@ -103,7 +103,7 @@ class BitsBackCodec(Codec):
         LosslessParams(grid_log2, support_sigmas, 4, 0).validate(header)
         grids = latent_grids(diffusion, grid_log2, support_sigmas, exact=self._exact)
         dip = dip_bits(grids, header.dims)
-        with Timer() as timer, deterministic(model.device, header.num_threads):
+        with Timer() as timer, deterministic(model.device, header.num_threads, self._exact):
             if seed_images is None:
                 seed_images = seed_count(images, streams, dip, codecs) if classical_ok else 0
             for i in range(len(streams), seed_images):
@@ -282,7 +282,7 @@ class BitsBackCodec(Codec):
         batches = params.batches(header)
         m = len(params.seed_lengths)
         decoded = []
-        with Timer() as timer, deterministic(self.model.device, header.num_threads):
+        with Timer() as timer, deterministic(self.model.device, header.num_threads, self._exact):
             stack = ChainStack(final, header.seed, self._exact)
             with progress_bar((header.num_images - m) * diffusion.num_steps, "decode",
                               "img-step", enabled=progress) as bar:

@@ -95,7 +95,7 @@ class ProgressiveCodec(Codec):
         model = self.model
         n, K = header.num_images, header.num_steps
         latents, x, k = [], None, None
-        with Timer() as timer, deterministic(model.device, header.num_threads), \
+        with Timer() as timer, deterministic(model.device, header.num_threads, src.exact), \
                 progress_bar(n * src.limit, "decode", "img-step", enabled=progress) as bar:
             for s, x, k, _ in decoded_steps(self.model, src, bar):
                 if keep_latents:
@@ -139,7 +139,7 @@ class ProgressiveCodec(Codec):
         model = self.model
         diffusion = chain_for(header, model, src.params.chain_rule, src.params.chain_variances)
         out = []
-        with deterministic(model.device, header.num_threads), \
+        with deterministic(model.device, header.num_threads, src.exact), \
                 progress_bar(header.num_images * src.limit, "decode", "img-step",
                              enabled=progress) as bar:
             for s, x, k, used in decoded_steps(self.model, src, bar):

@@ -211,7 +211,7 @@ def encode(model, images: np.ndarray, *, steps, batch_size: int, seed: int, prog
                                           params.pack_compact(), exact=exact))
     c = _Coding(model, diffusion, header, params, options, to_model_space(images), exact)
     orig = images.astype(np.float64)
-    with Timer() as timer, deterministic(model.device, header.num_threads), \
+    with Timer() as timer, deterministic(model.device, header.num_threads, exact), \
             progress_bar(n * K, "encode", "img-step", enabled=progress) as bar:
         step_rows, checkpoints, latents, plan, reached, x = _code_steps(
             c, K, timesteps, budget, orig, bar)
