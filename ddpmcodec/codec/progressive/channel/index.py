@@ -3,6 +3,7 @@ prior centred near the chunk's KL) and uniform mantissa bits, and the symbol wri
 reader every channel symbol goes through."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -37,6 +38,7 @@ def _normal_cdf(x: np.ndarray, exact: bool = False) -> np.ndarray:
     return ndtr(x)
 
 
+@functools.lru_cache(maxsize=1024)
 def index_octave_probs(mean_chunk_bits: float, max_log2: int, margin_bits: float | None = None,
                        exact: bool = False) -> np.ndarray:
     """Static P(octave e), e = 0..max_log2, of the PFR index in a chunk whose expected KL
@@ -55,7 +57,10 @@ def index_octave_probs(mean_chunk_bits: float, max_log2: int, margin_bits: float
     cdf[top + 1:] = 1.0               # the budget's octave takes the upper tail
     probs = np.diff(cdf)
     probs = np.maximum(probs, _FLOOR)
-    return probs / probs.sum()
+    probs = probs / probs.sum()
+    # cached (a stream asks for the same few chunk KLs hundreds of times): read-only
+    probs.flags.writeable = False
+    return probs
 
 
 class IndexModel:
