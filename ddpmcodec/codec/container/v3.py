@@ -42,9 +42,10 @@ def write_body(h: Header) -> bytes:
         fields.varblob(h.params)
     # host code 0 (never written before exact-v2, whose one-byte code, 8, does not fit in
     # the byte's 3 bits) stands for exact-v2
-    code = 0 if h.device_kind == EXACT_NETWORK else device_code(h.device_kind)
-    host = ((code > 0 or h.device_kind == EXACT_NETWORK) and code < 1 << (8 - _HOST_THREAD_BITS)
-            and h.num_threads < 1 << _HOST_THREAD_BITS)
+    exact = h.device_kind == EXACT_NETWORK
+    code = 0 if exact else device_code(h.device_kind)
+    fits = exact or 0 < code < 1 << (8 - _HOST_THREAD_BITS)
+    host = fits and h.num_threads < 1 << _HOST_THREAD_BITS
     w = BlobWriter().raw(bytes.fromhex(h.fingerprint)).u8(flags | (_F_HOST if host else 0))
     w.raw(fields.getvalue())
     if host:

@@ -78,15 +78,16 @@ def coded_chain(model, steps: int | None, chain, exact: bool = False) -> tuple[i
         K = DEFAULT_STEPS if steps is None else int(steps)
         timesteps = coded_schedule(T, min(K, T))
         chain = model.diffusion.respace(timesteps)
-        return K, timesteps, exact_chain(chain, model) if exact else quantized_chain(chain, model)
-    check_chain(chain, model)
-    if steps is not None and steps != chain.num_steps:
-        raise DDPMCodecError(f"--steps {steps} disagrees with the {chain.num_steps}-step chain")
-    if chain.num_steps < 2 or int(chain.timesteps[0]) != 0 or int(chain.timesteps[-1]) != T - 1:
-        raise DDPMCodecError("a progressive chain runs from t = 0 to T - 1 in at least "
-                             "2 steps")
+    else:
+        check_chain(chain, model)
+        if steps is not None and steps != chain.num_steps:
+            raise DDPMCodecError(f"--steps {steps} disagrees with the {chain.num_steps}-step chain")
+        if chain.num_steps < 2 or int(chain.timesteps[0]) != 0 or int(chain.timesteps[-1]) != T - 1:
+            raise DDPMCodecError("a progressive chain runs from t = 0 to T - 1 in at least "
+                                 "2 steps")
+        K, timesteps = chain.num_steps, tuple(int(t) for t in chain.timesteps)
     stored = exact_chain(chain, model) if exact else quantized_chain(chain, model)
-    return chain.num_steps, tuple(int(t) for t in chain.timesteps), stored
+    return K, timesteps, stored
 
 
 def _code_images(c: _Coding, plan, mean_q, s: int, bar) -> tuple[np.ndarray, list]:

@@ -75,9 +75,10 @@ class ExactUNet:
         float64), else in int32 below 2^31 (the exponential's, 10.5 MB, not 21), else
         float64; each exactly converted back by whoever reads it."""
         t = at_every_step(t)
-        if np.abs(t).max() < 2 ** 24:
+        largest = np.abs(t).max()
+        if largest < 2 ** 24:
             return torch.from_numpy(t.astype(np.float32)).to(self.device)
-        if np.abs(t).max() < 2 ** 31:
+        if largest < 2 ** 31:
             return torch.from_numpy(t.astype(np.int32)).to(self.device)
         return self._on_device(t)
 
